@@ -1,0 +1,54 @@
+"""The one record type every dataset reader produces, and the dataset container."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad dataset input: the message names the file, the entry and the field."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image with its captions.
+
+    ``pid`` is the label used by training and evaluation: train ids are relabelled to 0..K-1
+    (the mapping is kept in :attr:`PedesDataset.train_pid_map`), val/test ids stay as given.
+    ``image`` is relative to the dataset's image root. ``attributes`` are short attribute phrases
+    ("red backpack") for word-level alignment; empty when the annotation has none.
+    """
+
+    image: str
+    pid: int
+    raw_pid: int
+    captions: tuple[str, ...]
+    split: str
+    attributes: tuple[str, ...] = ()
+
+
+@dataclass
+class PedesDataset:
+    """All records of one annotation file, with where their images live."""
+
+    format: str
+    annotation: Path
+    image_root: Path
+    records: list[Record]
+    train_pid_map: dict[int, int] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Record]:
+        """Records of one split, in file order."""
+        return [r for r in self.records if r.split == name]
+
+    @property
+    def splits(self) -> list[str]:
+        """Split names present, in canonical order."""
+        present = {r.split for r in self.records}
+        return [s for s in SPLITS if s in present]
+
+    def image_path(self, record: Record) -> Path:
+        """Absolute path of a record's image."""
+        return self.image_root / record.image
