@@ -1,0 +1,20 @@
+"""The IVT encoder: one transformer for image patches and text tokens."""
+from __future__ import annotations
+
+from ivt.model.checkpoint_io import (
+    CheckpointError, check_state_dict, load_state_dict_strict, read_state_dict,
+)
+from ivt.model.config import MODEL_SIZES, EncoderConfig, model_config
+from ivt.model.encoder import IVTEncoder
+from ivt.model.masking import TOKEN_DROP_MODES, TokenDropResult, drop_tokens
+from ivt.model.official import (
+    convert_official_state_dict, encoder_state_shapes, infer_official_config,
+    load_official_encoder,
+)
+
+__all__ = [
+    "IVTEncoder", "EncoderConfig", "model_config", "MODEL_SIZES",
+    "load_official_encoder", "convert_official_state_dict", "infer_official_config",
+    "encoder_state_shapes", "CheckpointError", "check_state_dict", "load_state_dict_strict",
+    "read_state_dict", "drop_tokens", "TokenDropResult", "TOKEN_DROP_MODES",
+]

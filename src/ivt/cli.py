@@ -1,0 +1,161 @@
+"""The `ivt` command: synth, data check, train, evaluate, demo.
+
+Heavy imports (torch) happen inside each command so `ivt --help` is instant. Expected failures
+(bad data, config, checkpoint) print one clear message and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from ivt.synth.generate import generate_synthpedes, write_preview
+
+    if not args.preview_only:
+        summary = generate_synthpedes(
+            args.out, args.ids, args.seed, image_size=(args.height, args.width), progress=not args.quiet
+        )
+        print(f"SynthPedes written to {args.out} in {summary.get('seconds', 0):.1f} s")
+        _print_dataset(args.out, "cuhk-pedes", check_images=False)
+    if args.preview:
+        path = write_preview(args.out, args.preview, num_images=args.preview_count, seed=args.seed)
+        print(f"preview: {path}")
+
+
+def _print_dataset(path: str | Path, fmt: str, check_images: bool, image_root: str | None = None) -> None:
+    from ivt.data import check_images as check, format_stats, load_dataset
+
+    dataset = load_dataset(path, fmt, image_root=image_root)
+    if check_images:
+        check(dataset, progress=sys.stderr.isatty())
+    print(format_stats(dataset))
+
+
+def _cmd_data_check(args: argparse.Namespace) -> None:
+    _print_dataset(args.path, args.format, check_images=not args.no_images, image_root=args.image_root)
+    print("OK" if not args.no_images else "OK (annotation only; images not opened)")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ivt.config import load_config
+    from ivt.train.trainer import train
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.out:
+        overrides.append(f"train.out_dir={args.out}")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there (is it a run directory?)")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+        cfg.train.out_dir = str(run_dir)
+    else:
+        cfg = load_config(args.config, overrides)
+    run_dir = train(cfg, resume=args.resume is not None)
+    print(f"run directory: {run_dir}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from ivt.evaluate.retrieval import evaluate_checkpoint, format_metrics
+
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, data_format=args.format, split=args.split, device=args.device,
+        batch_size=args.batch_size, which=args.which, image_root=args.image_root, i2t=args.i2t,
+    )
+    print(format_metrics(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from ivt.demo import run_demo
+
+    run_demo(data_dir=args.data, run_dir=args.out, ids=args.ids, minutes=args.minutes, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ivt import __version__
+
+    parser = argparse.ArgumentParser(prog="ivt", description="Text-based person retrieval with IVT.")
+    parser.add_argument("--version", action="version", version=f"ivt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate the SynthPedes dataset (CUHK-PEDES layout)")
+    p.add_argument("--out", default="data/synthpedes", help="output directory (default: %(default)s)")
+    p.add_argument("--ids", type=int, default=600, help="number of identities (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=192, help="image height in pixels")
+    p.add_argument("--width", type=int, default=72, help="image width in pixels")
+    p.add_argument("--preview", metavar="PNG", help="also write a contact sheet of images and captions")
+    p.add_argument("--preview-count", type=int, default=12)
+    p.add_argument("--preview-only", action="store_true", help="only write the preview of an existing --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    c = data_sub.add_parser("check", help="validate a dataset and print its statistics")
+    c.add_argument("path", help="dataset root or annotation file")
+    c.add_argument("--format", default="auto", help=FORMAT_HELP)
+    c.add_argument("--image-root", help="image directory (default: <root>/imgs)")
+    c.add_argument("--no-images", action="store_true", help="check the annotation only")
+    c.set_defaults(func=_cmd_data_check)
+
+    p = sub.add_parser("train", help="train an IVT model")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=3")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--out", help="run directory (overrides train.out_dir)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="text-to-image retrieval metrics of a trained model")
+    p.add_argument("--checkpoint", required=True, help="run directory (or a checkpoint .safetensors in one)")
+    p.add_argument("--data", required=True, help="dataset root or annotation file")
+    p.add_argument("--format", default="auto", help=FORMAT_HELP)
+    p.add_argument("--image-root")
+    p.add_argument("--split", default="test")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of the run")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
+    p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="generate SynthPedes, train tiny IVT, evaluate, draw results")
+    p.add_argument("--data", default="data/synthpedes")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--ids", type=int, default=600)
+    p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ivt.errors import USER_ERRORS
+
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        print(f"ivt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

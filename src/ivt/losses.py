@@ -1,0 +1,178 @@
+"""Identity-aware cross-modal retrieval losses on (B, C) image and text embeddings.
+
+Every loss treats all same-identity pairs in the batch as positives (a person has several images
+and captions). All of them are computed in float32 with autocast disabled, because log-softmax over
+scaled similarities is unstable in bf16/fp16.
+
+``logit_scale`` arguments of :func:`infonce_loss` and :func:`sdm_loss` are the *multiplier* applied
+to cosine similarities, i.e. ``1 / temperature`` (the convention of IRRA's ``compute_sdm`` and
+open_clip's ``ClipLoss``). :class:`RetrievalLoss` stores its logarithm as the learnable parameter
+and passes ``exp`` of it, clamped to at most 100 as CLIP does.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOSS_NAMES = ("cmpm", "infonce", "sdm")
+MAX_LOGIT_SCALE = 100.0
+
+
+@contextmanager
+def _float32(device: torch.device) -> Iterator[None]:
+    """Disable autocast on ``device`` so that matmuls inside run in the inputs' float32."""
+    try:
+        ctx = torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:
+        yield
+        return
+    with ctx:
+        yield
+
+
+def _check_inputs(image_emb: Tensor, text_emb: Tensor, labels: Tensor) -> None:
+    if image_emb.dim() != 2 or text_emb.dim() != 2:
+        raise ValueError(
+            f"embeddings must be (B, C); got image {tuple(image_emb.shape)}, "
+            f"text {tuple(text_emb.shape)}"
+        )
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(
+            f"image and text embeddings differ in shape: {tuple(image_emb.shape)} "
+            f"vs {tuple(text_emb.shape)}"
+        )
+    if labels.shape != (image_emb.shape[0],):
+        raise ValueError(f"labels must be ({image_emb.shape[0]},); got {tuple(labels.shape)}")
+
+
+def identity_mask(labels: Tensor) -> Tensor:
+    """(B, B) float mask, 1 where samples i and j share an identity (the diagonal included)."""
+    labels = labels.reshape(-1)
+    return (labels[:, None] == labels[None, :]).float()
+
+
+def cmpm_loss(image_emb: Tensor, text_emb: Tensor, labels: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cross-modal projection matching (Zhang & Lu 2018) exactly as the official IVT code has it.
+
+    Each side is projected on the *normalised* other side (its own side stays unnormalised), and
+    the softmax over projections is pulled towards the identity mask divided by its row L2 norm
+    (not a probability distribution: the official code divides by ``norm(dim=1)``, which
+    broadcasts over columns; the mask is symmetric, so column j is divided by sqrt(#positives of
+    j)). Returns ``mean_i sum_j i2t + mean_i sum_j t2i``.
+    """
+    _check_inputs(image_emb, text_emb, labels)
+    with _float32(image_emb.device):
+        image = image_emb.float()
+        text = text_emb.float()
+        mask = identity_mask(labels.to(image.device))
+        image_norm = image / image.norm(dim=1, keepdim=True)
+        text_norm = text / text.norm(dim=1, keepdim=True)
+        image_proj_text = image @ text_norm.t()
+        text_proj_image = text @ image_norm.t()
+        log_target = torch.log(mask / mask.norm(dim=1) + eps)
+        return _kl_rows(image_proj_text, log_target) + _kl_rows(text_proj_image, log_target)
+
+
+def _kl_rows(logits: Tensor, log_target: Tensor) -> Tensor:
+    """Mean over rows of sum_j softmax(logits) * (log_softmax(logits) - log_target)."""
+    return (F.softmax(logits, dim=1) * (F.log_softmax(logits, dim=1) - log_target)).sum(1).mean()
+
+
+def _cosine_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """(B, B) image-to-text logits: scaled cosine similarities, in float32."""
+    image = F.normalize(image_emb.float(), dim=1)
+    text = F.normalize(text_emb.float(), dim=1)
+    scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=image.device)
+    return scale * (image @ text.t())
+
+
+def infonce_loss(
+    image_emb: Tensor, text_emb: Tensor, labels: Tensor, logit_scale: Tensor | float
+) -> Tensor:
+    """Symmetric identity-aware InfoNCE on L2-normalised embeddings.
+
+    Logits are ``logit_scale * cos`` (``logit_scale`` = 1 / temperature). The target of each row
+    is uniform over that row's same-identity columns, so with one caption per identity this is
+    CLIP's loss; the result is the mean of the image-to-text and text-to-image cross-entropies.
+    """
+    _check_inputs(image_emb, text_emb, labels)
+    with _float32(image_emb.device):
+        logits = _cosine_logits(image_emb, text_emb, logit_scale)
+        mask = identity_mask(labels.to(logits.device))
+        target = mask / mask.sum(dim=1, keepdim=True)
+        i2t = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        t2i = -(target * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+        return 0.5 * (i2t + t2i)
+
+
+def sdm_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    labels: Tensor,
+    logit_scale: Tensor | float,
+    eps: float = 1e-8,
+) -> Tensor:
+    """Similarity distribution matching (IRRA): KL(softmax(scaled cos) || label distribution).
+
+    ``logit_scale`` multiplies the cosine similarities (IRRA passes 1 / temperature). The label
+    distribution of each row is the identity mask normalised to sum 1; the image-to-text and
+    text-to-image terms are summed, as in IRRA.
+    """
+    _check_inputs(image_emb, text_emb, labels)
+    with _float32(image_emb.device):
+        i2t_logits = _cosine_logits(image_emb, text_emb, logit_scale)
+        t2i_logits = i2t_logits.t()
+        mask = identity_mask(labels.to(i2t_logits.device))
+        log_target = torch.log(mask / mask.sum(dim=1, keepdim=True) + eps)
+        return _kl_rows(i2t_logits, log_target) + _kl_rows(t2i_logits, log_target)
+
+
+class RetrievalLoss(nn.Module):
+    """The configured retrieval loss, holding the (optionally learnable) logit scale.
+
+    ``name`` is one of ``"cmpm"`` (the paper's loss; no temperature), ``"infonce"`` or ``"sdm"``.
+    For the latter two the module stores ``log(1 / init_temperature)`` as ``log_scale`` (a
+    parameter when ``learn_temperature``, else a buffer) and uses ``min(exp(log_scale), 100)``.
+    """
+
+    def __init__(
+        self, name: str = "cmpm", init_temperature: float = 0.02, learn_temperature: bool = True
+    ) -> None:
+        super().__init__()
+        if name not in LOSS_NAMES:
+            raise ValueError(f"unknown retrieval loss {name!r}; valid: {', '.join(LOSS_NAMES)}")
+        if init_temperature <= 0:
+            raise ValueError(f"init_temperature must be positive, got {init_temperature}")
+        self.name = name
+        self.learn_temperature = learn_temperature
+        log_scale = torch.tensor(math.log(1.0 / init_temperature), dtype=torch.float32)
+        if name == "cmpm":
+            self.log_scale = None
+        elif learn_temperature:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @property
+    def logit_scale(self) -> Tensor | None:
+        """Current multiplier ``1 / temperature`` (clamped to 100), or None for CMPM."""
+        if self.log_scale is None:
+            return None
+        return self.log_scale.float().clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor) -> Tensor:
+        """Scalar float32 loss for one batch of paired embeddings."""
+        if self.name == "cmpm":
+            return cmpm_loss(image_emb, text_emb, labels)
+        scale = self.logit_scale
+        if self.name == "infonce":
+            return infonce_loss(image_emb, text_emb, labels, scale)
+        return sdm_loss(image_emb, text_emb, labels, scale)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, learn_temperature={self.learn_temperature}"

@@ -1,0 +1,129 @@
+"""Encoder configuration and the named model sizes."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["EncoderConfig", "MODEL_SIZES", "model_config"]
+
+
+@dataclass
+class EncoderConfig:
+    """Hyper-parameters of the unified image/text encoder (IVT).
+
+    ``image_size`` is (height, width). Patches are cut by a convolution with kernel
+    ``patch_size`` and stride ``patch_stride`` (stride < patch gives overlapping patches; as in
+    the official code, border pixels that do not fill a last stride are ignored, e.g. 384x128
+    with stride 12 gives a 31x10 grid).
+    """
+
+    image_size: tuple[int, int] = (384, 128)
+    patch_size: int = 16
+    patch_stride: int = 16
+    in_chans: int = 3
+    width: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    ln_eps: float = 1e-6
+    vocab_size: int = 30522
+    max_text_len: int = 512
+    type_vocab_size: int = 2
+    text_ln_eps: float = 1e-12
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError when the hyper-parameters are inconsistent."""
+        errors: list[str] = []
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            errors.append(f"image_size must be (height, width) > 0, got {self.image_size}")
+        for name in ("patch_size", "patch_stride", "width", "depth", "num_heads", "in_chans",
+                     "vocab_size", "max_text_len", "type_vocab_size"):
+            if int(getattr(self, name)) <= 0:
+                errors.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.num_heads > 0 and self.width % self.num_heads != 0:
+            errors.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.patch_stride > self.patch_size:
+            errors.append(
+                f"patch_stride {self.patch_stride} > patch_size {self.patch_size} would skip pixels")
+        if len(self.image_size) == 2 and self.patch_size > 0 and self.patch_stride > 0:
+            for side, size in zip(("height", "width"), self.image_size):
+                if size < self.patch_size:
+                    errors.append(f"image {side} {size} is smaller than patch_size {self.patch_size}")
+        if self.mlp_ratio <= 0:
+            errors.append(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                errors.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if errors:
+            raise ValueError("invalid EncoderConfig: " + "; ".join(errors))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Number of patches along (height, width)."""
+        h, w = self.image_size
+        return ((h - self.patch_size) // self.patch_stride + 1,
+                (w - self.patch_size) // self.patch_stride + 1)
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (for checkpoints and YAML)."""
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
+        """Inverse of :meth:`to_dict`; unknown keys -> ValueError."""
+        _check_keys(data)
+        return cls(**data)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(EncoderConfig))
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown EncoderConfig field(s) {unknown}; valid: {list(_FIELDS)}")
+
+
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    # Fast on CPU: for demos and tests.
+    "tiny": dict(image_size=(128, 64), patch_size=16, patch_stride=16, width=192, depth=4,
+                 num_heads=4, max_text_len=128),
+    "small": dict(image_size=(256, 128), patch_size=16, patch_stride=16, width=384, depth=6,
+                  num_heads=6, max_text_len=512),
+    # Paper (ViT-B/16 + BERT embeddings). CUHK-PEDES / ICFG-PEDES use stride 12;
+    # RSTPReid checkpoints use stride 16 (model_config("base", patch_stride=16)).
+    "base": dict(image_size=(384, 128), patch_size=16, patch_stride=12, width=768, depth=12,
+                 num_heads=12, vocab_size=30522, max_text_len=512),
+}
+
+
+def model_config(name: str, **overrides: Any) -> EncoderConfig:
+    """Config of a named size (``tiny``, ``small``, ``base``) with optional field overrides."""
+    if name not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {name!r}; valid: {sorted(MODEL_SIZES)}")
+    _check_keys(overrides)
+    return EncoderConfig(**{**MODEL_SIZES[name], **overrides})

@@ -1,0 +1,181 @@
+"""IVTEncoder: one transformer that encodes image patches and text tokens."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ivt.model.config import EncoderConfig
+from ivt.model.masking import TOKEN_DROP_MODES, TokenDropMode, drop_tokens
+from ivt.model.transformer import Block, Modality, key_padding_to_attn_mask
+
+__all__ = ["IVTEncoder", "PatchEmbed", "TextEmbeddings"]
+
+PAD_TOKEN_ID = 0  # BERT [PAD]
+
+
+class PatchEmbed(nn.Module):
+    """Image -> patch tokens with a convolution (kernel = patch, stride = stride)."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.image_size = tuple(config.image_size)
+        self.grid_size = config.grid_size
+        self.proj = nn.Conv2d(config.in_chans, config.width, kernel_size=config.patch_size,
+                              stride=config.patch_stride)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, P, C)."""
+        if images.dim() != 4 or tuple(images.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"expected images of shape (B, {self.proj.in_channels}, {self.image_size[0]}, "
+                f"{self.image_size[1]}), got {tuple(images.shape)}")
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class TextEmbeddings(nn.Module):
+    """BERT-style embeddings: word + position + token-type(0), then LayerNorm and dropout."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.max_len = config.max_text_len
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.width,
+                                            padding_idx=PAD_TOKEN_ID)
+        self.position_embeddings = nn.Embedding(config.max_text_len, config.width)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.width)
+        self.LayerNorm = nn.LayerNorm(config.width, eps=config.text_ln_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, L, C)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
+        length = input_ids.shape[1]
+        if length > self.max_len:
+            raise ValueError(
+                f"text length {length} exceeds max_text_len {self.max_len}; truncate the tokens")
+        positions = torch.arange(length, device=input_ids.device)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+             + self.token_type_embeddings.weight[0])
+        return self.dropout(self.LayerNorm(x))
+
+
+class IVTEncoder(nn.Module):
+    """Unified image/text transformer of IVT (parameter names follow the official code).
+
+    Token dropping (BMM) is applied only in training mode when the ratio is > 0;
+    see :meth:`set_token_drop`.
+    """
+
+    def __init__(self, config: EncoderConfig | None = None, *, token_drop_ratio: float = 0.0,
+                 token_drop_mode: TokenDropMode = "batch") -> None:
+        super().__init__()
+        self.config = config = config if config is not None else EncoderConfig()
+        width = config.width
+        self.embed_dim = width
+        self.patch_embed = PatchEmbed(config)
+        num_positions = 1 + config.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_positions, width))
+        self.type_embed = nn.Parameter(torch.zeros(1, num_positions, width))
+        self.pos_drop = nn.Dropout(config.dropout)
+        self.embeddings = TextEmbeddings(config)
+        last = max(config.depth - 1, 1)
+        rates = [config.drop_path * i / last for i in range(config.depth)]  # linear decay rule
+        self.blocks = nn.ModuleList(
+            Block(width, config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+                  drop=config.dropout, attn_drop=config.attn_dropout, drop_path=rate,
+                  eps=config.ln_eps)
+            for rate in rates)
+        self.norm = nn.LayerNorm(width, eps=config.ln_eps)
+        self.token_drop_ratio = 0.0
+        self.token_drop_mode: TokenDropMode = "batch"
+        self.token_drop_generator: torch.Generator | None = None
+        self.set_token_drop(token_drop_ratio, token_drop_mode)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm-ViT init (trunc-normal .02, zero biases, LN ones) and BERT embeddings (N(0, .02))."""
+        for tensor in (self.cls_token, self.pos_embed, self.type_embed):
+            nn.init.trunc_normal_(tensor, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names usually excluded from weight decay."""
+        return {"cls_token", "pos_embed", "type_embed"}
+
+    def set_token_drop(self, ratio: float, mode: TokenDropMode = "batch",
+                       generator: torch.Generator | None = None) -> None:
+        """Configure BMM: drop up to ``ratio`` of the tokens during training (0 disables)."""
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"token-drop ratio must be in [0, 1), got {ratio}")
+        if mode not in TOKEN_DROP_MODES:
+            raise ValueError(f"token-drop mode must be one of {TOKEN_DROP_MODES}, got {mode!r}")
+        self.token_drop_ratio = float(ratio)
+        self.token_drop_mode = mode
+        self.token_drop_generator = generator
+
+    def _run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, modality: Modality,
+                    token_drop: float | None) -> torch.Tensor:
+        ratio = self.token_drop_ratio if token_drop is None else token_drop
+        if self.training and ratio > 0.0:
+            x, mask, _ = drop_tokens(x, mask, ratio, self.token_drop_mode,
+                                     self.token_drop_generator)
+        attn_mask = key_padding_to_attn_mask(mask)
+        for block in self.blocks:
+            x = block(x, attn_mask, modality)
+        return self.norm(x)
+
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 1+P, C) input tokens (cls + patches, positions added)."""
+        x = self.patch_embed(images)
+        cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed + self.type_embed
+        return self.pos_drop(x)
+
+    def encode_image_tokens(self, images: torch.Tensor, *,
+                            token_drop: float | None = None) -> torch.Tensor:
+        """All output tokens (B, 1+P, C) of a batch of images (fewer under BMM in training)."""
+        return self._run_blocks(self.embed_image(images), None, "image", token_drop)
+
+    def encode_text_tokens(self, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None = None, *,
+                           token_drop: float | None = None) -> torch.Tensor:
+        """All output tokens (B, L, C) of token ids; ``attention_mask`` 1 = real, 0 = padding."""
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids "
+                             f"shape {tuple(input_ids.shape)}")
+        x = self.embeddings(input_ids)
+        return self._run_blocks(x, attention_mask, "text", token_drop)
+
+    def encode_image(self, images: torch.Tensor, *,
+                     token_drop: float | None = None) -> torch.Tensor:
+        """Retrieval embedding (B, C): output token 0 (not normalised)."""
+        return self.encode_image_tokens(images, token_drop=token_drop)[:, 0]
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    *, token_drop: float | None = None) -> torch.Tensor:
+        """Retrieval embedding (B, C): output token 0 (not normalised)."""
+        return self.encode_text_tokens(input_ids, attention_mask, token_drop=token_drop)[:, 0]
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                modality: Modality = "image") -> torch.Tensor:
+        """All output tokens of ``inputs`` (images or token ids, picked by ``modality``)."""
+        if modality == "image":
+            if attention_mask is not None:
+                raise ValueError("attention_mask is only used with modality='text'")
+            return self.encode_image_tokens(inputs)
+        if modality == "text":
+            return self.encode_text_tokens(inputs, attention_mask)
+        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")

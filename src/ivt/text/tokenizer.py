@@ -1,0 +1,121 @@
+"""Lower-cased WordPiece tokenizer (HF `tokenizers`), BERT-compatible.
+
+Either load the vocabulary the official checkpoints use (bert-base-uncased ``vocab.txt``, or a saved
+``tokenizer.json``) or train a small vocabulary from the training captions in seconds. A trained
+model directory always holds its ``tokenizer.json`` so it is self-describing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _finish(tok: HFTokenizer) -> HFTokenizer:
+    """Attach BERT's lower-casing normaliser, pre-tokeniser, [CLS] ... [SEP] template and decoder."""
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ValueError("tokenizer vocabulary lacks [CLS] or [SEP]")
+    tok.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+class Tokenizer:
+    """Turns captions into padded ``input_ids`` / ``attention_mask`` tensors."""
+
+    def __init__(self, hf: HFTokenizer, max_length: int = 64) -> None:
+        if max_length < 3:
+            raise ValueError(f"max_length must be >= 3 ([CLS], one token, [SEP]), got {max_length}")
+        self.hf = hf
+        self.max_length = max_length
+        for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
+            if hf.token_to_id(special) is None:
+                raise ValueError(f"tokenizer vocabulary lacks the special token {special}")
+        self.pad_id = hf.token_to_id("[PAD]")
+        self.hf.enable_truncation(max_length)
+        self.hf.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_length: int = 64) -> "Tokenizer":
+        """Load ``tokenizer.json``, a WordPiece ``vocab.txt``, or a directory holding either."""
+        p = Path(path)
+        if p.is_dir():
+            candidates = [p / TOKENIZER_FILE, p / "vocab.txt"]
+            found = [c for c in candidates if c.exists()]
+            if not found:
+                raise FileNotFoundError(f"{p}: no {TOKENIZER_FILE} or vocab.txt in this directory")
+            p = found[0]
+        if not p.exists():
+            raise FileNotFoundError(f"tokenizer file not found: {p}")
+        try:
+            if p.suffix == ".json":
+                hf = HFTokenizer.from_file(str(p))
+            else:
+                vocab = models.WordPiece.read_file(str(p))
+                hf = _finish(HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)))
+        except Exception as exc:  # tokenizers raises bare Exceptions with terse messages
+            raise ValueError(f"{p}: not a valid tokenizer file ({exc})") from exc
+        return cls(hf, max_length)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2,
+              max_length: int = 64) -> "Tokenizer":
+        """Learn a WordPiece vocabulary from captions (lower-cased, BERT pre-tokenisation)."""
+        hf = HFTokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+        hf.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(_finish(hf), max_length)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``tokenizer.json`` (path may be a directory)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / TOKENIZER_FILE
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        self.hf.no_truncation()
+        self.hf.no_padding()
+        try:
+            self.hf.save(str(tmp))
+        finally:
+            self.hf.enable_truncation(self.max_length)
+            self.hf.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
+        tmp.replace(p)
+        return p
+
+    def __call__(self, texts: Sequence[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise a batch: (input_ids, attention_mask), both (B, L) int64, L <= max_length."""
+        if isinstance(texts, str):
+            texts = [texts]
+        encodings = self.hf.encode_batch(list(texts))
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        return ids, mask
+
+    def tokenize(self, text: str) -> list[str]:
+        """WordPiece tokens of one text, without special tokens (for inspection)."""
+        return self.hf.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Text back from ids, special tokens removed."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.hf.decode(list(ids), skip_special_tokens=True)

@@ -1,0 +1,156 @@
+"""Retrieval losses: the official CMPM reference values, IRRA's SDM, identity awareness."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ivt.losses import RetrievalLoss, cmpm_loss, infonce_loss, sdm_loss
+
+FIXTURE = Path(__file__).parent / "fixtures" / "cmpm_loss_cases.json"
+CASES = json.loads(FIXTURE.read_text())["cases"]
+LOSSES = {
+    "cmpm": lambda i, t, y: cmpm_loss(i, t, y),
+    "infonce": lambda i, t, y: infonce_loss(i, t, y, 50.0),
+    "sdm": lambda i, t, y: sdm_loss(i, t, y, 50.0),
+}
+
+
+def _case(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.tensor(case["image"]), torch.tensor(case["text"]), torch.tensor(case["labels"])
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_cmpm_matches_official(index: int) -> None:
+    image, text, labels = _case(CASES[index])
+    got = cmpm_loss(image, text, labels).item()
+    assert got == pytest.approx(CASES[index]["expected_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_retrieval_loss_module_cmpm_matches_official(index: int) -> None:
+    image, text, labels = _case(CASES[index])
+    got = RetrievalLoss("cmpm")(image.double(), text.double(), labels)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(CASES[index]["expected_loss"], rel=1e-4)
+
+
+def _irra_sdm(image, text, labels, scale, eps=1e-8):
+    """Independent transcription of IRRA's compute_sdm formula, for cross-checking."""
+    mask = (labels.view(-1, 1) - labels.view(1, -1) == 0).float()
+    image_norm = image / image.norm(dim=1, keepdim=True)
+    text_norm = text / text.norm(dim=1, keepdim=True)
+    t2i = scale * text_norm @ image_norm.t()
+    i2t = t2i.t()
+    dist = mask / mask.sum(dim=1)
+    i2t_loss = F.softmax(i2t, 1) * (F.log_softmax(i2t, 1) - torch.log(dist + eps))
+    t2i_loss = F.softmax(t2i, 1) * (F.log_softmax(t2i, 1) - torch.log(dist + eps))
+    return i2t_loss.sum(1).mean() + t2i_loss.sum(1).mean()
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_sdm_matches_irra_formula(index: int) -> None:
+    image, text, labels = _case(CASES[index])
+    expected = _irra_sdm(image.double(), text.double(), labels, 50.0).item()
+    assert sdm_loss(image, text, labels, 50.0).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_infonce_with_distinct_ids_is_clip_loss() -> None:
+    gen = torch.Generator().manual_seed(0)
+    image, text = torch.randn(6, 16, generator=gen), torch.randn(6, 16, generator=gen)
+    labels = torch.arange(6)
+    logits = 20.0 * F.normalize(image, dim=1) @ F.normalize(text, dim=1).t()
+    clip = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    assert infonce_loss(image, text, labels, 20.0).item() == pytest.approx(clip.item(), rel=1e-5)
+
+
+def test_infonce_soft_targets_cover_all_positives() -> None:
+    image = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    scale = 10.0
+    logits = scale * image @ image.t()
+    target = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    expected = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    assert infonce_loss(image, image, labels, scale).item() == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gradients_are_finite(name: str) -> None:
+    image, text, labels = _case(CASES[1])
+    image.requires_grad_(True)
+    text.requires_grad_(True)
+    LOSSES[name](image, text, labels).backward()
+    assert torch.isfinite(image.grad).all() and torch.isfinite(text.grad).all()
+    assert image.grad.abs().sum() > 0 and text.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_aligned_embeddings_give_lower_loss_than_random(name: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    base = torch.randn(8, 32, generator=gen) * 3
+    aligned = LOSSES[name](base, base.clone(), labels)
+    random = LOSSES[name](base, torch.randn(8, 32, generator=gen) * 3, labels)
+    assert aligned.item() < random.item()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_identity_aware_positive_pairs(name: str) -> None:
+    """Samples 0 and 1 share an id: their cross pair is a positive, not a negative."""
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.tensor([0, 0, 1, 2])
+    e_a, e_b = torch.randn(32, generator=gen), torch.randn(32, generator=gen)
+    others = torch.randn(2, 32, generator=gen) * 3
+    image_same = torch.cat([torch.stack([e_a, e_a]) * 3, others])
+    image_diff = torch.cat([torch.stack([e_a, e_b]) * 3, others])
+    same = LOSSES[name](image_same, image_same.clone(), labels)
+    diff = LOSSES[name](image_diff, image_diff.clone(), labels)
+    assert same.item() < diff.item()
+
+
+def test_module_learnable_temperature_and_clamp() -> None:
+    loss = RetrievalLoss("sdm", init_temperature=0.02)
+    assert isinstance(loss.log_scale, torch.nn.Parameter)
+    assert loss.logit_scale.item() == pytest.approx(50.0, rel=1e-5)
+    image, text, labels = _case(CASES[0])
+    loss(image, text, labels).backward()
+    assert loss.log_scale.grad is not None and torch.isfinite(loss.log_scale.grad)
+    hot = RetrievalLoss("infonce", init_temperature=0.001)
+    assert hot.logit_scale.item() == pytest.approx(100.0, rel=1e-5)
+
+
+def test_module_fixed_temperature_is_a_buffer() -> None:
+    loss = RetrievalLoss("infonce", init_temperature=0.05, learn_temperature=False)
+    assert not list(loss.parameters())
+    assert "log_scale" in dict(loss.named_buffers())
+    image, text, labels = _case(CASES[0])
+    assert loss(image, text, labels).item() == pytest.approx(
+        infonce_loss(image, text, labels, 20.0).item(), rel=1e-5
+    )
+    assert not list(RetrievalLoss("cmpm").parameters())
+
+
+def test_float32_under_bf16_autocast() -> None:
+    image, text, labels = _case(CASES[2])
+    reference = cmpm_loss(image, text, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = RetrievalLoss("cmpm")(image.bfloat16(), text.bfloat16(), labels)
+    assert got.dtype == torch.float32
+    assert math.isfinite(got.item())
+    assert got.item() == pytest.approx(reference.item(), rel=0.05)
+
+
+def test_unknown_name_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="cmpm, infonce, sdm"):
+        RetrievalLoss("triplet")
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        cmpm_loss(torch.randn(4, 8), torch.randn(4, 6), torch.arange(4))
+    with pytest.raises(ValueError, match="labels"):
+        cmpm_loss(torch.randn(4, 8), torch.randn(4, 8), torch.arange(3))

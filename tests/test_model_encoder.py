@@ -1,0 +1,208 @@
+"""IVTEncoder behaviour, token dropping (BMM) and configuration."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ivt.model import MODEL_SIZES, EncoderConfig, IVTEncoder, drop_tokens, model_config
+
+MICRO = dict(image_size=(32, 16), patch_size=8, patch_stride=8, width=32, depth=2, num_heads=2,
+             vocab_size=50, max_text_len=16)
+
+
+@pytest.fixture(scope="module")
+def micro() -> IVTEncoder:
+    torch.manual_seed(0)
+    return IVTEncoder(EncoderConfig(**MICRO)).eval()
+
+
+# ---------------------------------------------------------------- config
+def test_named_sizes() -> None:
+    assert set(MODEL_SIZES) == {"tiny", "small", "base"}
+    base = model_config("base")
+    assert (base.width, base.depth, base.num_heads, base.image_size) == (768, 12, 12, (384, 128))
+    assert base.grid_size == (31, 10) and base.num_patches == 310
+    assert model_config("base", patch_stride=16).grid_size == (24, 8)
+    assert model_config("tiny").grid_size == (8, 4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(width=100, num_heads=12), "not divisible by num_heads"),
+    (dict(patch_stride=20), "patch_stride 20 > patch_size 16"),
+    (dict(image_size=(8, 128)), "smaller than patch_size"),
+    (dict(drop_path=1.5), "drop_path"),
+])
+def test_config_validation(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        EncoderConfig(**kwargs)
+
+
+def test_model_config_errors_list_valid_names() -> None:
+    with pytest.raises(ValueError, match="tiny"):
+        model_config("huge")
+    with pytest.raises(ValueError, match="patch_stride"):
+        model_config("tiny", stride=3)
+    cfg = model_config("small", depth=2)
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ---------------------------------------------------------------- masking
+def test_drop_tokens_counts_order_and_cls() -> None:
+    x = torch.arange(2 * 20, dtype=torch.float32).reshape(2, 20, 1).expand(2, 20, 3).contiguous()
+    mask = torch.ones(2, 20, dtype=torch.long)
+    counts = set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        for mode in ("batch", "sample"):
+            out, out_mask, index = drop_tokens(x, mask, 0.3, mode, gen)
+            kept = out.shape[1]
+            assert 20 - int(0.3 * 20) <= kept <= 20
+            counts.add(kept)
+            assert out_mask.shape == (2, kept) and index.shape == (2, kept)
+            assert (index[:, 0] == 0).all()
+            assert (index[:, 1:] > index[:, :-1]).all()  # original order, no repeats
+            torch.testing.assert_close(out, torch.gather(x, 1, index[..., None].expand(-1, -1, 3)))
+    assert counts == set(range(14, 21))  # every count in [L - int(r L), L] occurs
+
+
+def test_drop_tokens_batch_vs_sample_and_determinism() -> None:
+    x = torch.randn(4, 30, 8)
+    batch = drop_tokens(x, None, 0.5, "batch", torch.Generator().manual_seed(1))
+    assert batch.mask is None
+    assert (batch.index == batch.index[:1]).all()
+    again = drop_tokens(x, None, 0.5, "batch", torch.Generator().manual_seed(1))
+    assert torch.equal(batch.index, again.index) and torch.equal(batch.tokens, again.tokens)
+    gen = torch.Generator().manual_seed(2)
+    samples = [drop_tokens(x, None, 0.5, "sample", gen) for _ in range(10)]
+    assert any(s.index.shape[1] < 30 and not (s.index == s.index[:1]).all() for s in samples)
+
+
+def test_drop_tokens_zero_ratio_and_errors() -> None:
+    x = torch.randn(2, 5, 4)
+    out = drop_tokens(x, None, 0.0)
+    assert torch.equal(out.tokens, x)
+    with pytest.raises(ValueError, match="mode"):
+        drop_tokens(x, None, 0.1, "per-token")
+    with pytest.raises(ValueError, match="ratio"):
+        drop_tokens(x, None, 1.0)
+
+
+# ---------------------------------------------------------------- encoder
+def _text(batch: int = 3, length: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(1, 50, (batch, length))
+    return ids, torch.ones(batch, length, dtype=torch.long)
+
+
+def test_shapes(micro: IVTEncoder) -> None:
+    images = torch.randn(2, 3, 32, 16)
+    ids, mask = _text()
+    with torch.no_grad():
+        assert micro.encode_image_tokens(images).shape == (2, 1 + 8, 32)
+        assert micro.encode_image(images).shape == (2, 32)
+        assert micro.encode_text_tokens(ids, mask).shape == (3, 10, 32)
+        assert micro.encode_text(ids, mask).shape == (3, 32)
+        assert torch.equal(micro(ids, mask, modality="text"), micro.encode_text_tokens(ids, mask))
+
+
+def test_padding_does_not_change_real_tokens(micro: IVTEncoder) -> None:
+    ids, mask = _text(2, 6)
+    padded = torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    pmask = torch.cat([mask, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        ref = micro.encode_text_tokens(ids, mask)
+        out = micro.encode_text_tokens(padded, pmask)
+        unmasked = micro.encode_text(padded, None)
+    torch.testing.assert_close(out[:, :6], ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(unmasked, ref[:, 0], atol=1e-3)
+
+
+def test_input_errors(micro: IVTEncoder) -> None:
+    with pytest.raises(ValueError, match="max_text_len 16"):
+        micro.encode_text(*_text(1, 17))
+    with pytest.raises(ValueError, match="expected images of shape"):
+        micro.encode_image(torch.randn(1, 3, 64, 16))
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        micro.encode_text(torch.ones(2, 4, dtype=torch.long), torch.ones(2, 5))
+
+
+def test_token_drop_only_in_training() -> None:
+    torch.manual_seed(0)
+    model = IVTEncoder(EncoderConfig(**MICRO, drop_path=0.0), token_drop_ratio=0.5)
+    images = torch.randn(2, 3, 32, 16)
+    model.eval()
+    with torch.no_grad():
+        assert model.encode_image_tokens(images).shape[1] == 9
+    model.train()
+    gen = torch.Generator().manual_seed(3)
+    model.set_token_drop(0.5, "sample", gen)
+    with torch.no_grad():
+        lengths = {model.encode_image_tokens(images).shape[1] for _ in range(20)}
+        assert model.encode_image_tokens(images, token_drop=0.0).shape[1] == 9
+    assert min(lengths) >= 9 - 4 and len(lengths) > 1
+    model.set_token_drop(0.5, "batch", torch.Generator().manual_seed(7))
+    a = model.encode_image_tokens(images)
+    model.set_token_drop(0.5, "batch", torch.Generator().manual_seed(7))
+    torch.testing.assert_close(model.encode_image_tokens(images), a)
+
+
+def test_training_step_backward() -> None:
+    torch.manual_seed(0)
+    model = IVTEncoder(EncoderConfig(**MICRO, dropout=0.1, attn_dropout=0.1),
+                       token_drop_ratio=0.2).train()
+    ids, mask = _text(4, 12)
+    mask[0, 8:] = 0
+    img = model.encode_image(torch.randn(4, 3, 32, 16))
+    txt = model.encode_text(ids, mask)
+    loss = (torch.nn.functional.normalize(img, dim=-1)
+            @ torch.nn.functional.normalize(txt, dim=-1).T).diag().mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("patch_embed.proj.weight", "embeddings.word_embeddings.weight",
+                 "blocks.0.mlp_vis.fc1.weight", "blocks.1.mlp_txt.fc2.weight", "norm.weight"):
+        assert grads[name] is not None and torch.isfinite(grads[name]).all(), name
+    assert grads["embeddings.word_embeddings.weight"][0].abs().sum() == 0  # [PAD] row frozen
+
+
+def test_bf16_autocast_cpu(micro: IVTEncoder) -> None:
+    images = torch.randn(2, 3, 32, 16)
+    ids, mask = _text()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        img = micro.encode_image(images)
+        txt = micro.encode_text(ids, mask)
+    ref = micro.encode_image(images).detach()
+    assert torch.isfinite(img.float()).all() and torch.isfinite(txt.float()).all()
+    torch.testing.assert_close(img.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_state_dict_names_match_official_layout(micro: IVTEncoder) -> None:
+    keys = set(micro.state_dict())
+    assert {"cls_token", "pos_embed", "type_embed", "patch_embed.proj.weight",
+            "embeddings.LayerNorm.weight", "blocks.1.mlp_txt.fc2.bias", "norm.bias"} <= keys
+    assert "embeddings.position_ids" not in keys
+    assert micro.type_embed.shape == micro.pos_embed.shape == (1, 9, 32)
+
+
+def test_meta_device_construction() -> None:
+    with torch.device("meta"):
+        model = IVTEncoder(model_config("base"))
+    assert sum(p.numel() for p in model.parameters()) == 166_631_424
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_amp(micro: IVTEncoder, dtype: torch.dtype) -> None:
+    model = IVTEncoder(micro.config).cuda().train()
+    model.load_state_dict(micro.state_dict())
+    model.set_token_drop(0.2)
+    ids, mask = _text(4, 12)
+    mask[1, 5:] = 0
+    with torch.autocast("cuda", dtype=dtype):
+        img = model.encode_image(torch.randn(4, 3, 32, 16, device="cuda"))
+        txt = model.encode_text(ids.cuda(), mask.cuda())
+        loss = (img.float() * txt.float()).sum()
+    loss.backward()
+    assert torch.isfinite(model.blocks[0].attn.qkv.weight.grad).all()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        out = model.encode_text(ids.cuda(), mask.cuda()).float().cpu()
+    torch.testing.assert_close(out, micro.encode_text(ids, mask), atol=0.1, rtol=0.05)
