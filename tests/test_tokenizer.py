@@ -59,3 +59,13 @@ def test_bad_tokenizer_files(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match=r"lacks"):
         Tokenizer.from_file(tmp_path / "vocab.txt")
+
+
+def test_training_is_deterministic_and_spells_unknown_words():
+    a = Tokenizer.train(CAPTIONS, vocab_size=300, min_frequency=1)
+    b = Tokenizer.train(list(CAPTIONS), vocab_size=300, min_frequency=1)
+    assert a.hf.get_vocab() == b.hf.get_vocab()
+    ids, _ = a("rabbit")  # never seen: spelled from characters, not [UNK]
+    assert a.decode(ids[0]) == "rabbit" and len(ids[0]) > 3
+    with pytest.raises(ValueError, match="too small"):
+        Tokenizer.train(CAPTIONS, vocab_size=10)

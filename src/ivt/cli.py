@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -149,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as exc:
+        if os.environ.get("IVT_DEBUG"):
+            raise
         print(f"ivt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

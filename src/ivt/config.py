@@ -95,7 +95,8 @@ class TrainConfig:
     threads: int | None = None             # torch CPU threads; None: torch's default
     eval_every: int = 1                    # epochs between validation runs (0: never)
     eval_split: str = "val"
-    max_minutes: float | None = None       # stop after this wall-clock budget (end of the current step)
+    max_minutes: float | None = None       # time budget: the LR schedule ends with it, training stops
+    stop_after_steps: int | None = None    # pause after N steps this invocation (resume later: --resume)
     log_every: int = 20
 
 

@@ -6,12 +6,13 @@ model directory always holds its ``tokenizer.json`` so it is self-describing.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
@@ -26,6 +27,7 @@ def _finish(tok: HFTokenizer) -> HFTokenizer:
         raise ValueError("tokenizer vocabulary lacks [CLS] or [SEP]")
     tok.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
     tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens([t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None])
     return tok
 
 
@@ -73,16 +75,31 @@ class Tokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2,
               max_length: int = 64) -> "Tokenizer":
-        """Learn a WordPiece vocabulary from captions (lower-cased, BERT pre-tokenisation)."""
-        hf = HFTokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
-        hf.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
-        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-            show_progress=False,
-        )
-        hf.train_from_iterator(texts, trainer=trainer)
-        return cls(_finish(hf), max_length)
+        """Build a WordPiece vocabulary from captions, deterministically.
+
+        Every character (and its ``##`` continuation) is kept so any word can be spelled; the rest
+        of the budget goes to whole words by descending frequency (ties alphabetical). HF's trainer
+        is not used because its ids depend on hash order, which would make runs irreproducible.
+        """
+        normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None, clean_text=True)
+        pre = pre_tokenizers.BertPreTokenizer()
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(word for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+        if not counts:
+            raise ValueError("cannot train a tokenizer: no caption text")
+        chars = sorted({ch for word in counts for ch in word})
+        vocab = list(SPECIAL_TOKENS) + chars + [f"##{ch}" for ch in chars]
+        if vocab_size < len(vocab):
+            raise ValueError(f"vocab_size {vocab_size} is too small: the captions need {len(vocab)} entries "
+                             f"for special tokens and characters alone")
+        taken = set(vocab)
+        words = sorted((w for w, n in counts.items() if n >= min_frequency and w not in taken),
+                       key=lambda w: (-counts[w], w))
+        vocab += words[: vocab_size - len(vocab)]
+        model = models.WordPiece({tok: i for i, tok in enumerate(vocab)}, unk_token="[UNK]",
+                                 max_input_chars_per_word=100)
+        return cls(_finish(HFTokenizer(model)), max_length)
 
     def save(self, path: str | Path) -> Path:
         """Write ``tokenizer.json`` (path may be a directory)."""

@@ -1,0 +1,152 @@
+"""Training data: decoded images (cached or on demand), caption samples, the epoch sampler and
+the multi-level alignment (MLA) batch.
+
+A sample is one caption of one image (as in the official code). For each sample the batch holds
+up to three texts — word level (attribute phrases), phrase level (the official split heuristic)
+and the full sentence — each paired with its own independently augmented view of the image.
+"""
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ivt.config import AlignConfig
+from ivt.data import DataError, PedesDataset, Record
+from ivt.text.phrases import sample_phrase, word_level_text
+from ivt.transforms import load_image
+
+LEVELS = ("word", "phrase", "sentence")
+
+
+class ImageBank:
+    """uint8 (3, H, W) images of a list of files, decoded and resized once when ``cache``."""
+
+    def __init__(self, paths: Sequence[Path], size: tuple[int, int], *, cache: bool = True,
+                 threads: int = 4) -> None:
+        self.paths = list(paths)
+        self.size = size
+        self.threads = max(1, threads)
+        self._cache: torch.Tensor | None = None
+        if cache and self.paths:
+            self._cache = self._decode(range(len(self.paths)))
+
+    def _decode(self, indices: Sequence[int]) -> torch.Tensor:
+        with ThreadPoolExecutor(self.threads) as pool:
+            images = list(pool.map(lambda i: load_image(self.paths[i], self.size), indices))
+        return torch.stack(images) if images else torch.empty(0, 3, *self.size, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """uint8 batch (n, 3, H, W) of the given image indices."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if self._cache is not None:
+            return self._cache.index_select(0, idx)
+        return self._decode(idx.tolist())
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: int                 # index into the ImageBank
+    pid: int
+    caption: str
+    attributes: tuple[str, ...]
+
+
+def build_samples(dataset: PedesDataset, records: Sequence[Record]) -> tuple[list[Path], list[Sample]]:
+    """One sample per caption; returns the image paths (bank order) and the samples."""
+    paths = [dataset.image_path(r) for r in records]
+    samples = [Sample(i, r.pid, c, r.attributes) for i, r in enumerate(records) for c in r.captions]
+    return paths, samples
+
+
+class EpochSampler:
+    """Batches of sample indices for an epoch, a pure function of (seed, epoch).
+
+    ``random``: a shuffled permutation cut into batches. ``identity``: batches of P ids x K
+    captions (K drawn per id, with replacement when an id has fewer), so every batch has positives.
+    The last incomplete batch is dropped so batch statistics stay comparable.
+    """
+
+    def __init__(self, pids: Sequence[int], batch_size: int, seed: int, mode: str = "random", k: int = 2) -> None:
+        if mode not in ("random", "identity"):
+            raise ValueError(f"train.sampler must be 'random' or 'identity', got {mode!r}")
+        if batch_size < 2:
+            raise ValueError(f"train.batch_size must be >= 2, got {batch_size}")
+        if mode == "identity" and (k < 1 or batch_size % k):
+            raise ValueError(f"train.batch_size ({batch_size}) must be a multiple of train.k_per_id ({k})")
+        self.pids = torch.as_tensor(list(pids), dtype=torch.long)
+        self.batch_size, self.seed, self.mode, self.k = batch_size, seed, mode, k
+        if len(self.pids) < batch_size:
+            raise DataError(f"the training split has {len(self.pids)} captions, fewer than one batch "
+                            f"(train.batch_size={batch_size})")
+        self._by_pid: dict[int, torch.Tensor] = {}
+        if mode == "identity":
+            order = torch.argsort(self.pids, stable=True)
+            uniq, counts = torch.unique_consecutive(self.pids[order], return_counts=True)
+            for pid, chunk in zip(uniq.tolist(), torch.split(order, counts.tolist())):
+                self._by_pid[pid] = chunk
+
+    def __len__(self) -> int:
+        if self.mode == "random":
+            return len(self.pids) // self.batch_size
+        return (len(self._by_pid) * self.k) // self.batch_size
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.mode == "random":
+            order = torch.randperm(len(self.pids), generator=g)
+        else:
+            pids = list(self._by_pid)
+            chunks = []
+            for p in torch.randperm(len(pids), generator=g).tolist():
+                members = self._by_pid[pids[p]]
+                if len(members) >= self.k:
+                    pick = members[torch.randperm(len(members), generator=g)[: self.k]]
+                else:
+                    pick = members[torch.randint(len(members), (self.k,), generator=g)]
+                chunks.append(pick)
+            order = torch.cat(chunks)
+        n = len(self) * self.batch_size
+        return order[:n].view(-1, self.batch_size).tolist()
+
+
+def enabled_levels(align: AlignConfig) -> list[str]:
+    levels = [name for name in LEVELS if getattr(align, name)]
+    if not levels:
+        raise ValueError("align: at least one of align.word, align.phrase, align.sentence must be true")
+    return levels
+
+
+def level_text(level: str, sample: Sample, rng: random.Random) -> str:
+    """The text of one alignment level for a sample."""
+    if level == "sentence":
+        return sample.caption
+    if level == "phrase":
+        return sample_phrase(sample.caption, rng)
+    return word_level_text(sample.attributes, sample.caption, rng)
+
+
+@dataclass
+class PairBatch:
+    """uint8 images (N, 3, H, W), their texts and identity labels; N = levels x samples."""
+
+    images: torch.Tensor
+    texts: list[str]
+    labels: torch.Tensor
+
+
+def make_pair_batch(samples: Sequence[Sample], bank: ImageBank, levels: Sequence[str],
+                    rng: random.Random) -> PairBatch:
+    """All (view, text) pairs of the MLA levels for a batch of samples."""
+    image_idx = [s.image for s in samples]
+    images = bank.get(image_idx)
+    texts = [level_text(level, s, rng) for level in levels for s in samples]
+    labels = torch.tensor([s.pid for s in samples], dtype=torch.long).repeat(len(levels))
+    return PairBatch(images.repeat(len(levels), 1, 1, 1), texts, labels)

@@ -1,0 +1,79 @@
+"""Training: runs, writes a self-describing run directory, resumes exactly, refuses bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import write_toy_pedes
+from ivt.checkpoint import load_model
+from ivt.config import ConfigError, load_config
+from ivt.data import DataError
+from ivt.evaluate.retrieval import evaluate_checkpoint
+from ivt.train.trainer import train
+
+FAST = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
+        "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.log_every=1"]
+
+
+def _cfg(data, out, *extra):
+    return load_config(None, FAST + [f"data.path={data}", f"train.out_dir={out}", *extra])
+
+
+def test_train_writes_run_dir_and_evaluates(tmp_path):
+    data = write_toy_pedes(tmp_path / "toy")
+    run = train(_cfg(data, tmp_path / "run", "train.epochs=2", "train.eval_every=1"))
+    for name in ("config.yaml", "tokenizer.json", "best.safetensors", "best.json", "last.safetensors",
+                 "last.json", "last.state.safetensors", "last.state.json", "metrics.jsonl"):
+        assert (run / name).exists(), name
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2] and all(r["split"] == "val" for r in evals)
+    assert all(r["loss"] > 0 for r in log if r["kind"] == "train")
+    best = json.loads((run / "best.json").read_text())
+    assert best["selected_on"] == "val"
+    result = evaluate_checkpoint(run, data, split="test", device="cpu")
+    assert result["num_queries"] == 3 * 2 * 2 and result["num_gallery"] == 3 * 2
+    assert 0 <= result["R1"] <= 100 and result["R10"] == 100.0
+    model, meta = load_model(run, "best")
+    assert not model.training and meta["encoder"]["image_size"] == [32, 16]
+
+
+def test_resume_gives_the_same_weights_as_straight_training(tmp_path):
+    data = write_toy_pedes(tmp_path / "toy")
+    common = ["train.epochs=2", "train.eval_every=1", "mask.ratio=0.3", "model.drop_path=0.1"]
+    straight = train(_cfg(data, tmp_path / "a", *common))
+    # The same run paused after epoch 1 (4 steps of 4 per epoch), then resumed in a new invocation.
+    part = train(_cfg(data, tmp_path / "b", *common, "train.stop_after_steps=4"))
+    assert json.loads((part / "last.state.json").read_text())["epoch"] == 1
+    resumed = train(load_config(part / "config.yaml", ["train.stop_after_steps=null"]), resume=True)
+    a, b = load_file(str(straight / "last.safetensors")), load_file(str(resumed / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # And a pause in the middle of an epoch resumes exactly too.
+    mid = train(_cfg(data, tmp_path / "c", *common, "train.stop_after_steps=3"))
+    assert json.loads((mid / "last.state.json").read_text())["batch"] == 3
+    mid = train(load_config(mid / "config.yaml", ["train.stop_after_steps=null"]), resume=True)
+    c = load_file(str(mid / "last.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_refuses_to_overwrite_an_existing_run(tmp_path):
+    data = write_toy_pedes(tmp_path / "toy")
+    run = train(_cfg(data, tmp_path / "run", "train.epochs=1", "train.eval_every=0"))
+    before = (run / "last.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(data, tmp_path / "run", "train.epochs=1"))
+    assert (run / "last.safetensors").read_bytes() == before
+
+
+def test_missing_val_split_is_a_clear_error(tmp_path):
+    data = write_toy_pedes(tmp_path / "toy", ids_per_split=(8, 0, 3))
+    with pytest.raises(DataError, match="no 'val' split"):
+        train(_cfg(data, tmp_path / "run", "train.epochs=1"))
+    with pytest.raises(ConfigError, match="never on"):
+        train(_cfg(data, tmp_path / "run", "train.eval_split=test"))
+    assert not (tmp_path / "run").exists()
