@@ -77,3 +77,13 @@ def test_missing_val_split_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="never on"):
         train(_cfg(data, tmp_path / "run", "train.eval_split=test"))
     assert not (tmp_path / "run").exists()
+
+
+def test_two_tower_baseline_trains_and_reloads(tmp_path):
+    from ivt.model.two_tower import TwoTowerEncoder
+
+    data = write_toy_pedes(tmp_path / "toy")
+    run = train(_cfg(data, tmp_path / "run", "train.epochs=1", "model.arch=two-tower"))
+    model, meta = load_model(run, "best")
+    assert isinstance(model, TwoTowerEncoder) and meta["arch"] == "two-tower"
+    assert evaluate_checkpoint(run, data, device="cpu")["num_gallery"] == 6

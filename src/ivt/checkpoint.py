@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ivt.model import CheckpointError, EncoderConfig, IVTEncoder, load_state_dict_strict
+from ivt.model.two_tower import TwoTowerEncoder
 
 FORMAT = "ivt-checkpoint"
 FORMAT_VERSION = 1
@@ -63,11 +64,12 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def save_checkpoint(run_dir: Path, name: str, model: IVTEncoder, meta: dict[str, Any]) -> Path:
+def save_checkpoint(run_dir: Path, name: str, model: IVTEncoder | TwoTowerEncoder, meta: dict[str, Any]) -> Path:
     """Write ``NAME.safetensors`` (weights) then ``NAME.json`` (encoder config + ``meta``)."""
     weights = run_dir / f"{name}.safetensors"
     atomic_save_tensors(weights, model.state_dict(), metadata={"format": FORMAT})
-    info = {"format": FORMAT, "version": FORMAT_VERSION, "encoder": model.config.to_dict(), **meta}
+    arch = "two-tower" if isinstance(model, TwoTowerEncoder) else "ivt"
+    info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch, "encoder": model.config.to_dict(), **meta}
     atomic_write_json(run_dir / f"{name}.json", info)
     return weights
 
@@ -90,7 +92,7 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pat
     return weights, weights.with_suffix(".json")
 
 
-def load_model(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[IVTEncoder, dict]:
+def load_model(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[IVTEncoder | TwoTowerEncoder, dict]:
     """An encoder in eval mode from a run directory or checkpoint file, with its metadata."""
     weights, meta_path = resolve_checkpoint(path, which)
     meta = read_json(meta_path)
@@ -100,6 +102,9 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
         config = EncoderConfig.from_dict(meta["encoder"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: bad encoder configuration ({exc})") from exc
-    model = IVTEncoder(config)
+    arch = meta.get("arch", "ivt")
+    if arch not in ("ivt", "two-tower"):
+        raise CheckpointError(f"{meta_path}: unknown architecture {arch!r}")
+    model = TwoTowerEncoder(config) if arch == "two-tower" else IVTEncoder(config)
     load_state_dict_strict(model, read_tensors(weights), str(weights))
     return model.to(device).eval(), meta

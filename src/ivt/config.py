@@ -34,6 +34,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     size: str = "tiny"                     # tiny | small | base
+    arch: str = "ivt"                      # ivt (one shared encoder) | two-tower (ablation baseline)
     image_size: list[int] | None = None    # [H, W]; None: the size's default
     patch_stride: int | None = None
     drop_path: float | None = None

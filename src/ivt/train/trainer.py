@@ -17,6 +17,7 @@ from ivt.data import DataError, load_dataset
 from ivt.evaluate.retrieval import embed_split, split_metrics
 from ivt.losses import RetrievalLoss
 from ivt.model import IVTEncoder, load_official_encoder, model_config
+from ivt.model.two_tower import TwoTowerEncoder
 from ivt.runtime import autocast, resolve_device, resolve_precision
 from ivt.text.tokenizer import Tokenizer
 from ivt.train.data import EpochSampler, ImageBank, build_samples, enabled_levels, make_pair_batch
@@ -63,6 +64,10 @@ def build_model(cfg: Config, vocab_size: int) -> IVTEncoder:
             raise ConfigError(f"model.init {cfg.model.init} has a text vocabulary of {model.config.vocab_size} "
                               f"but the tokenizer has {vocab_size}; set data.tokenizer to the checkpoint's vocab.txt")
         return model
+    if cfg.model.arch == "two-tower":
+        return TwoTowerEncoder(config)
+    if cfg.model.arch != "ivt":
+        raise ConfigError(f"model.arch must be 'ivt' or 'two-tower', got {cfg.model.arch!r}")
     return IVTEncoder(config)
 
 

@@ -1,0 +1,101 @@
+"""Ablation on SynthPedes: same data, same training time budget, several seeds.
+
+Variants: full IVT (MLA + BMM); without MLA (sentence level only); without BMM (no token
+dropping); a two-tower baseline (separate image and text transformers of the same total block
+size, nothing shared). Prints a table of test R1/mAP/mINP (mean +- std over seeds) and writes it
+into benchmarks/RESULTS.md between the ablation markers.
+
+    python benchmarks/ablation.py [--minutes 4] [--seeds 0 1] [--data data/synthpedes]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from ivt.config import load_config
+from ivt.demo import DEMO_OVERRIDES
+from ivt.evaluate.retrieval import evaluate_checkpoint
+from ivt.train.trainer import train
+
+VARIANTS = {
+    "IVT (MLA + BMM)": [],
+    "w/o MLA": ["align.word=false", "align.phrase=false"],
+    "w/o BMM": ["mask.ratio=0"],
+    "two-tower": ["model.arch=two-tower"],
+}
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+
+
+def run_one(data: Path, out: Path, variant: list[str], seed: int, minutes: float) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    cfg = load_config(None, [*DEMO_OVERRIDES, *variant, f"data.path={data}", f"train.out_dir={out}",
+                             f"train.seed={seed}", f"train.max_minutes={minutes}", "train.eval_every=100"])
+    train(cfg)
+    result = evaluate_checkpoint(out, data, split="test", device="cpu")
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    result["steps"] = max((r["step"] for r in steps), default=0)
+    return result
+
+
+def table(results: dict[str, list[dict]], minutes: float, seeds: list[int]) -> str:
+    lines = [f"Test split, tiny model, {minutes:g} min of training per run on this machine, seeds {seeds}.",
+             "", "| variant | R1 | mAP | mINP | steps |", "| --- | --- | --- | --- | --- |"]
+    for name, runs in results.items():
+        cells = []
+        for key in ("R1", "mAP", "mINP", "steps"):
+            vals = [float(r[key]) for r in runs]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{statistics.mean(vals):.2f} ± {sd:.2f}" if key != "steps" else f"{statistics.mean(vals):.0f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+    body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in body and END in body:
+        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END):]
+    else:
+        body = body.rstrip() + "\n\n## Ablation (`benchmarks/ablation.py`)\n\n" + block + "\n"
+    RESULTS.write_text(body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data/synthpedes")
+    ap.add_argument("--ids", type=int, default=600, help="SynthPedes size when --data must be generated")
+    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--work", default="runs/ablation")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not (data / "reid_raw.json").exists():
+        from ivt.synth.generate import generate_synthpedes
+
+        generate_synthpedes(data, args.ids, 0)
+    results: dict[str, list[dict]] = {}
+    started = time.perf_counter()
+    for name in args.variants:
+        for seed in args.seeds:
+            slug = name.split()[0].replace("/", "").lower() + ("-" + name.split()[-1] if " " in name else "")
+            r = run_one(data, Path(args.work) / f"{slug}-seed{seed}", VARIANTS[name], seed, args.minutes)
+            results.setdefault(name, []).append(r)
+            print(f"{name:<18} seed {seed}: R1 {r['R1']:.2f} mAP {r['mAP']:.2f} mINP {r['mINP']:.2f} "
+                  f"({r['steps']} steps)", flush=True)
+    text = table(results, args.minutes, args.seeds)
+    print(text)
+    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    if not args.no_write:
+        write_results(text)
+
+
+if __name__ == "__main__":
+    main()

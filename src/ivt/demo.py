@@ -1,0 +1,115 @@
+"""`ivt demo` / `make demo`: the main job end to end on CPU.
+
+Generate SynthPedes (reused when already there with the same parameters), check it, train the
+`tiny` IVT within a time budget into ``runs/demo``, evaluate on the test split, and draw a grid of
+text queries with their top-5 images.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ivt.config import load_config
+from ivt.data import format_stats, load_dataset
+
+DEMO_MARKER = "demo.json"
+#: The training recipe of the demo (and of the ablation benchmark's full-IVT row).
+DEMO_OVERRIDES = (
+    "model.size=tiny", "train.epochs=60", "train.batch_size=64", "train.eval_every=10",
+    "train.sampler=identity", "train.k_per_id=2", "optim.lr=0.001", "optim.warmup_epochs=2",
+)
+
+
+def _ensure_synth(data_dir: Path, ids: int, seed: int) -> None:
+    from ivt.synth.generate import generate_synthpedes
+
+    marker = data_dir / "synthpedes.json"
+    if marker.exists():
+        params = json.loads(marker.read_text())
+        if params.get("num_ids") == ids and params.get("seed") == seed:
+            print(f"[1/5] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
+            return
+    t0 = time.perf_counter()
+    generate_synthpedes(data_dir, ids, seed, progress=True)
+    print(f"[1/5] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    """Replace a previous demo run; refuse to touch anything else."""
+    if not run_dir.exists():
+        return
+    if (run_dir / DEMO_MARKER).exists():
+        shutil.rmtree(run_dir)
+        return
+    if any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} exists and is not a previous demo run; choose another --out "
+                              f"(nothing was changed)")
+
+
+def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0) -> list:
+    """GridRows of a few test captions with their top-k images from the trained model."""
+    from ivt.checkpoint import load_model
+    from ivt.evaluate.retrieval import embed_split
+    from ivt.runtime import resolve_precision
+    from ivt.text.tokenizer import Tokenizer
+    from ivt.viz import GridRow
+
+    model, _ = load_model(run_dir, "best")
+    tokenizer = Tokenizer.from_file(run_dir, max_length=model.config.max_text_len)
+    dataset = load_dataset(data_dir)
+    records = dataset.split("test")
+    device = torch.device("cpu")
+    emb = embed_split(model, tokenizer, dataset, records, device, resolve_precision("auto", device))
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(emb.captions), generator=g)[:num_queries].tolist()
+    rows = []
+    for q in picks:
+        scores = emb.image @ emb.text[q]
+        top = torch.topk(scores, min(top_k, len(scores)))
+        rows.append(GridRow(
+            query=emb.captions[q],
+            images=[emb.image_paths[i] for i in top.indices.tolist()],
+            correct=[bool(emb.image_pids[i] == emb.text_pids[q]) for i in top.indices.tolist()],
+            scores=[float(s) for s in top.values],
+            target=emb.image_paths[int(emb.text_image[q])],
+        ))
+    return rows
+
+
+def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int = 600,
+             minutes: float = 8.0, seed: int = 0) -> dict:
+    """The whole demo; returns the test metrics."""
+    from ivt.evaluate.retrieval import evaluate_checkpoint, format_metrics
+    from ivt.train.trainer import train
+    from ivt.viz import result_grid, result_html
+
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    started = time.perf_counter()
+    _ensure_synth(data_dir, ids, seed)
+    dataset = load_dataset(data_dir)
+    print("[2/5] dataset check:\n" + format_stats(dataset))
+    _prepare_run_dir(run_dir)
+    cfg = load_config(None, [
+        *DEMO_OVERRIDES, f"data.path={data_dir}", f"train.out_dir={run_dir}", f"train.seed={seed}",
+        f"train.max_minutes={minutes}",
+    ])
+    print(f"[3/5] training tiny IVT for up to {minutes:g} min into {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / DEMO_MARKER).write_text(json.dumps({"data": str(data_dir), "ids": ids, "seed": seed}) + "\n")
+    train_start = time.perf_counter()
+    train(cfg)
+    train_seconds = time.perf_counter() - train_start
+    result = evaluate_checkpoint(run_dir, data_dir, split="test", device="auto")
+    (run_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    chance = 100.0 * min(1.0, 1.0 / max(1, len({r.pid for r in dataset.split("test")})))
+    print(f"[4/5] test split (trained {train_seconds / 60:.1f} min; chance R1 ~ {chance:.2f}):")
+    print(format_metrics(result))
+    rows = result_rows(run_dir, data_dir, seed=seed)
+    png = result_grid(rows, run_dir / "results.png")
+    html = result_html(rows, run_dir / "results.html")
+    print(f"[5/5] result grid: {png} (and {html}); total {(time.perf_counter() - started) / 60:.1f} min")
+    return result

@@ -1,0 +1,175 @@
+"""Write a SynthPedes dataset in the CUHK-PEDES raw layout (``reid_raw.json`` + ``imgs/``)."""
+from __future__ import annotations
+
+import json
+import operator
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ivt.synth.attributes import IdentityEntry, sample_identities
+from ivt.synth.captions import attribute_phrases, captions, tokenize
+from ivt.synth.preview import write_preview
+from ivt.synth.scene import Camera, make_cameras, render_image
+from ivt.synth.visibility import VIEWS, visible_slots
+
+MARKER = "synthpedes.json"
+ANNOTATION = "reid_raw.json"
+ATTRIBUTES = "attributes.json"
+IMAGE_DIR = "imgs"
+FORMAT_VERSION = 1
+NUM_CAMERAS = 6
+SPLITS = ("train", "val", "test")
+P_POLE, P_CAR = 0.07, 0.08
+JPEG_QUALITY = 90
+
+
+def _validate(num_ids: int, image_size: tuple[int, int], images_per_id: tuple[int, int],
+              split_fractions: tuple[float, float, float], hard_negative_fraction: float) -> None:
+    if isinstance(num_ids, bool) or not isinstance(num_ids, int) or num_ids < 3:
+        raise ValueError(f"num_ids must be an integer >= 3 so every split gets an identity, got {num_ids!r}")
+    if len(image_size) != 2 or image_size[0] < 48 or image_size[1] < 16:
+        raise ValueError(f"image_size must be (height, width) with height >= 48 and width >= 16, got {image_size!r}")
+    if image_size[0] < image_size[1]:
+        raise ValueError(f"image_size is (height, width) and pedestrians are tall: got {image_size!r}")
+    lo, hi = images_per_id
+    if not (1 <= lo <= hi):
+        raise ValueError(f"images_per_id must be (min, max) with 1 <= min <= max, got {images_per_id!r}")
+    if len(split_fractions) != 3 or any(f <= 0 for f in split_fractions) or abs(sum(split_fractions) - 1) > 1e-6:
+        raise ValueError(f"split_fractions must be three positive numbers (train, val, test) summing to 1, "
+                         f"got {split_fractions!r}")
+    if not 0.0 <= hard_negative_fraction <= 1.0:
+        raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction!r}")
+
+
+def _is_previous_output(out: Path) -> bool:
+    marker = out / MARKER
+    if not (marker.is_file() and (out / ANNOTATION).is_file()):
+        return False
+    try:
+        return json.loads(marker.read_text()).get("generator") == "synthpedes"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _prepare(out: Path) -> None:
+    """Create ``out`` or clear a previous SynthPedes output in it; refuse anything else."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_previous_output(out):
+            raise ValueError(f"{out} is not empty and is not a previous SynthPedes output "
+                             f"(no {ANNOTATION} + {MARKER}); refusing to write into it. "
+                             "Choose an empty or new directory.")
+        if (out / IMAGE_DIR).is_dir():
+            shutil.rmtree(out / IMAGE_DIR)
+    (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+
+
+def split_counts(num_ids: int, fractions: tuple[float, float, float]) -> dict[str, int]:
+    """Identities per split: val and test rounded, at least one each; train gets the rest (>= 1)."""
+    val = max(1, round(num_ids * fractions[1]))
+    test = max(1, round(num_ids * fractions[2]))
+    while num_ids - val - test < 1:
+        if val >= test:
+            val -= 1
+        else:
+            test -= 1
+    return {"train": num_ids - val - test, "val": val, "test": test}
+
+
+def _views(n: int, rng: random.Random) -> list[str]:
+    """Views for one identity's images: front, back and a side first, then any."""
+    first = ["front", "back", rng.choice(("left", "right"))]
+    rng.shuffle(first)
+    return (first + [rng.choice(VIEWS) for _ in range(max(0, n - 3))])[:n]
+
+
+def _render_identity(entry: IdentityEntry, n: int, out: Path, cams: list[Camera], size: tuple[int, int],
+                     seed: int, width: int) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(f"synthpedes/{seed}/{entry.pid}")
+    views = _views(n, rng)
+    cam_ids = rng.sample(range(len(cams)), n) if n <= len(cams) else [rng.randrange(len(cams)) for _ in range(n)]
+    folder = f"{entry.split}/{entry.pid:0{width}d}"
+    (out / IMAGE_DIR / folder).mkdir(parents=True, exist_ok=True)
+    rows, metas = [], []
+    for k, (view, ci) in enumerate(zip(views, cam_ids)):
+        irng = random.Random(f"synthpedes/{seed}/{entry.pid}/{k}")
+        u = irng.random()
+        occluder = "pole" if u < P_POLE else "car" if u < P_POLE + P_CAR else None
+        vis = visible_slots(entry.identity, view, occluder)
+        img = render_image(entry.identity, view, vis, occluder, cams[ci], size, irng,
+                           np.random.default_rng(irng.getrandbits(64)))
+        rel = f"{folder}/{entry.pid:0{width}d}_c{cams[ci].index}_s{k + 1}.jpg"
+        img.save(out / IMAGE_DIR / rel, "JPEG", quality=JPEG_QUALITY)
+        caps = captions(entry.identity, vis, view, irng, n=2)
+        rows.append({"split": entry.split, "captions": caps, "file_path": rel,
+                     "processed_tokens": [tokenize(c) for c in caps], "id": entry.pid,
+                     "att": attribute_phrases(entry.identity, vis)})
+        metas.append({"file_path": rel, "view": view, "camera": cams[ci].index, "occluder": occluder,
+                      "visible": sorted(vis)})
+    return rows, metas
+
+
+def generate_synthpedes(out_dir: str | Path, num_ids: int = 600, seed: int = 0, *,
+                        image_size: tuple[int, int] = (192, 72),
+                        images_per_id: tuple[int, int] = (2, 5),
+                        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                        hard_negative_fraction: float = 0.5,
+                        progress: bool = False) -> dict:
+    """Generate SynthPedes into ``out_dir`` and return a summary (ids/images/captions per split, seconds).
+
+    Same arguments give byte-identical files. ``image_size`` is (height, width). A non-empty
+    ``out_dir`` is only accepted when it holds a previous SynthPedes output, whose ``imgs/`` is
+    then replaced.
+    """
+    start = time.perf_counter()
+    try:
+        num_ids = operator.index(num_ids)
+    except TypeError:
+        raise ValueError(f"num_ids must be an integer, got {num_ids!r}") from None
+    image_size = tuple(int(v) for v in image_size)  # type: ignore[assignment]
+    images_per_id = tuple(int(v) for v in images_per_id)  # type: ignore[assignment]
+    split_fractions = tuple(float(v) for v in split_fractions)  # type: ignore[assignment]
+    _validate(num_ids, image_size, images_per_id, split_fractions, hard_negative_fraction)
+    out = Path(out_dir)
+    _prepare(out)
+    counts = split_counts(num_ids, split_fractions)
+    entries = sample_identities(counts, hard_negative_fraction, random.Random(f"synthpedes/{seed}/ids"))
+    cams = make_cameras(random.Random(f"synthpedes/{seed}/cameras"), NUM_CAMERAS)
+    count_rng = random.Random(f"synthpedes/{seed}/counts")
+    width = max(4, len(str(num_ids)))
+    rows: list[dict] = []
+    records: dict[str, dict] = {}
+    it = entries
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(entries, desc="SynthPedes", unit="id")
+    for entry in it:
+        n = count_rng.randint(*images_per_id)
+        id_rows, metas = _render_identity(entry, n, out, cams, image_size, seed, width)
+        rows.extend(id_rows)
+        records[str(entry.pid)] = {"split": entry.split, "derived_from": entry.derived_from,
+                                   "changed": list(entry.changed), "attributes": entry.identity.to_dict(),
+                                   "images": metas}
+    (out / ANNOTATION).write_text(json.dumps(rows), encoding="utf-8")
+    (out / ATTRIBUTES).write_text(json.dumps(records, indent=1), encoding="utf-8")
+    params = {"num_ids": num_ids, "seed": seed, "image_size": list(image_size),
+              "images_per_id": list(images_per_id), "split_fractions": list(split_fractions),
+              "hard_negative_fraction": hard_negative_fraction}
+    summary = {
+        "ids": dict(counts),
+        "images": {s: sum(r["split"] == s for r in rows) for s in SPLITS},
+        "captions": {s: sum(len(r["captions"]) for r in rows if r["split"] == s) for s in SPLITS},
+        "hard_negatives": sum(e.derived_from is not None for e in entries),
+    }
+    marker = {"generator": "synthpedes", "version": FORMAT_VERSION, "params": params, "summary": summary,
+              "cameras": [c.to_dict() for c in cams]}
+    (out / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+    return {**summary, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 3)}
+
+
+__all__ = ["generate_synthpedes", "split_counts", "write_preview"]
