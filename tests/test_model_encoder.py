@@ -206,3 +206,17 @@ def test_cuda_amp(micro: IVTEncoder, dtype: torch.dtype) -> None:
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
         out = model.encode_text(ids.cuda(), mask.cuda()).float().cpu()
     torch.testing.assert_close(out, micro.encode_text(ids, mask), atol=0.1, rtol=0.05)
+
+
+def test_explicit_bf16_training_attention_matches_sdpa():
+    import torch.nn.functional as F
+
+    from ivt.model.transformer import _explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = _explicit_attention(q, k, v, mask, 0.0)
+    assert torch.allclose(got, want, atol=1e-5)
