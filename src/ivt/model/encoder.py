@@ -95,12 +95,19 @@ class IVTEncoder(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """timm-ViT init (trunc-normal .02, zero biases, LN ones) and BERT embeddings (N(0, .02))."""
+        """From-scratch init: xavier-uniform linears (timm's "jax" ViT scheme), zero biases, LN
+        ones, trunc-normal .02 cls/position tokens and BERT-style N(0, .02) embeddings.
+
+        Xavier rather than N(0, .02) linears matters here: with .02 the [CLS] output barely depends
+        on the other tokens at init, every caption embeds to nearly the same vector, and the
+        contrastive loss collapses the image side too (measured: no progress in 60 steps on one
+        batch, versus CMPM 26.6 -> 14.4 with xavier). Pretrained weights replace all of this.
+        """
         for tensor in (self.cls_token, self.pos_embed, self.type_embed):
             nn.init.trunc_normal_(tensor, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
