@@ -19,7 +19,7 @@ from ivt.data import format_stats, load_dataset
 DEMO_MARKER = "demo.json"
 #: The training recipe of the demo (and of the ablation benchmark's full-IVT row).
 DEMO_OVERRIDES = (
-    "model.size=tiny", "train.epochs=60", "train.batch_size=64", "train.eval_every=5",
+    "model.size=tiny", "train.epochs=150", "train.batch_size=64", "train.eval_every=10",
     "train.sampler=identity", "train.k_per_id=2", "optim.lr=0.0003", "optim.warmup_epochs=2",
 )
 
