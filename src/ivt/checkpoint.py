@@ -108,3 +108,12 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     model = TwoTowerEncoder(config) if arch == "two-tower" else IVTEncoder(config)
     load_state_dict_strict(model, read_tensors(weights), str(weights))
     return model.to(device).eval(), meta
+
+
+def load_tokenizer(path: str | Path, meta: dict, which: str = "best"):
+    """The tokenizer saved with a run, truncating at the length the model was trained with."""
+    from ivt.text.tokenizer import Tokenizer
+
+    weights, _ = resolve_checkpoint(path, which)
+    max_length = int(meta.get("text_max_length") or meta["encoder"]["max_text_len"])
+    return Tokenizer.from_file(weights.parent, max_length=max_length)

@@ -52,14 +52,13 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0) -> list:
     """GridRows of a few test captions with their top-k images from the trained model."""
-    from ivt.checkpoint import load_model
+    from ivt.checkpoint import load_model, load_tokenizer
     from ivt.evaluate.retrieval import embed_split
     from ivt.runtime import resolve_precision
-    from ivt.text.tokenizer import Tokenizer
     from ivt.viz import GridRow
 
-    model, _ = load_model(run_dir, "best")
-    tokenizer = Tokenizer.from_file(run_dir, max_length=model.config.max_text_len)
+    model, meta = load_model(run_dir, "best")
+    tokenizer = load_tokenizer(run_dir, meta)
     dataset = load_dataset(data_dir)
     records = dataset.split("test")
     device = torch.device("cpu")

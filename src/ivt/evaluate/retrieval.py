@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from ivt.data import DataError, PedesDataset, Record, load_dataset
+from ivt.data.image_bank import ImageBank
 from ivt.evaluate.metrics import ranking_metrics
 from ivt.model import IVTEncoder
 from ivt.runtime import autocast, resolve_device, resolve_precision
 from ivt.text.tokenizer import Tokenizer
-from ivt.transforms import EvalTransform, load_image
+from ivt.transforms import EvalTransform
 
 
 @dataclass
@@ -61,7 +62,7 @@ def embed_split(model: IVTEncoder, tokenizer: Tokenizer, dataset: PedesDataset, 
         raise DataError(f"{dataset.annotation}: the evaluation split is empty")
     paths = [dataset.image_path(r) for r in records]
     if images is None:
-        images = torch.stack([load_image(p, model.config.image_size) for p in paths])
+        images = ImageBank(paths, tuple(model.config.image_size)).get(range(len(paths)))
     captions = [c for r in records for c in r.captions]
     text_image = torch.tensor([i for i, r in enumerate(records) for _ in r.captions])
     pids = torch.tensor([r.pid for r in records])
@@ -90,12 +91,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, data_format
                         which: str = "best", image_root: str | Path | None = None, i2t: bool = False,
                         precision: str = "auto") -> dict:
     """Load a trained run and report retrieval metrics on one split of a dataset."""
-    from ivt.checkpoint import load_model, resolve_checkpoint
+    from ivt.checkpoint import load_model, load_tokenizer, resolve_checkpoint
 
     dev = resolve_device(device)
     model, meta = load_model(checkpoint, which, dev)
     weights, _ = resolve_checkpoint(checkpoint, which)
-    tokenizer = Tokenizer.from_file(weights.parent, max_length=model.config.max_text_len)
+    tokenizer = load_tokenizer(checkpoint, meta, which)
     dataset = load_dataset(data, data_format, image_root=image_root)
     records = dataset.split(split)
     if not records:

@@ -1,4 +1,4 @@
-"""Training data: decoded images (cached or on demand), caption samples, the epoch sampler and
+"""Training data: caption samples, the epoch sampler and
 the multi-level alignment (MLA) batch.
 
 A sample is one caption of one image (as in the official code). For each sample the batch holds
@@ -8,7 +8,6 @@ and the full sentence — each paired with its own independently augmented view 
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,37 +17,9 @@ import torch
 from ivt.config import AlignConfig
 from ivt.data import DataError, PedesDataset, Record
 from ivt.text.phrases import sample_phrase, word_level_text
-from ivt.transforms import load_image
+from ivt.data.image_bank import ImageBank
 
 LEVELS = ("word", "phrase", "sentence")
-
-
-class ImageBank:
-    """uint8 (3, H, W) images of a list of files, decoded and resized once when ``cache``."""
-
-    def __init__(self, paths: Sequence[Path], size: tuple[int, int], *, cache: bool = True,
-                 threads: int = 4) -> None:
-        self.paths = list(paths)
-        self.size = size
-        self.threads = max(1, threads)
-        self._cache: torch.Tensor | None = None
-        if cache and self.paths:
-            self._cache = self._decode(range(len(self.paths)))
-
-    def _decode(self, indices: Sequence[int]) -> torch.Tensor:
-        with ThreadPoolExecutor(self.threads) as pool:
-            images = list(pool.map(lambda i: load_image(self.paths[i], self.size), indices))
-        return torch.stack(images) if images else torch.empty(0, 3, *self.size, dtype=torch.uint8)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def get(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """uint8 batch (n, 3, H, W) of the given image indices."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        if self._cache is not None:
-            return self._cache.index_select(0, idx)
-        return self._decode(idx.tolist())
 
 
 @dataclass(frozen=True)

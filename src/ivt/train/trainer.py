@@ -20,7 +20,8 @@ from ivt.model import IVTEncoder, load_official_encoder, model_config
 from ivt.model.two_tower import TwoTowerEncoder
 from ivt.runtime import autocast, resolve_device, resolve_precision
 from ivt.text.tokenizer import Tokenizer
-from ivt.train.data import EpochSampler, ImageBank, build_samples, enabled_levels, make_pair_batch
+from ivt.data.image_bank import ImageBank
+from ivt.train.data import EpochSampler, build_samples, enabled_levels, make_pair_batch
 from ivt.train.optim import WarmupCosine, build_optimizer
 from ivt.train.state import load_train_state, save_train_state
 from ivt.transforms import TrainAugment
@@ -149,6 +150,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
     if eval_records and cfg.data.cache_images:
         eval_images = ImageBank([dataset.image_path(r) for r in eval_records], size).get(range(len(eval_records)))
     log = _Log(run_dir)
+    text_meta = {"text_max_length": tokenizer.max_length}
     budget = t.max_minutes * 60 if t.max_minutes else None
 
     def progress() -> float:
@@ -169,10 +171,10 @@ def train(cfg: Config, resume: bool = False) -> Path:
         if best is None or tuple(score) > tuple(best):
             counters["best_score"], counters["best_epoch"] = list(score), epoch
             save_checkpoint(run_dir, "best", model, {"epoch": epoch, "step": counters["step"],
-                                                     "selected_on": t.eval_split, "metrics": record})
+                                                     "selected_on": t.eval_split, "metrics": record, **text_meta})
 
     def save_last(epoch: int) -> None:
-        save_checkpoint(run_dir, "last", model, {"epoch": epoch, "step": counters["step"]})
+        save_checkpoint(run_dir, "last", model, {"epoch": epoch, "step": counters["step"], **text_meta})
         save_train_state(run_dir, optimizer=optimizer, extra_modules={"loss": loss_fn}, augment_rng=aug_rng,
                          text_rng=text_rng, counters=counters)
 
@@ -239,7 +241,7 @@ def train(cfg: Config, resume: bool = False) -> Path:
         save_last(counters["epoch"])
     if not eval_records:
         save_checkpoint(run_dir, "best", model, {"epoch": counters["epoch"], "step": counters["step"],
-                                                 "selected_on": None})
+                                                 "selected_on": None, **text_meta})
     if out_of_time:
         tqdm.write(f"time budget of {t.max_minutes} min reached after {counters['step']} steps")
     return run_dir
