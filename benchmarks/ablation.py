@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import time
@@ -85,7 +86,7 @@ def main() -> None:
     started = time.perf_counter()
     for name in args.variants:
         for seed in args.seeds:
-            slug = name.split()[0].replace("/", "").lower() + ("-" + name.split()[-1] if " " in name else "")
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
             r = run_one(data, Path(args.work) / f"{slug}-seed{seed}", VARIANTS[name], seed, args.minutes)
             results.setdefault(name, []).append(r)
             print(f"{name:<18} seed {seed}: R1 {r['R1']:.2f} mAP {r['mAP']:.2f} mINP {r['mINP']:.2f} "

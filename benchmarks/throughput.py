@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import platform
 import time
 from typing import Callable, Iterator
@@ -187,6 +188,7 @@ class InferBench(Bench):
         gen = torch.Generator().manual_seed(0)
         self.model, self.modality, self.dtype = model, modality, dtype
         self.images = torch.randn(batch, 3, *model.config.image_size, generator=gen)
+        self.images = self.images.to(next(model.parameters()).dtype)
         self.ids, self.mask = random_texts(batch, text_len, model.config.vocab_size, gen)
 
     def step(self) -> None:
@@ -243,7 +245,7 @@ def main() -> None:
                flops: float, target: str = "", extra: str = "") -> tuple[float, float]:
         rate = batch * steps / secs
         gflops = flops / secs / 1e9
-        frac = 100.0 * gflops / peak[dtype]
+        frac = 100.0 * gflops / peak[dtype[:4]]
         row = (f"  {size:<6}{task:<8}{dtype:<6}{batch:>6}{steps:>6}{secs:>7.1f}{rate:>10.1f}"
                f"{flops / steps / 1e9:>12.1f}{gflops:>9.1f}{frac:>7.1f}%   {target}{extra}")
         rows.append(row)
@@ -273,11 +275,14 @@ def main() -> None:
                      f"{cfg.patch_size} stride {cfg.patch_stride}: {1 + cfg.num_patches} tokens; "
                      f"texts {args.infer_text_len} tokens; best of batches {batches}, "
                      f"{per_batch:.1f} s each)\n{header}"):
+            # "bf16w": weights stored in bf16 (no autocast, so no per-call weight casts).
+            bf16_model = copy.deepcopy(model).to(torch.bfloat16) if "bf16" in dtypes else None
             for modality in ("image", "text"):
-                for dtype in dtypes:
+                for dtype in dtypes + (["bf16w"] if bf16_model is not None else []):
                     best = None
                     for batch in batches:
-                        bench = InferBench(model, modality, batch, args.infer_text_len, dtype)
+                        bench = InferBench(bf16_model if dtype == "bf16w" else model, modality, batch,
+                                           args.infer_text_len, dtype)
                         res = timed(bench, per_batch, warmup=1, min_steps=1)
                         if best is None or batch * res[0] / res[1] > best[0] * best[1] / best[2]:
                             best = (batch, *res)
