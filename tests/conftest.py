@@ -1,6 +1,8 @@
 """Shared test helpers: locating the reference fixtures."""
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,17 @@ def fixture_path(name: str) -> Path:
         if (folder / name).exists():
             return folder / name
     raise FileNotFoundError(f"fixture {name} is neither in {LOCAL_FIXTURES} nor in {SHARED_FIXTURES}")
+
+
+def read_fixture_json(name: str) -> dict:
+    """A JSON fixture: ../shared/fixtures when present (the source), else the repo's gzipped copy."""
+    shared = SHARED_FIXTURES / name
+    if shared.exists():
+        return json.loads(shared.read_text())
+    packed = LOCAL_FIXTURES / (name + ".gz")
+    if packed.exists():
+        return json.loads(gzip.decompress(packed.read_bytes()))
+    return json.loads(fixture_path(name).read_text())
 
 
 @pytest.fixture

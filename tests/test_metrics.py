@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_path
+from conftest import read_fixture_json
 from ivt.evaluate import ranking_metrics
 
 
@@ -27,7 +27,7 @@ def argsort_reference(sim: torch.Tensor, qp: torch.Tensor, gp: torch.Tensor, k_m
 
 
 def test_matches_irra_fixture_cases():
-    cases = json.loads(fixture_path("ranking_metric_cases.json").read_text())["cases"]
+    cases = read_fixture_json("ranking_metric_cases.json")["cases"]
     assert len(cases) >= 4
     for case in cases:
         got = ranking_metrics(case["similarity"], case["query_pids"], case["gallery_pids"])
