@@ -87,3 +87,22 @@ def test_two_tower_baseline_trains_and_reloads(tmp_path):
     model, meta = load_model(run, "best")
     assert isinstance(model, TwoTowerEncoder) and meta["arch"] == "two-tower"
     assert evaluate_checkpoint(run, data, device="cpu")["num_gallery"] == 6
+
+
+def test_train_starts_from_an_official_checkpoint(tmp_path):
+    from conftest import fixture_path
+
+    data = write_toy_pedes(tmp_path / "toy")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "person", "shirt", "red", "blue", ",", "."]
+    words += [f"[unused{i}]" for i in range(120 - len(words))]  # the fixture's text vocabulary is 120
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    ckpt = fixture_path("official_checkpoint_tiny.pth")
+    cfg = _cfg(data, tmp_path / "run", "train.epochs=1", f"model.init={ckpt}", f"data.tokenizer={tmp_path}/vocab.txt",
+               "model.image_size=[64, 32]")
+    run = train(cfg)
+    model, meta = load_model(run, "last")
+    assert meta["encoder"]["width"] == 64 and meta["encoder"]["vocab_size"] == 120
+    # A tokenizer that does not fit the checkpoint's vocabulary is refused up front.
+    bad = _cfg(data, tmp_path / "run2", "train.epochs=1", f"model.init={ckpt}", "model.image_size=[64, 32]")
+    with pytest.raises(ConfigError, match="vocabulary of 120"):
+        train(bad)
