@@ -29,14 +29,14 @@ VARIANTS = {
     "two-tower": ["model.arch=two-tower"],
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 
 
-def run_one(data: Path, out: Path, variant: list[str], seed: int, minutes: float) -> dict:
+def run_one(data: Path, out: Path, variant: list[str], seed: int, minutes: float, epochs: int | None) -> dict:
     if out.exists():
         shutil.rmtree(out)
+    budget = [f"train.epochs={epochs}", "train.max_minutes=null"] if epochs else [f"train.max_minutes={minutes}"]
     cfg = load_config(None, [*DEMO_OVERRIDES, *variant, f"data.path={data}", f"train.out_dir={out}",
-                             f"train.seed={seed}", f"train.max_minutes={minutes}", "train.eval_every=100"])
+                             f"train.seed={seed}", *budget, "train.eval_every=1000"])
     train(cfg)
     result = evaluate_checkpoint(out, data, split="test", device="cpu")
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -44,8 +44,8 @@ def run_one(data: Path, out: Path, variant: list[str], seed: int, minutes: float
     return result
 
 
-def table(results: dict[str, list[dict]], minutes: float, seeds: list[int]) -> str:
-    lines = [f"Test split, tiny model, {minutes:g} min of training per run on this machine, seeds {seeds}.",
+def table(results: dict[str, list[dict]], budget: str, seeds: list[int]) -> str:
+    lines = [f"Test split, tiny model, {budget} per run, seeds {seeds}.",
              "", "| variant | R1 | mAP | mINP | steps |", "| --- | --- | --- | --- | --- |"]
     for name, runs in results.items():
         cells = []
@@ -57,13 +57,14 @@ def table(results: dict[str, list[dict]], minutes: float, seeds: list[int]) -> s
     return "\n".join(lines)
 
 
-def write_results(text: str) -> None:
+def write_results(text: str, tag: str = "ablation") -> None:
+    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in body and END in body:
-        body = body[: body.index(BEGIN)] + block + body[body.index(END) + len(END):]
+    block = f"{begin}\n{text}\n{end}"
+    if begin in body and end in body:
+        body = body[: body.index(begin)] + block + body[body.index(end) + len(end):]
     else:
-        body = body.rstrip() + "\n\n## Ablation (`benchmarks/ablation.py`)\n\n" + block + "\n"
+        body = body.rstrip() + f"\n\n## Ablation (`benchmarks/ablation.py`, {tag})\n\n" + block + "\n"
     RESULTS.write_text(body)
 
 
@@ -71,7 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/synthpedes")
     ap.add_argument("--ids", type=int, default=600, help="SynthPedes size when --data must be generated")
-    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--minutes", type=float, default=3.0, help="training time budget per run")
+    ap.add_argument("--epochs", type=int, help="instead of a time budget: this many epochs per run (step-matched)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--work", default="runs/ablation")
@@ -87,15 +89,17 @@ def main() -> None:
     for name in args.variants:
         for seed in args.seeds:
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-            r = run_one(data, Path(args.work) / f"{slug}-seed{seed}", VARIANTS[name], seed, args.minutes)
+            r = run_one(data, Path(args.work) / f"{slug}-seed{seed}", VARIANTS[name], seed, args.minutes,
+                        args.epochs)
             results.setdefault(name, []).append(r)
             print(f"{name:<18} seed {seed}: R1 {r['R1']:.2f} mAP {r['mAP']:.2f} mINP {r['mINP']:.2f} "
                   f"({r['steps']} steps)", flush=True)
-    text = table(results, args.minutes, args.seeds)
+    budget = f"{args.epochs} epochs (step-matched)" if args.epochs else f"{args.minutes:g} min of training"
+    text = table(results, budget, args.seeds)
     print(text)
     print(f"total {(time.perf_counter() - started) / 60:.1f} min")
     if not args.no_write:
-        write_results(text)
+        write_results(text, "ablation-steps" if args.epochs else "ablation")
 
 
 if __name__ == "__main__":
