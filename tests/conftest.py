@@ -5,7 +5,6 @@ import gzip
 import json
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_FIXTURES = REPO / "tests" / "fixtures"
@@ -29,8 +28,3 @@ def read_fixture_json(name: str) -> dict:
     if packed.exists():
         return json.loads(gzip.decompress(packed.read_bytes()))
     return json.loads(fixture_path(name).read_text())
-
-
-@pytest.fixture
-def fixtures_dir() -> Path:
-    return LOCAL_FIXTURES

@@ -1,7 +1,6 @@
 """ranking_metrics against the IRRA reference fixtures and a plain full-argsort implementation."""
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
