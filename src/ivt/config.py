@@ -40,6 +40,9 @@ class ModelConfig:
     drop_path: float | None = None
     dropout: float | None = None
     init: str | None = None                # official IVT checkpoint (.pth/.safetensors) to start from
+    init_image: str | None = None          # ImageNet ViT (.pth/.npz/.safetensors): image side + shared layers
+    init_text: str | None = None           # BERT-style weights (file, HF directory, or "minilm"): text side
+    text_dropout: float | None = None      # dropout after the text embeddings; None: model.dropout (paper: 0.1)
 
 
 @dataclass
@@ -81,6 +84,10 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
     clip_grad: float | None = 5.0
+    bias_lr_factor: float = 1.0            # biases learn this many times faster (paper: 2)
+    decay_all: bool = False                # weight decay on every parameter (paper), not only on matrices
+    warmup_start: float | None = None      # warmup starts at this x lr (paper: 0.01); None: from ~0
+    schedule: str = "step"                 # step (cosine per step) | epoch (paper: lr set once per epoch)
 
 
 @dataclass
