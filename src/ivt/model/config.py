@@ -33,6 +33,7 @@ class EncoderConfig:
     type_vocab_size: int = 2
     text_ln_eps: float = 1e-12
     dropout: float = 0.0
+    text_dropout: float | None = None   # after the text embeddings; None: ``dropout`` (paper: 0.1, vision 0)
     attn_dropout: float = 0.0
     drop_path: float = 0.1
 
@@ -63,6 +64,8 @@ class EncoderConfig:
         for name in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 errors.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.text_dropout is not None and not 0.0 <= float(self.text_dropout) < 1.0:
+            errors.append(f"text_dropout must be in [0, 1) or None, got {self.text_dropout}")
         if errors:
             raise ValueError("invalid EncoderConfig: " + "; ".join(errors))
 
