@@ -8,7 +8,9 @@ from collections import Counter
 
 import pytest
 
+from ivt.config import load_config
 from ivt.data import load_dataset
+from ivt.errors import ConfigError
 from ivt.text.phrases import comma_clauses, phrase_candidates
 from ivt.train.data import EpochSampler, build_samples, level_text
 
@@ -84,6 +86,8 @@ def test_identity_all_batches_have_distinct_ids_while_enough_remain():
     assert len(sampler) == sum(max(n, 4) // 4 for n in Counter(pids).values()) // 7
 
 
-def test_unknown_sampler_mode():
-    with pytest.raises(ValueError, match="identity-all"):
-        EpochSampler(PIDS, batch_size=4, seed=0, mode="pk")
+def test_sampler_settings_are_checked_with_the_config():
+    with pytest.raises(ConfigError, match="identity-all"):
+        load_config(None, ["train.sampler=pk"])
+    with pytest.raises(ConfigError, match="multiple of train.k_per_id"):
+        load_config(None, ["train.sampler=identity-all", "train.batch_size=28", "train.k_per_id=3"])

@@ -6,9 +6,8 @@ import math
 import torch
 from torch import nn
 
-from ivt.config import ConfigError, OptimConfig
-
-SCHEDULES = ("step", "epoch")
+from ivt.config import OPTIMIZERS, SCHEDULES, OptimConfig
+from ivt.errors import ConfigError
 
 
 def _is_bias(name: str) -> bool:
@@ -52,7 +51,7 @@ def build_optimizer(cfg: OptimConfig, modules: dict[str, nn.Module]) -> torch.op
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
-    raise ConfigError(f"optim.name must be 'adamw' or 'sgd', got {cfg.name!r}")
+    raise ConfigError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {cfg.name!r}")
 
 
 class WarmupCosine:
