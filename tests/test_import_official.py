@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import fixture_path
-from helpers import write_toy_pedes
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import ivt
+from conftest import fixture_path
+from helpers import write_toy_pedes
 from ivt.checkpoint import load_model, load_tokenizer
 from ivt.cli import main
 from ivt.config import load_config
@@ -40,10 +42,22 @@ def run_import(ckpt, out, vocab, *extra) -> int:
                  "--vocab", str(vocab), *extra])
 
 
-def test_round_trip_gives_identical_embeddings(tmp_path, model):
+def test_round_trip_gives_identical_embeddings_through_ivt_load(tmp_path, model):
     ckpt = export_official(model, tmp_path / "official.pth")
     vocab = write_vocab(tmp_path / "vocab.txt", 60)
     assert run_import(ckpt, tmp_path / "run", vocab) == 0
+    retrieval = ivt.load(tmp_path / "run", device="cpu", precision="fp32")
+    pixels = torch.randint(0, 256, (3, 3, 64, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    texts = ["a man in a red coat.", "a woman with a blue bag", "black pants"]
+    with torch.no_grad():
+        # The official preprocessing: (x / 255 - 0.5) / 0.5.
+        want_img = F.normalize(model.encode_image(pixels.float() / 255 * 2 - 1), dim=-1)
+        ids, mask = Tokenizer.from_file(vocab, max_length=40)(texts)
+        want_txt = F.normalize(model.encode_text(ids, mask), dim=-1)
+    torch.testing.assert_close(retrieval.encode_images(pixels), want_img, rtol=0, atol=1e-6)
+    assert torch.equal(retrieval.encode_texts(texts), want_txt)
+    assert retrieval.config.image_mean == retrieval.config.image_std == (0.5, 0.5, 0.5)
+    assert retrieval.config.eval_interpolation == "bilinear"
     loaded, meta = load_model(tmp_path / "run")
     tokenizer = load_tokenizer(tmp_path / "run", meta)
     images = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(1))

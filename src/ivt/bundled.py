@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ivt.model.checkpoint_io import CheckpointError
+from ivt.errors import CheckpointError
 
 __all__ = [
     "BERT_VOCAB_NAMES",

@@ -8,15 +8,14 @@ inverse, a ``.pth`` file the official code (and ``import_official``) can read.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ivt.checkpoint import save_checkpoint
+from ivt.checkpoint import file_sha256, save_checkpoint
 from ivt.config import Config, save_config
-from ivt.model.checkpoint_io import CheckpointError
+from ivt.errors import CheckpointError, IvtError, RunDirError
 from ivt.model.config import MODEL_SIZES
 from ivt.model.official import load_official_encoder
 from ivt.text.tokenizer import Tokenizer
@@ -25,14 +24,6 @@ __all__ = ["RUN_MARKERS", "export_official", "import_official"]
 
 #: Files whose presence means a directory already holds a run (never overwritten).
 RUN_MARKERS = ("best.safetensors", "last.safetensors", "config.yaml", "tokenizer.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _size_name(width: int, depth: int, heads: int) -> str:
@@ -57,13 +48,18 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
         raise CheckpointError(f"official checkpoint not found: {source}")
     taken = [name for name in RUN_MARKERS if (out / name).exists()]
     if taken:
-        raise CheckpointError(f"{out} already holds a run ({', '.join(taken)}); choose another --out "
+        raise RunDirError(f"{out} already holds a run ({', '.join(taken)}); choose another --out "
                               f"(nothing was changed)")
     model = load_official_encoder(source, image_size=tuple(image_size), patch_size=16,
                                   patch_stride=patch_stride, num_heads=num_heads)
     config = model.config
-    tokenizer = Tokenizer.from_file(vocab if vocab is not None else "bert-base-uncased",
-                                    max_length=config.max_text_len)
+    try:
+        tokenizer = Tokenizer.from_file(vocab if vocab is not None else "bert-base-uncased",
+                                        max_length=config.max_text_len)
+    except IvtError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"--vocab: {exc}") from None
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"the vocabulary has {tokenizer.vocab_size} entries but {source} embeds "
                               f"{config.vocab_size} tokens; pass the vocab.txt the checkpoint was trained "
@@ -81,7 +77,7 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
     save_config(cfg, out / "config.yaml")
     save_checkpoint(out, "best", model, {
         "epoch": None, "step": None, "selected_on": None, "text_max_length": config.max_text_len,
-        "imported_from": {"path": str(source.resolve()), "sha256": _sha256(source), "format": "official-ivt"}})
+        "imported_from": {"path": str(source.resolve()), "sha256": file_sha256(source), "format": "official-ivt"}})
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ivt.model.checkpoint_io import CheckpointError
+from ivt.errors import CheckpointError
 
 __all__ = ["jax_vit_to_timm", "read_npz"]
 

