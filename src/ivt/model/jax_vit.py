@@ -8,7 +8,7 @@ into a (C, C) projection. Every array of the file is either converted or reporte
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,7 @@ def jax_vit_to_timm(arrays: Mapping[str, np.ndarray]
     return out, origin, leftover
 
 
-def _convert_block(i: int, take: _Taker, put) -> None:
+def _convert_block(i: int, take: _Taker, put: Callable[..., None]) -> None:
     """One encoder block: LayerNorm_0 -> norm1, attention -> qkv/proj, LayerNorm_2, MlpBlock_3."""
     b = f"Transformer/encoderblock_{i}/"
     mha = b + "MultiHeadDotProductAttention_1/"
