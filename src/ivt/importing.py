@@ -15,7 +15,7 @@ from torch import nn
 
 from ivt.checkpoint import file_sha256, save_checkpoint
 from ivt.config import Config, save_config
-from ivt.errors import CheckpointError, IvtError, RunDirError
+from ivt.errors import CheckpointError, RunDirError
 from ivt.model.config import MODEL_SIZES
 from ivt.model.official import load_official_encoder
 from ivt.text.tokenizer import Tokenizer
@@ -53,13 +53,7 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
     model = load_official_encoder(source, image_size=tuple(image_size), patch_size=16,
                                   patch_stride=patch_stride, num_heads=num_heads)
     config = model.config
-    try:
-        tokenizer = Tokenizer.from_file(vocab if vocab is not None else "bert-base-uncased",
-                                        max_length=config.max_text_len)
-    except IvtError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"--vocab: {exc}") from None
+    tokenizer = Tokenizer.from_file(vocab if vocab is not None else "bert-base-uncased", max_length=config.max_text_len)
     if tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"the vocabulary has {tokenizer.vocab_size} entries but {source} embeds "
                               f"{config.vocab_size} tokens; pass the vocab.txt the checkpoint was trained "
