@@ -114,7 +114,7 @@ def test_bad_input_is_one_message_and_nothing_is_written(tmp_path, model, capsys
     assert run_import(ckpt, tmp_path / "run", vocab) == 0
     before = (tmp_path / "run" / "best.json").read_text()
     assert run_import(ckpt, tmp_path / "run", vocab) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already exists and is not an empty directory" in capsys.readouterr().err
     assert (tmp_path / "run" / "best.json").read_text() == before
     with pytest.raises(SystemExit) as exit_info:
         main(["import-official", str(ckpt), "--out", str(tmp_path / "d"), "--image-size", "big"])

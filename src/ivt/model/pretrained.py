@@ -14,7 +14,6 @@ that does not fit are errors listing every one of them, raised before anything i
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -351,11 +350,13 @@ def format_reports(reports: list[LoadReport], encoder: nn.Module) -> str:
 
 def write_init_report(run_dir: str | Path, reports: list[LoadReport], encoder: nn.Module) -> Path:
     """Write ``init_report.txt`` (as printed) and ``init_report.json`` (every key) into ``run_dir``."""
+    from ivt.checkpoint import atomic_write_bytes, atomic_write_json
+
     run_dir = Path(run_dir)
     covered = {k for r in reports for k in r.used}
-    (run_dir / "init_report.json").write_text(json.dumps({
+    atomic_write_json(run_dir / "init_report.json", {
         "files": [r.to_dict() for r in reports],
-        "from_scratch": [k for k in encoder.state_dict() if k not in covered]}, indent=2) + "\n")
+        "from_scratch": [k for k in encoder.state_dict() if k not in covered]})
     path = run_dir / "init_report.txt"
-    path.write_text(format_reports(reports, encoder) + "\n")
+    atomic_write_bytes(path, (format_reports(reports, encoder) + "\n").encode())
     return path
