@@ -51,5 +51,5 @@ PYEOF
 
 step "throughput"
 $PY benchmarks/throughput.py --device cuda --sizes base --dtypes bf16 --seconds 20 --peak-n 8192 \
-    --infer-batches 64,128,256 --workdir "$W/tp" --write
+    --infer-batches 64,128,256 --base-batches 0,112 --workdir "$W/tp" --write
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
