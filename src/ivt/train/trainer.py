@@ -33,7 +33,7 @@ from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss
 from ivt.model.factory import build_encoder
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
-from ivt.runtime import autocast, resolve_device, resolve_precision, to_device
+from ivt.runtime import autocast, resolve_device, resolve_precision, to_device, training_attention
 from ivt.text.tokenizer import Tokenizer
 from ivt.train.data import EpochSampler, PairBatch, build_samples, enabled_levels, make_pair_batch
 from ivt.train.distributed import (
@@ -216,7 +216,7 @@ class Trainer:
         images = self.augment(batch.images, seeds=batch.augment_seeds, device=self.device)
         ids, mask = (to_device(t, self.device) for t in self.tokenizer(batch.texts))
         labels = to_device(batch.labels, self.device)
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp), training_attention(self.device):
             img, txt = self.pair_encoder(images, ids, mask)
         loss = self.loss_fn(gather_with_grad(img, self.dist), gather_with_grad(txt, self.dist),
                             gather_labels(labels, self.dist))
