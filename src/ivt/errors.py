@@ -1,9 +1,43 @@
-"""The exception types that mean "the user's input is wrong": shown as one message, exit status 2.
+"""One error hierarchy for everything that is the user's input at fault.
 
-Every such error in ivt is a ValueError subclass that names the file/field/value at fault
-(DataError, ConfigError, CheckpointError, ...). Set IVT_DEBUG=1 to see the traceback instead.
+:class:`IvtError` and its subclasses mean "your file, config, checkpoint or image is wrong": the
+CLI prints the message (which names the file, entry, field or value) and exits with status 2.
+Anything else that escapes (a plain ``ValueError``, ``KeyError``, ...) is a bug in ivt and keeps
+its traceback, so internal mistakes are never disguised as user errors. Each class also derives
+from the built-in exception a caller would naturally catch (``ValueError``, ``OSError``).
+Set ``IVT_DEBUG=1`` to see the traceback of a user error too.
 """
 from __future__ import annotations
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-                                                NotADirectoryError, PermissionError)
+
+class IvtError(Exception):
+    """Base class: an input the user supplied does not fit (shown as one message, exit 2)."""
+
+
+class ConfigError(IvtError, ValueError):
+    """A configuration key or value that does not exist or does not fit."""
+
+
+class DataError(IvtError, ValueError):
+    """An annotation file, dataset layout or data entry that cannot be used."""
+
+
+class ImageError(IvtError, OSError):
+    """An image file that is missing or cannot be decoded; the message names the file."""
+
+
+class CheckpointError(IvtError, ValueError):
+    """A checkpoint, run directory or weight file that is missing, damaged or does not fit."""
+
+
+class RunDirError(IvtError, OSError):
+    """A run directory that cannot be used as asked (already holds a run, nothing to resume)."""
+
+
+class DeviceError(IvtError, ValueError):
+    """A device or precision that this machine cannot provide."""
+
+
+#: What the CLI reports as one message with exit status 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (IvtError, ValueError, FileNotFoundError, FileExistsError,
+                                                IsADirectoryError, NotADirectoryError, PermissionError)
