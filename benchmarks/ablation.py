@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ivt.config import load_config
-from ivt.demo import DEMO_OVERRIDES
+from ivt.demo import DEMO_CONFIG
 from ivt.evaluate.retrieval import evaluate_checkpoint
 from ivt.train.trainer import train
 
@@ -35,7 +35,7 @@ def run_one(data: Path, out: Path, variant: list[str], seed: int, minutes: float
     if out.exists():
         shutil.rmtree(out)
     budget = [f"train.epochs={epochs}", "train.max_minutes=null"] if epochs else [f"train.max_minutes={minutes}"]
-    cfg = load_config(None, [*DEMO_OVERRIDES, *variant, f"data.path={data}", f"train.out_dir={out}",
+    cfg = load_config(DEMO_CONFIG, [*variant, f"data.path={data}", f"train.out_dir={out}",
                              f"train.seed={seed}", *budget, "train.eval_every=1000"])
     train(cfg)
     result = evaluate_checkpoint(out, data, split="test", device="cpu")
@@ -52,7 +52,8 @@ def table(results: dict[str, list[dict]], budget: str, seeds: list[int]) -> str:
         for key in ("R1", "mAP", "mINP", "steps"):
             vals = [float(r[key]) for r in runs]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            cells.append(f"{statistics.mean(vals):.2f} ± {sd:.2f}" if key != "steps" else f"{statistics.mean(vals):.0f}")
+            mean = statistics.mean(vals)
+            cells.append(f"{mean:.2f} ± {sd:.2f}" if key != "steps" else f"{mean:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -5,7 +5,6 @@ import gzip
 import json
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_FIXTURES = REPO / "tests" / "fixtures"
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"

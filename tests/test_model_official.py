@@ -10,8 +10,12 @@ from safetensors.torch import load_file
 
 import ivt
 from ivt.model import (
-    CheckpointError, IVTEncoder, encoder_state_shapes, load_official_encoder,
-    load_state_dict_strict, model_config,
+    CheckpointError,
+    IVTEncoder,
+    encoder_state_shapes,
+    load_official_encoder,
+    load_state_dict_strict,
+    model_config,
 )
 
 LOCAL = Path(__file__).resolve().parent / "fixtures"

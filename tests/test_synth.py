@@ -9,8 +9,18 @@ import pytest
 from PIL import Image
 
 from ivt.synth.attributes import attribute_diff, is_valid, sample_identities
-from ivt.synth.captions import (BAG_WORDS, COLOUR_WORDS, GLASSES_WORDS, HELD_WORDS, MAX_WORDS, MIN_WORDS,
-                                SHOE_WORDS, attribute_phrases, captions, tokenize)
+from ivt.synth.captions import (
+    BAG_WORDS,
+    COLOUR_WORDS,
+    GLASSES_WORDS,
+    HELD_WORDS,
+    MAX_WORDS,
+    MIN_WORDS,
+    SHOE_WORDS,
+    attribute_phrases,
+    captions,
+    tokenize,
+)
 from ivt.synth.generate import generate_synthpedes, split_counts, write_preview
 from ivt.synth.visibility import VIEWS, visible_slots
 

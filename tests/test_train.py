@@ -11,6 +11,7 @@ from helpers import write_toy_pedes
 from ivt.checkpoint import load_model
 from ivt.config import ConfigError, load_config
 from ivt.data import DataError
+from ivt.errors import RunDirError
 from ivt.evaluate.retrieval import evaluate_checkpoint
 from ivt.train.trainer import train
 
@@ -65,7 +66,7 @@ def test_refuses_to_overwrite_an_existing_run(tmp_path):
     data = write_toy_pedes(tmp_path / "toy")
     run = train(_cfg(data, tmp_path / "run", "train.epochs=1", "train.eval_every=0"))
     before = (run / "last.safetensors").read_bytes()
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunDirError, match="--resume"):
         train(_cfg(data, tmp_path / "run", "train.epochs=1"))
     assert (run / "last.safetensors").read_bytes() == before
 
@@ -97,12 +98,22 @@ def test_train_starts_from_an_official_checkpoint(tmp_path):
     words += [f"[unused{i}]" for i in range(120 - len(words))]  # the fixture's text vocabulary is 120
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
     ckpt = fixture_path("official_checkpoint_tiny.pth")
+    size = ["model.width=64", "model.depth=2", "model.num_heads=4", "model.image_size=[64, 32]"]
     cfg = _cfg(data, tmp_path / "run", "train.epochs=1", f"model.init={ckpt}", f"data.tokenizer={tmp_path}/vocab.txt",
-               "model.image_size=[64, 32]")
+               *size)
     run = train(cfg)
     model, meta = load_model(run, "last")
     assert meta["encoder"]["width"] == 64 and meta["encoder"]["vocab_size"] == 120
+    # The official weights were trained on inputs normalised with mean = std = 0.5: that travels along.
+    assert meta["encoder"]["image_mean"] == [0.5] * 3 and meta["encoder"]["image_std"] == [0.5] * 3
     # A tokenizer that does not fit the checkpoint's vocabulary is refused up front.
-    bad = _cfg(data, tmp_path / "run2", "train.epochs=1", f"model.init={ckpt}", "model.image_size=[64, 32]")
+    bad = _cfg(data, tmp_path / "run2", "train.epochs=1", f"model.init={ckpt}", *size)
     with pytest.raises(ConfigError, match="vocabulary of 120"):
         train(bad)
+    # So are a named size and an architecture that contradict the weights (no silent override).
+    vocab = f"data.tokenizer={tmp_path}/vocab.txt"
+    with pytest.raises(ConfigError, match="width: model.size=tiny has 192, the weights have 64"):
+        train(_cfg(data, tmp_path / "run3", f"model.init={ckpt}", vocab, "model.image_size=[64, 32]"))
+    with pytest.raises(ConfigError, match="model.arch is 'two-tower'"):
+        train(_cfg(data, tmp_path / "run4", f"model.init={ckpt}", vocab, *size, "model.arch=two-tower"))
+    assert not any((tmp_path / name).exists() for name in ("run2", "run3", "run4"))

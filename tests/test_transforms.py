@@ -9,15 +9,16 @@ import torch
 from PIL import Image
 
 from ivt.transforms import (
-    CLIP_MEAN,
-    CLIP_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,
-    ImageLoadError,
+    ImageError,
     TrainAugment,
     load_image,
 )
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 H, W = 48, 24
 
@@ -61,19 +62,19 @@ def test_load_image_converts_grayscale(tmp_path: Path) -> None:
 def test_corrupt_file_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken_image.jpg"
     path.write_bytes(b"this is not a jpeg")
-    with pytest.raises(ImageLoadError, match="broken_image.jpg"):
+    with pytest.raises(ImageError, match="broken_image.jpg"):
         load_image(path, (H, W))
 
 
 def test_truncated_file_error_names_the_file(tmp_path: Path, image_file: Path) -> None:
     path = tmp_path / "cut.png"
     path.write_bytes(image_file.read_bytes()[:200])
-    with pytest.raises(ImageLoadError, match="cut.png"):
+    with pytest.raises(ImageError, match="cut.png"):
         load_image(path, (H, W))
 
 
 def test_missing_file_error_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ImageLoadError, match="nowhere.png"):
+    with pytest.raises(ImageError, match="nowhere.png"):
         load_image(tmp_path / "nowhere.png", (H, W))
 
 
@@ -129,10 +130,10 @@ def test_crop_is_a_window_of_the_padded_image() -> None:
     offsets = set()
     for o, p in zip(out, padded):
         matches = [
-            (t, l)
+            (t, left)
             for t in range(2 * pad + 1)
-            for l in range(2 * pad + 1)
-            if torch.equal(o, p[:, t:t + H, l:l + W])
+            for left in range(2 * pad + 1)
+            if torch.equal(o, p[:, t:t + H, left:left + W])
         ]
         assert len(matches) == 1
         offsets.add(matches[0])

@@ -7,8 +7,16 @@ import pytest
 from PIL import Image
 
 from ivt.viz import (
-    BORDER, CORRECT_COLOR, GAP, TARGET_GAP, TEXT_WIDTH, WRONG_COLOR, GridRow, grid_size,
-    result_grid, result_html,
+    BORDER,
+    CORRECT_COLOR,
+    GAP,
+    TARGET_GAP,
+    TEXT_WIDTH,
+    WRONG_COLOR,
+    GridRow,
+    grid_size,
+    result_grid,
+    result_html,
 )
 
 

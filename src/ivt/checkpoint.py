@@ -6,40 +6,113 @@ checkpoints (``NAME.safetensors`` + ``NAME.json``), the resumable training state
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from ivt.model import CheckpointError, EncoderConfig, IVTEncoder, load_state_dict_strict
-from ivt.model.two_tower import TwoTowerEncoder
+from ivt.errors import CheckpointError
+from ivt.model import EncoderConfig, load_state_dict_strict
+from ivt.model.factory import ARCHS, Encoder, arch_of, create_encoder
 
 FORMAT = "ivt-checkpoint"
 FORMAT_VERSION = 1
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+JOURNAL = "commit.json"
+_FAULT_DELAY = "IVT_FAULT_INJECT_DELAY"  # crash tests only: seconds to sleep inside a commit
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_tmp(path: Path, data: bytes) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    os.replace(_write_tmp(path, data), path)
+    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes (CPU copies of the tensors)."""
+    return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+
+
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, tensors_bytes(tensors, metadata))
+
+
+def commit_files(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Replace several files of ``run_dir`` together: after a crash at any point, either all of
+    them are the new versions or all are the old ones (once :func:`recover_run_dir` has run).
+
+    A redo journal: every new file is written and fsynced as ``NAME.tmp``; then ``commit.json``
+    (naming them) is written atomically — the commit point; then the renames; then the journal
+    is removed. Recovery finishes the renames of a committed journal, or drops the ``.tmp``
+    files of an uncommitted one.
+    """
+    delay = float(os.environ.get(_FAULT_DELAY, "0") or 0)
+    for name, data in files.items():
+        _write_tmp(run_dir / name, data)
+        if delay:
+            time.sleep(delay)
+    atomic_write_json(run_dir / JOURNAL, {"files": list(files)})
+    if delay:
+        time.sleep(delay)
+    _apply_journal(run_dir, list(files))
+
+
+def _apply_journal(run_dir: Path, names: list[str]) -> None:
+    for name in names:
+        tmp = run_dir / (name + ".tmp")
+        if tmp.exists():
+            os.replace(tmp, run_dir / name)
+    _fsync_dir(run_dir)
+    (run_dir / JOURNAL).unlink(missing_ok=True)
+    _fsync_dir(run_dir)
+
+
+def recover_run_dir(run_dir: Path) -> list[str]:
+    """Bring ``run_dir`` to a consistent state after a crash; returns what was done (for logs)."""
+    done: list[str] = []
+    journal = run_dir / JOURNAL
+    if journal.exists():
+        try:
+            names = json.loads(journal.read_text())["files"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            names = None  # a torn journal cannot exist (it is written atomically); be safe anyway
+        if isinstance(names, list):
+            _apply_journal(run_dir, [str(n) for n in names])
+            done.append(f"completed an interrupted checkpoint write ({', '.join(map(str, names))})")
+        else:
+            journal.unlink()
+    for tmp in sorted(run_dir.glob("*.tmp")):
+        tmp.unlink()
+        done.append(f"removed the partial file {tmp.name} of an interrupted write")
+    return done
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -50,6 +123,15 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: Path) -> dict:
@@ -64,14 +146,19 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def save_checkpoint(run_dir: Path, name: str, model: IVTEncoder | TwoTowerEncoder, meta: dict[str, Any]) -> Path:
-    """Write ``NAME.safetensors`` (weights) then ``NAME.json`` (encoder config + ``meta``)."""
-    weights = run_dir / f"{name}.safetensors"
-    atomic_save_tensors(weights, model.state_dict(), metadata={"format": FORMAT})
-    arch = "two-tower" if isinstance(model, TwoTowerEncoder) else "ivt"
-    info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch, "encoder": model.config.to_dict(), **meta}
-    atomic_write_json(run_dir / f"{name}.json", info)
-    return weights
+def checkpoint_files(name: str, model: Encoder, meta: dict[str, Any]) -> dict[str, bytes]:
+    """The two files of checkpoint ``name``: ``NAME.safetensors`` (weights) and ``NAME.json``
+    (encoder config + ``meta`` + the sha256 of the weights, so a mismatched pair is detectable)."""
+    weights = tensors_bytes(model.state_dict(), metadata={"format": FORMAT})
+    info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch_of(model), "encoder": model.config.to_dict(),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(), **meta}
+    return {f"{name}.safetensors": weights, f"{name}.json": (json.dumps(info, indent=2) + "\n").encode()}
+
+
+def save_checkpoint(run_dir: Path, name: str, model: Encoder, meta: dict[str, Any]) -> Path:
+    """Write checkpoint ``name`` of ``run_dir`` (both files together, crash-safe)."""
+    commit_files(run_dir, checkpoint_files(name, model, meta))
+    return run_dir / f"{name}.safetensors"
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Path]:
@@ -79,9 +166,12 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pat
     p = Path(path)
     if p.is_dir():
         weights = p / f"{which}.safetensors"
-        if not weights.exists() and which == "best" and (p / "last.safetensors").exists():
-            weights = p / "last.safetensors"
         if not weights.exists():
+            if which == "best" and (p / "last.safetensors").exists():
+                raise CheckpointError(f"{p}: no best checkpoint yet (validation has not run in this run); "
+                                      f"use --which last for the latest weights")
+            if not (p / "config.yaml").exists() and not (p / "last.safetensors").exists():
+                raise CheckpointError(f"{p}: not an ivt run directory (no config.yaml, no checkpoints)")
             raise CheckpointError(f"{p}: no {which}.safetensors in this run directory")
     elif p.suffix == ".safetensors":
         weights = p
@@ -92,10 +182,14 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pat
     return weights, weights.with_suffix(".json")
 
 
-def load_model(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[IVTEncoder | TwoTowerEncoder, dict]:
+def load_model(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
     """An encoder in eval mode from a run directory or checkpoint file, with its metadata."""
     weights, meta_path = resolve_checkpoint(path, which)
     meta = read_json(meta_path)
+    expected = meta.get("weights_sha256")
+    if expected is not None and file_sha256(weights) != expected:
+        raise CheckpointError(f"{weights}: its content does not match {meta_path.name} (sha256 differs): the file "
+                              f"was modified or damaged")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not an ivt checkpoint (format {meta.get('format')!r})")
     try:
@@ -103,9 +197,9 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: bad encoder configuration ({exc})") from exc
     arch = meta.get("arch", "ivt")
-    if arch not in ("ivt", "two-tower"):
+    if arch not in ARCHS:
         raise CheckpointError(f"{meta_path}: unknown architecture {arch!r}")
-    model = TwoTowerEncoder(config) if arch == "two-tower" else IVTEncoder(config)
+    model = create_encoder(config, arch)
     load_state_dict_strict(model, read_tensors(weights), str(weights))
     return model.to(device).eval(), meta
 

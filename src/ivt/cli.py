@@ -30,7 +30,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _print_dataset(path: str | Path, fmt: str, check_images: bool, image_root: str | None = None) -> None:
-    from ivt.data import check_images as check, format_stats, load_dataset
+    from ivt.data import check_images as check
+    from ivt.data import format_stats, load_dataset
 
     dataset = load_dataset(path, fmt, image_root=image_root)
     if check_images:
@@ -45,6 +46,7 @@ def _cmd_data_check(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from ivt.config import load_config
+    from ivt.errors import RunDirError
     from ivt.train.trainer import train
 
     overrides = list(args.set or [])
@@ -55,7 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there (is it a run directory?)")
+            raise RunDirError(f"--resume {run_dir}: no config.yaml there (is it a run directory?)")
         cfg = load_config(run_dir / "config.yaml", overrides)
         cfg.train.out_dir = str(run_dir)
     else:
@@ -80,7 +82,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ivt.demo import run_demo
 
-    run_demo(data_dir=args.data, run_dir=args.out, ids=args.ids, minutes=args.minutes, seed=args.seed)
+    run_demo(data_dir=args.data, run_dir=args.out, ids=args.ids, minutes=args.minutes, seed=args.seed,
+             config=args.config)
+
+
+def _device_arg(text: str) -> str:
+    """argparse type for --device: auto, cpu, cuda or cuda:N."""
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid device {text!r}: use auto, cpu, cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an IVT model")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=3")
+    p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. train.epochs=3 (repeatable: --set a=1 --set b=2)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", type=_device_arg, help="auto, cpu, cuda or cuda:N (overrides train.device)")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")
     p.set_defaults(func=_cmd_train)
 
@@ -126,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root")
     p.add_argument("--split", default="test")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of the run")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", type=_device_arg, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
     p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
@@ -136,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/synthpedes")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--ids", type=int, default=600)
-    p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    p.add_argument("--minutes", type=float, help="training time budget (default: the recipe's train.max_minutes)")
+    p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
     return parser

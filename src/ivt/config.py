@@ -14,9 +14,19 @@ from typing import Any, Sequence
 
 import yaml
 
+from ivt.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration key or value that does not exist or does not fit."""
+# The enumerated settings, in one place (the modules that implement them import these).
+MODEL_SIZE_NAMES = ("tiny", "small", "base")
+ARCHS = ("ivt", "two-tower")
+LOSSES = ("cmpm", "infonce", "sdm")
+OPTIMIZERS = ("adamw", "sgd")
+MASK_MODES = ("batch", "sample")
+SAMPLERS = ("random", "identity")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+
 
 
 @dataclass
@@ -28,18 +38,23 @@ class DataConfig:
     vocab_size: int = 2000                 # when training a tokenizer
     max_text_len: int = 64
     cache_images: bool = True              # decode + resize every image once, keep uint8 in memory
-    num_workers: int = 0                   # DataLoader workers when not caching
+    decode_threads: int = 2                # threads that decode + resize images (Pillow releases the GIL)
 
 
 @dataclass
 class ModelConfig:
     size: str = "tiny"                     # tiny | small | base
     arch: str = "ivt"                      # ivt (one shared encoder) | two-tower (ablation baseline)
+    width: int | None = None               # overrides of the named size (None: the size's value)
+    depth: int | None = None
+    num_heads: int | None = None
     image_size: list[int] | None = None    # [H, W]; None: the size's default
     patch_stride: int | None = None
     drop_path: float | None = None
     dropout: float | None = None
     init: str | None = None                # official IVT checkpoint (.pth/.safetensors) to start from
+    image_mean: list[float] | None = None  # per-channel normalisation; None: the size's default
+    image_std: list[float] | None = None   # (ImageNet for tiny/small, 0.5 for base and official weights)
 
 
 @dataclass
@@ -91,7 +106,7 @@ class TrainConfig:
     sampler: str = "random"                # random | identity (K captions per id)
     k_per_id: int = 2
     seed: int = 0
-    device: str = "auto"                   # auto | cpu | cuda
+    device: str = "auto"                   # auto | cpu | cuda | cuda:N
     precision: str = "auto"                # auto (bf16 on CPU, fp16 AMP on CUDA) | fp32 | bf16 | fp16
     threads: int | None = None             # torch CPU threads; None: torch's default
     eval_every: int = 1                    # epochs between validation runs (0: never)
@@ -172,10 +187,83 @@ def _update(obj: Any, values: dict, prefix: str = "") -> None:
 
 
 def config_from_dict(values: dict | None) -> Config:
-    """A Config from nested dicts; unknown keys and wrong types raise ConfigError."""
+    """A Config from nested dicts; unknown keys, wrong types and bad values raise ConfigError."""
     cfg = Config()
     _update(cfg, values or {})
+    validate_config(cfg)
     return cfg
+
+
+_CHOICES = {
+    "model.size": MODEL_SIZE_NAMES, "model.arch": ARCHS, "loss.name": LOSSES, "optim.name": OPTIMIZERS,
+    "mask.mode": MASK_MODES, "train.sampler": SAMPLERS, "train.precision": PRECISIONS,
+}
+
+
+def _get(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def validate_config(cfg: Config) -> None:
+    """Check enumerated fields and ranges, so a bad value fails at load time, before any output.
+
+    Raises one :class:`ConfigError` listing every problem (key, value, what is allowed).
+    """
+    problems = [f"{key}: {_get(cfg, key)!r} is not one of {', '.join(choices)}"
+                for key, choices in _CHOICES.items() if _get(cfg, key) not in choices]
+    device = cfg.train.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        problems.append(f"train.device: {device!r} is not auto, cpu, cuda or cuda:N")
+    checks = [
+        ("optim.lr", cfg.optim.lr >= 0, ">= 0"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),
+        ("optim.momentum", 0 <= cfg.optim.momentum < 1, "in [0, 1)"),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs >= 0, ">= 0"),
+        ("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "in [0, 1]"),
+        ("optim.clip_grad", cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "> 0 (or null to disable)"),
+        ("loss.temperature", cfg.loss.temperature > 0, "> 0"),
+        ("mask.ratio", 0 <= cfg.mask.ratio < 1, "in [0, 1)"),
+        ("augment.padding", cfg.augment.padding >= 0, ">= 0"),
+        ("augment.flip_p", 0 <= cfg.augment.flip_p <= 1, "in [0, 1]"),
+        ("augment.erase_p", 0 <= cfg.augment.erase_p <= 1, "in [0, 1]"),
+        ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 2, ">= 2"),
+        ("train.k_per_id", cfg.train.k_per_id >= 1, ">= 1"),
+        ("train.eval_every", cfg.train.eval_every >= 0, ">= 0 (0: never)"),
+        ("train.log_every", cfg.train.log_every >= 1, ">= 1"),
+        ("train.max_minutes", cfg.train.max_minutes is None or cfg.train.max_minutes > 0, "> 0 (or null)"),
+        ("train.stop_after_steps", cfg.train.stop_after_steps is None or cfg.train.stop_after_steps >= 1,
+         ">= 1 (or null)"),
+        ("train.threads", cfg.train.threads is None or cfg.train.threads >= 1, ">= 1 (or null)"),
+        ("data.max_text_len", cfg.data.max_text_len >= 3, ">= 3 ([CLS], a token, [SEP])"),
+        ("data.vocab_size", cfg.data.vocab_size >= 10, ">= 10"),
+        ("data.decode_threads", cfg.data.decode_threads >= 1, ">= 1"),
+        ("model.patch_stride", cfg.model.patch_stride is None or cfg.model.patch_stride >= 1, ">= 1"),
+        ("model.width", cfg.model.width is None or cfg.model.width >= 1, ">= 1"),
+        ("model.depth", cfg.model.depth is None or cfg.model.depth >= 1, ">= 1"),
+        ("model.num_heads", cfg.model.num_heads is None or cfg.model.num_heads >= 1, ">= 1"),
+        ("model.dropout", cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "in [0, 1)"),
+        ("model.drop_path", cfg.model.drop_path is None or 0 <= cfg.model.drop_path < 1, "in [0, 1)"),
+    ]
+    problems += [f"{key}: {_get(cfg, key)!r} must be {rule}" for key, ok, rule in checks if not ok]
+    if cfg.model.image_size is not None and (len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 1):
+        problems.append(f"model.image_size: {cfg.model.image_size!r} must be [height, width], both >= 1")
+    for key in ("model.image_mean", "model.image_std"):
+        value = _get(cfg, key)
+        if value is not None and (len(value) != 3 or (key.endswith("std") and min(value) <= 0)):
+            problems.append(f"model.{key.split('.')[1]}: {value!r} must be 3 numbers (std > 0)")
+    if cfg.train.sampler == "identity" and cfg.train.batch_size % cfg.train.k_per_id:
+        problems.append(f"train.batch_size: {cfg.train.batch_size} must be a multiple of train.k_per_id "
+                        f"({cfg.train.k_per_id}) with train.sampler=identity")
+    if not (cfg.align.word or cfg.align.phrase or cfg.align.sentence):
+        problems.append("align: at least one of align.word, align.phrase, align.sentence must be true")
+    if cfg.train.eval_every > 0 and cfg.train.eval_split == "test":
+        problems.append("train.eval_split: the best checkpoint is chosen on validation data, never on the test "
+                        "split; use val (or train.eval_every=0 to keep only the last checkpoint)")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems) if len(problems) > 1
+                          else problems[0])
 
 
 def parse_override(text: str) -> dict:

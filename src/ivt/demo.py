@@ -17,11 +17,8 @@ from ivt.config import load_config
 from ivt.data import format_stats, load_dataset
 
 DEMO_MARKER = "demo.json"
-#: The training recipe of the demo (and of the ablation benchmark's full-IVT row).
-DEMO_OVERRIDES = (
-    "model.size=tiny", "train.epochs=150", "train.batch_size=64", "train.eval_every=10",
-    "train.sampler=identity", "train.k_per_id=2", "optim.lr=0.0003", "optim.warmup_epochs=2",
-)
+#: The demo's training recipe, the one place it is written (the ablation benchmark reads it too).
+DEMO_CONFIG = Path("configs/demo.yaml")
 
 
 def _ensure_synth(data_dir: Path, ids: int, seed: int) -> None:
@@ -52,17 +49,13 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0) -> list:
     """GridRows of a few test captions with their top-k images from the trained model."""
-    from ivt.checkpoint import load_model, load_tokenizer
     from ivt.evaluate.retrieval import embed_split
-    from ivt.runtime import resolve_precision
+    from ivt.inference import load
     from ivt.viz import GridRow
 
-    model, meta = load_model(run_dir, "best")
-    tokenizer = load_tokenizer(run_dir, meta)
+    model = load(run_dir, device="cpu")
     dataset = load_dataset(data_dir)
-    records = dataset.split("test")
-    device = torch.device("cpu")
-    emb = embed_split(model, tokenizer, dataset, records, device, resolve_precision("auto", device))
+    emb = embed_split(model, dataset, dataset.split("test"))
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(emb.captions), generator=g)[:num_queries].tolist()
     rows = []
@@ -80,8 +73,9 @@ def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int 
 
 
 def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int = 600,
-             minutes: float = 8.0, seed: int = 0) -> dict:
-    """The whole demo; returns the test metrics."""
+             minutes: float | None = None, seed: int = 0, config: str | Path = DEMO_CONFIG) -> dict:
+    """The whole demo: ``config`` is the training recipe; ``minutes`` (default: the recipe's
+    ``train.max_minutes``) the training budget. Returns the test metrics."""
     from ivt.evaluate.retrieval import evaluate_checkpoint, format_metrics
     from ivt.train.trainer import train
     from ivt.viz import result_grid, result_html
@@ -91,12 +85,12 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     _ensure_synth(data_dir, ids, seed)
     dataset = load_dataset(data_dir)
     print("[2/5] dataset check:\n" + format_stats(dataset))
+    overrides = [f"data.path={data_dir}", f"train.out_dir={run_dir}", f"train.seed={seed}"]
+    if minutes is not None:
+        overrides.append(f"train.max_minutes={minutes}")
+    cfg = load_config(config, overrides)
     _prepare_run_dir(run_dir)
-    cfg = load_config(None, [
-        *DEMO_OVERRIDES, f"data.path={data_dir}", f"train.out_dir={run_dir}", f"train.seed={seed}",
-        f"train.max_minutes={minutes}",
-    ])
-    print(f"[3/5] training tiny IVT for up to {minutes:g} min into {run_dir}")
+    print(f"[3/5] training {cfg.model.size} IVT ({config}) for up to {cfg.train.max_minutes:g} min into {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DEMO_MARKER).write_text(json.dumps({"data": str(data_dir), "ids": ids, "seed": seed}) + "\n")
     train_start = time.perf_counter()

@@ -39,5 +39,4 @@ class DeviceError(IvtError, ValueError):
 
 
 #: What the CLI reports as one message with exit status 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (IvtError, ValueError, FileNotFoundError, FileExistsError,
-                                                IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (IvtError,)

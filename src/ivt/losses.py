@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LOSS_NAMES = ("cmpm", "infonce", "sdm")
+from ivt.config import LOSSES as LOSS_NAMES
+
 MAX_LOGIT_SCALE = 100.0
 
 

@@ -6,7 +6,8 @@ from typing import ContextManager
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from ivt.config import PRECISIONS
+from ivt.errors import DeviceError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -14,9 +15,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device '{name}': use auto, cpu or cuda")
+        raise DeviceError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise DeviceError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise DeviceError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)
 
 
@@ -24,14 +27,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     """The autocast dtype (None = fp32). ``auto``: bf16 on CPU (about 4x faster matmuls on current
     CPUs), bf16 on CUDA where supported, else fp16."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
+        raise DeviceError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
+            raise DeviceError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -22,34 +22,57 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ivt.errors import ImageError
+from ivt.model.config import IMAGENET_MEAN, IMAGENET_STD
+
 ERASE_FILLS = ("pixel", "zero")
 
 
-class ImageLoadError(OSError):
-    """An image file that cannot be read or decoded; the message names the file."""
 
 
-def load_image(path: str | os.PathLike[str], size: Sequence[int]) -> Tensor:
-    """Decode ``path`` as RGB and resize it (bicubic) to ``size`` = (H, W).
+def load_image(path: str | os.PathLike[str], size: Sequence[int],
+               interpolation: str = "bicubic") -> Tensor:
+    """Decode ``path`` as RGB and resize it to ``size`` = (H, W) (``bicubic`` or ``bilinear``).
 
     Returns a uint8 tensor (3, H, W), compact enough to cache a whole dataset in memory.
-    Raises :class:`ImageLoadError` naming the file when it is missing or cannot be decoded.
+    Grey, palette, CMYK and 16-bit files are converted to 8-bit RGB (16-bit by scaling, not by
+    clipping). Raises :class:`~ivt.errors.ImageError` naming the file when it is missing, empty,
+    truncated, too large to decode safely or not an image.
     """
-    height, width = _size(size)
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.BICUBIC)
-            array = np.array(img, dtype=np.uint8)
+            return pil_to_tensor(img, size, interpolation)
     except FileNotFoundError as exc:
-        raise ImageLoadError(f"image file not found: {os.fspath(path)}") from exc
+        raise ImageError(f"image file not found: {os.fspath(path)}") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(f"image path is a directory, not a file: {os.fspath(path)}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image {os.fspath(path)} is too large to decode safely ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageLoadError(f"cannot decode image {os.fspath(path)}: {exc}") from exc
+        raise ImageError(f"cannot decode image {os.fspath(path)}: {exc}") from exc
+
+
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+def pil_to_tensor(img: Image.Image, size: Sequence[int], interpolation: str = "bicubic") -> Tensor:
+    """A PIL image of any mode -> uint8 (3, H, W) RGB resized to ``size`` = (H, W)."""
+    height, width = _size(size)
+    if interpolation not in _RESAMPLE:
+        raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {interpolation!r}")
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit (or float) grey: scale to 8 bits; convert("RGB") would clip everything above 255.
+        array = np.asarray(img, dtype=np.float64)
+        top = float(array.max(initial=0.0))
+        if img.mode.startswith("I;16") or top > 255:
+            peak = 65535.0
+        else:
+            peak = 1.0 if img.mode == "F" and top <= 1.0 else 255.0
+        img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    img = img.convert("RGB")
+    if img.size != (width, height):
+        img = img.resize((width, height), _RESAMPLE[interpolation])
+    array = np.array(img, dtype=np.uint8)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -149,12 +172,29 @@ class TrainAugment(_Normalize):
         self.erase_fill = erase_fill
         self.erase_attempts = int(erase_attempts)
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment uint8 ``images``; random parameters come from the CPU ``generator`` if given."""
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None,
+                 seeds: Sequence[int] | None = None) -> Tensor:
+        """Augment uint8 ``images``.
+
+        Random parameters come from the CPU ``generator`` (one stream for the batch), or, with
+        ``seeds``, from one generator per image seeded with its entry: then an image's
+        augmentation does not depend on which batch or process it lands in (what the trainer
+        uses, for exact resume and sharding).
+        """
         batch, single = _as_batch(images)
-        out = self.normalize(self.crop_and_flip(batch, generator))
+        if seeds is None:
+            out = self.normalize(self.crop_and_flip(batch, generator))
+            if self.erase_p > 0:
+                out = self.erase(out, generator)
+            return out[0] if single else out
+        if len(seeds) != len(batch):
+            raise ValueError(f"got {len(seeds)} seeds for {len(batch)} images")
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        cropped = torch.cat([self.crop_and_flip(batch[i:i + 1], g) for i, g in enumerate(gens)])
+        out = self.normalize(cropped)
         if self.erase_p > 0:
-            out = self.erase(out, generator)
+            for i, g in enumerate(gens):
+                self.erase(out[i:i + 1], g)
         return out[0] if single else out
 
     def crop_and_flip(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:

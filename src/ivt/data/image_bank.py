@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ivt.errors import ImageError
 from ivt.transforms import load_image
 
 
@@ -16,9 +17,11 @@ class ImageBank:
     """uint8 (3, H, W) images of a list of files, decoded and resized once when ``cache``."""
 
     def __init__(self, paths: Sequence[Path], size: tuple[int, int], *, cache: bool = True,
-                 threads: int = 4) -> None:
+                 threads: int = 4, interpolation: str = "bicubic", entries: Sequence[str] | None = None) -> None:
         self.paths = list(paths)
+        self.entries = list(entries) if entries is not None else None
         self.size = size
+        self.interpolation = interpolation
         self.threads = max(1, threads)
         self._cache: torch.Tensor | None = None
         if cache and self.paths:
@@ -26,8 +29,17 @@ class ImageBank:
 
     def _decode(self, indices: Sequence[int]) -> torch.Tensor:
         with ThreadPoolExecutor(self.threads) as pool:
-            images = list(pool.map(lambda i: load_image(self.paths[i], self.size), indices))
+            images = list(pool.map(self._load, indices))
         return torch.stack(images) if images else torch.empty(0, 3, *self.size, dtype=torch.uint8)
+
+    def _load(self, index: int) -> torch.Tensor:
+        try:
+            return load_image(self.paths[index], self.size, self.interpolation)
+        except ImageError as exc:
+            if self.entries is None:
+                raise
+            raise ImageError(f"{exc}\n  (annotation entry: {self.entries[index]}; `ivt data check` lists every "
+                             f"unreadable image at once)") from None
 
     def __len__(self) -> int:
         return len(self.paths)

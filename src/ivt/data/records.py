@@ -4,11 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ivt.errors import DataError
+
+__all__ = ["SPLITS", "DataError", "Record", "PedesDataset"]
+
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """Bad dataset input: the message names the file, the entry and the field."""
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,7 @@ class PedesDataset:
     def image_path(self, record: Record) -> Path:
         """Absolute path of a record's image."""
         return self.image_root / record.image
+
+    def describe_entry(self, record: Record) -> str:
+        """Where a record comes from, for error messages: the annotation file and the entry."""
+        return f"{self.annotation}, {record.split} entry '{record.image}' (id {record.raw_pid})"

@@ -31,7 +31,7 @@ def _image_problem(path: Path) -> str | None:
         with Image.open(path) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
-    except Exception as err:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types (OSError, SyntaxError, ValueError, ...)
         return f"cannot decode {path}: {type(err).__name__}: {err}"
     return None
 

@@ -17,8 +17,9 @@ from every metric, reported as ``num_skipped_queries`` and a warning is issued; 
 a relevant image a :class:`ValueError` is raised.
 
 Instead of argsorting the full (queries x gallery) matrix, the rank of each relevant item is
-counted directly (items scoring at least as high), in small query chunks that stay in cache. Memory stays O(chunk x gallery) and the cost is O(#relevant x gallery) per
-query, which is far cheaper than a sort when each identity has a handful of images.
+counted directly (items scoring at least as high), in small query chunks that stay in cache.
+Memory stays O(chunk x gallery) and the cost is O(#relevant x gallery) per query, which is far
+cheaper than a sort when each identity has a handful of images.
 """
 from __future__ import annotations
 

@@ -7,15 +7,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ivt.data import DataError, PedesDataset, Record, load_dataset
 from ivt.data.image_bank import ImageBank
-from ivt.evaluate.metrics import ranking_metrics
-from ivt.model import IVTEncoder
-from ivt.runtime import autocast, resolve_device, resolve_precision
-from ivt.text.tokenizer import Tokenizer
-from ivt.transforms import EvalTransform
+from ivt.evaluate.metrics import METRIC_KEYS, ranking_metrics
+from ivt.inference import RetrievalModel, load
 
 
 @dataclass
@@ -29,47 +25,30 @@ class SplitEmbeddings:
     image_paths: list[Path]
 
 
-@torch.inference_mode()
-def encode_images(model: IVTEncoder, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
-                  batch_size: int = 64, transform: EvalTransform | None = None) -> torch.Tensor:
-    """L2-normalised embeddings (N, C) of uint8 images (N, 3, H, W)."""
-    transform = transform or EvalTransform()
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = transform(images[start : start + batch_size]).to(device)
-        with autocast(device, dtype):
-            out.append(model.encode_image(batch).float())
-    return F.normalize(torch.cat(out), dim=-1).cpu()
+def split_images(model: RetrievalModel, dataset: PedesDataset, records: Sequence[Record],
+                 threads: int = 2) -> torch.Tensor:
+    """uint8 images of ``records`` decoded and resized as ``model`` expects (the annotation entry
+    is named when an image cannot be read)."""
+    return ImageBank([dataset.image_path(r) for r in records], model.image_size, threads=threads,
+                     interpolation=model.interpolation,
+                     entries=[dataset.describe_entry(r) for r in records]).get(range(len(records)))
 
 
-@torch.inference_mode()
-def encode_texts(model: IVTEncoder, tokenizer: Tokenizer, texts: Sequence[str], device: torch.device,
-                 dtype: torch.dtype | None, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised embeddings (N, C) of texts."""
-    out = []
-    for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(list(texts[start : start + batch_size]))
-        with autocast(device, dtype):
-            out.append(model.encode_text(ids.to(device), mask.to(device)).float())
-    return F.normalize(torch.cat(out), dim=-1).cpu()
-
-
-def embed_split(model: IVTEncoder, tokenizer: Tokenizer, dataset: PedesDataset, records: Sequence[Record],
-                device: torch.device, dtype: torch.dtype | None, batch_size: int = 64,
+def embed_split(model: RetrievalModel, dataset: PedesDataset, records: Sequence[Record], batch_size: int = 64,
                 images: torch.Tensor | None = None) -> SplitEmbeddings:
     """Embeddings of every image and caption of ``records`` (``images``: pre-decoded uint8)."""
     if not records:
         raise DataError(f"{dataset.annotation}: the evaluation split is empty")
     paths = [dataset.image_path(r) for r in records]
     if images is None:
-        images = ImageBank(paths, tuple(model.config.image_size)).get(range(len(paths)))
+        images = split_images(model, dataset, records)
     captions = [c for r in records for c in r.captions]
     text_image = torch.tensor([i for i, r in enumerate(records) for _ in r.captions])
     pids = torch.tensor([r.pid for r in records])
     return SplitEmbeddings(
-        image=encode_images(model, images, device, dtype, batch_size),
+        image=model.encode_images(images, batch_size),
         image_pids=pids,
-        text=encode_texts(model, tokenizer, captions, device, dtype, batch_size * 4),
+        text=model.encode_texts(captions, batch_size * 4),
         text_pids=pids[text_image],
         text_image=text_image,
         captions=captions,
@@ -91,27 +70,23 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, data_format
                         which: str = "best", image_root: str | Path | None = None, i2t: bool = False,
                         precision: str = "auto") -> dict:
     """Load a trained run and report retrieval metrics on one split of a dataset."""
-    from ivt.checkpoint import load_model, load_tokenizer, resolve_checkpoint
-
-    dev = resolve_device(device)
-    model, meta = load_model(checkpoint, which, dev)
-    weights, _ = resolve_checkpoint(checkpoint, which)
-    tokenizer = load_tokenizer(checkpoint, meta, which)
     dataset = load_dataset(data, data_format, image_root=image_root)
     records = dataset.split(split)
     if not records:
         raise DataError(f"{dataset.annotation}: no '{split}' split (present: {', '.join(dataset.splits)})")
-    emb = embed_split(model, tokenizer, dataset, records, dev, resolve_precision(precision, dev), batch_size)
+    model = load(checkpoint, device=device, which=which, precision=precision)
+    emb = embed_split(model, dataset, records, batch_size)
     result = {k: float(v) for k, v in split_metrics(emb, i2t).items()}
     for k in ("num_queries", "num_gallery", "num_skipped_queries"):
         result[k] = int(result[k])
-    result.update({"split": split, "checkpoint": str(weights), "epoch": meta.get("epoch")})
+    result.update({"split": split, "checkpoint": str(model.weights),
+                   "epoch": model.meta.get("epoch")})
     return result
 
 
 def format_metrics(result: dict) -> str:
     """A one-table summary of the metrics."""
-    keys = ["R1", "R5", "R10", "mAP", "mINP"]
+    keys = METRIC_KEYS
     lines = [
         " ".join(f"{k:>7}" for k in keys),
         " ".join(f"{result[k]:7.2f}" for k in keys),

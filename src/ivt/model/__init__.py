@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 from ivt.model.checkpoint_io import (
-    CheckpointError, check_state_dict, load_state_dict_strict, read_state_dict,
+    CheckpointError,
+    check_state_dict,
+    load_state_dict_strict,
+    read_state_dict,
 )
 from ivt.model.config import MODEL_SIZES, EncoderConfig, model_config
 from ivt.model.encoder import IVTEncoder
 from ivt.model.masking import TOKEN_DROP_MODES, TokenDropResult, drop_tokens
 from ivt.model.official import (
-    convert_official_state_dict, encoder_state_shapes, infer_official_config,
+    convert_official_state_dict,
+    encoder_state_shapes,
+    infer_official_config,
     load_official_encoder,
 )
 

@@ -9,6 +9,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from ivt.errors import CheckpointError
+
 __all__ = [
     "CheckpointError", "StateDictSource", "read_state_dict", "unwrap_state_dict",
     "state_dict_problems", "check_state_dict", "load_state_dict_strict",
@@ -19,8 +21,6 @@ _WRAPPER_KEYS = ("state_dict", "model", "module")
 _MAX_LISTED = 40
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model (missing/unexpected keys, shape mismatches)."""
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

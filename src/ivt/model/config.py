@@ -5,7 +5,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EncoderConfig", "MODEL_SIZES", "model_config"]
+from ivt.config import INTERPOLATIONS
+
+__all__ = ["EncoderConfig", "MODEL_SIZES", "model_config", "IMAGENET_MEAN", "IMAGENET_STD", "HALF",
+           "INTERPOLATIONS"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)  # the official IVT weights were trained with mean = std = 0.5
 
 
 @dataclass
@@ -35,9 +42,15 @@ class EncoderConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.1
+    # Preprocessing travels with the model, so a checkpoint is always fed what it was trained on.
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN
+    image_std: tuple[float, float, float] = IMAGENET_STD
+    eval_interpolation: str = "bicubic"   # resize at evaluation/inference (the paper: bilinear)
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        self.image_mean = tuple(float(v) for v in self.image_mean)  # type: ignore[assignment]
+        self.image_std = tuple(float(v) for v in self.image_std)  # type: ignore[assignment]
         self.validate()
 
     def validate(self) -> None:
@@ -63,6 +76,11 @@ class EncoderConfig:
         for name in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 errors.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std, default=0) <= 0:
+            errors.append(f"image_mean/image_std need 3 values each, std > 0; got {self.image_mean}, "
+                          f"{self.image_std}")
+        if self.eval_interpolation not in INTERPOLATIONS:
+            errors.append(f"eval_interpolation must be one of {INTERPOLATIONS}, got {self.eval_interpolation!r}")
         if errors:
             raise ValueError("invalid EncoderConfig: " + "; ".join(errors))
 
@@ -90,10 +108,12 @@ class EncoderConfig:
         """Plain-data form (for checkpoints and YAML)."""
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
+        d["image_mean"] = list(self.image_mean)
+        d["image_std"] = list(self.image_std)
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
         """Inverse of :meth:`to_dict`; unknown keys -> ValueError."""
         _check_keys(data)
         return cls(**data)
@@ -117,7 +137,8 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
     # Paper (ViT-B/16 + BERT embeddings). CUHK-PEDES / ICFG-PEDES use stride 12;
     # RSTPReid checkpoints use stride 16 (model_config("base", patch_stride=16)).
     "base": dict(image_size=(384, 128), patch_size=16, patch_stride=12, width=768, depth=12,
-                 num_heads=12, vocab_size=30522, max_text_len=512),
+                 num_heads=12, vocab_size=30522, max_text_len=512, image_mean=HALF, image_std=HALF,
+                 eval_interpolation="bilinear"),
 }
 
 

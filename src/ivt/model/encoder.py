@@ -71,7 +71,6 @@ class IVTEncoder(nn.Module):
         super().__init__()
         self.config = config = config if config is not None else EncoderConfig()
         width = config.width
-        self.embed_dim = width
         self.patch_embed = PatchEmbed(config)
         num_positions = 1 + config.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))

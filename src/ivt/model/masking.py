@@ -12,10 +12,12 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from ivt.config import MASK_MODES
+
 __all__ = ["TokenDropResult", "drop_tokens", "TOKEN_DROP_MODES"]
 
 TokenDropMode = Literal["batch", "sample"]
-TOKEN_DROP_MODES: tuple[str, ...] = ("batch", "sample")
+TOKEN_DROP_MODES: tuple[str, ...] = MASK_MODES
 
 
 class TokenDropResult(NamedTuple):

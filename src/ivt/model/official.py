@@ -14,10 +14,15 @@ from typing import Any
 import torch
 
 from ivt.model.checkpoint_io import (
-    CheckpointError, StateDictSource, check_state_dict, load_state_dict_strict, read_state_dict,
+    CheckpointError,
+    StateDictSource,
+    check_state_dict,
+    load_state_dict_strict,
+    read_state_dict,
 )
-from ivt.model.config import EncoderConfig
+from ivt.model.config import HALF, EncoderConfig
 from ivt.model.encoder import IVTEncoder
+from ivt.model.factory import create_encoder
 
 __all__ = [
     "load_official_encoder", "convert_official_state_dict", "infer_official_config",
@@ -120,6 +125,9 @@ def infer_official_config(state_dict: Mapping[str, torch.Tensor], *,
         vocab_size=int(state_dict["embeddings.word_embeddings.weight"].shape[0]),
         max_text_len=int(state_dict["embeddings.position_embeddings.weight"].shape[0]),
         type_vocab_size=int(state_dict["embeddings.token_type_embeddings.weight"].shape[0]),
+        # The official weights were trained on inputs normalised with mean = std = 0.5 and are
+        # evaluated on bilinear resizes (the official test transform).
+        image_mean=HALF, image_std=HALF, eval_interpolation="bilinear",
     )
     params.update(overrides)
     try:
@@ -133,8 +141,7 @@ def infer_official_config(state_dict: Mapping[str, torch.Tensor], *,
 
 def encoder_state_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     """Every state-dict key and shape of ``IVTEncoder(config)``, without allocating memory."""
-    with torch.device("meta"):
-        model = IVTEncoder(config)
+    model = create_encoder(config, device="meta")
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -155,7 +162,7 @@ def load_official_encoder(state_dict_or_path: StateDictSource, *,
     source = (str(state_dict_or_path) if not isinstance(state_dict_or_path, Mapping)
               else "official state dict")
     raw = read_state_dict(state_dict_or_path)
-    converted, _dropped = convert_official_state_dict(raw)
+    converted, _ = convert_official_state_dict(raw)
     config = infer_official_config(converted, image_size=image_size, patch_size=patch_size,
                                    patch_stride=patch_stride, num_heads=num_heads,
                                    **config_overrides)
@@ -171,8 +178,7 @@ def load_official_encoder(state_dict_or_path: StateDictSource, *,
         raise CheckpointError(
             f"{exc}\n  (keys after stripping {OFFICIAL_PREFIXES} and dropping training-only "
             f"entries; strict=False ignores unexpected keys)") from None
-    with torch.device("meta"):
-        model = IVTEncoder(config)
+    model = create_encoder(config, device="meta")
     on_meta = any(v.is_meta for v in converted.values())
     converted = {k: (v.float() if v.is_floating_point() else v) for k, v in converted.items()}
     if not on_meta:

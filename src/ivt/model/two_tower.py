@@ -38,11 +38,3 @@ class TwoTowerEncoder(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.text_tower.encode_text(input_ids, attention_mask)
-
-    def used_parameters(self) -> int:
-        """Parameters that actually take part (the image path of one tower, the text path of the other)."""
-        img = sum(p.numel() for n, p in self.image_tower.named_parameters()
-                  if not n.startswith("embeddings.") and "mlp_txt" not in n)
-        txt = sum(p.numel() for n, p in self.text_tower.named_parameters()
-                  if not n.startswith(("patch_embed.", "cls_token", "pos_embed", "type_embed")) and "mlp_vis" not in n)
-        return img + txt

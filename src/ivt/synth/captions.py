@@ -41,7 +41,8 @@ HELD_WORDS = {"phone": ("phone", "cell phone", "mobile phone"), "umbrella": ("um
 GLASSES_WORDS = ("glasses", "eyeglasses", "spectacles")
 HAIR_LENGTH_WORDS = {"short": ("short",), "medium": ("shoulder-length", "medium-length", "medium length"),
                      "long": ("long",)}
-PATTERN_WORDS = {"striped": ("striped",), "checked": ("checked", "plaid", "checkered"), "dotted": ("polka-dot", "spotted")}
+PATTERN_WORDS = {"striped": ("striped",), "checked": ("checked", "plaid", "checkered"),
+                 "dotted": ("polka-dot", "spotted")}
 PATTERN_NOUN = {"striped": "stripes", "checked": "checks", "dotted": "dots"}
 FILLERS = ("{P} is walking down the street.", "{P} appears to be walking alone.", "{P} seems to be in a hurry.",
            "{P} is walking on the sidewalk.", "{P} looks like {p} is going somewhere.")
@@ -131,7 +132,8 @@ def _accessory_clauses(ident: Identity, visible: frozenset[str], rng: random.Ran
         out.append(rng.choice((f"wears {g}", f"has {g} on", f"is wearing a pair of {g}")))
     if "held" in visible and ident.held and rng.random() < 0.85:
         item = _a(rng.choice(HELD_WORDS[ident.held]))
-        out.append(rng.choice((f"is holding {item}", f"holds {item} in {poss} right hand", f"has {item} in {poss} hand")))
+        out.append(rng.choice((f"is holding {item}", f"holds {item} in {poss} right hand",
+                               f"has {item} in {poss} hand")))
     rng.shuffle(out)
     return out
 

@@ -34,7 +34,7 @@ class Palette:
     umbrella: RGB
 
     @staticmethod
-    def make(ident: Identity, rng: random.Random) -> "Palette":
+    def make(ident: Identity, rng: random.Random) -> Palette:
         def col(name: str | None, table: dict = COLOURS) -> RGB:
             return jitter(table[name], rng) if name else (0, 0, 0)
 
@@ -63,7 +63,7 @@ class Pose:
     light: float       # where garments are brightest across their width (0..1)
 
     @staticmethod
-    def make(ident: Identity, rng: random.Random) -> "Pose":
+    def make(ident: Identity, rng: random.Random) -> Pose:
         b = ident.build
         male = ident.gender == "male"
         return Pose(swing=rng.uniform(0.08, 0.42), near_forward=rng.random() < 0.5,

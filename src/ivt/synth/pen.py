@@ -5,7 +5,6 @@ import math
 import random
 
 import numpy as np
-
 from PIL import Image, ImageDraw
 
 RGB = tuple[int, int, int]
@@ -42,7 +41,7 @@ class Pen:
     def __init__(self, draw: ImageDraw.ImageDraw, cx: float, top: float, h: float) -> None:
         self.draw, self.cx, self.top, self.h = draw, cx, top, h
 
-    def on(self, draw: ImageDraw.ImageDraw) -> "Pen":
+    def on(self, draw: ImageDraw.ImageDraw) -> Pen:
         """The same coordinate frame drawing onto another image."""
         return Pen(draw, self.cx, self.top, self.h)
 

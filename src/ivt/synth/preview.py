@@ -76,7 +76,8 @@ def write_preview(dataset_dir: str | Path, png_path: str | Path, num_images: int
         lines += textwrap.wrap("att: " + "; ".join(r.get("att", [])), _WRAP)
         ty = y
         for k, line in enumerate(lines):
-            draw.text((x + tw + _PAD, ty), line, fill=(20, 20, 20) if k else (120, 30, 30), font=bold if k == 0 else font)
+            draw.text((x + tw + _PAD, ty), line, fill=(20, 20, 20) if k else (120, 30, 30),
+                      font=bold if k == 0 else font)
             ty += 17
         draw.line((x - _PAD, y + cell_h - _PAD, x + cell_w, y + cell_h - _PAD), fill=(200, 200, 200))
     out = Path(png_path)

@@ -162,7 +162,8 @@ def _sensor(img: Image.Image, cam: Camera, rng: random.Random, nrng: np.random.G
         img = img.filter(ImageFilter.GaussianBlur(radius))
     arr = np.asarray(img, dtype=np.float32)
     gains = np.array(cam.gains, dtype=np.float32) * np.float32(rng.uniform(0.93, 1.07))
-    ramp = np.linspace(-1.0, 1.0, h if rng.random() < 0.5 else w, dtype=np.float32) * np.float32(rng.uniform(-0.12, 0.12))
+    ramp = np.linspace(-1.0, 1.0, h if rng.random() < 0.5 else w, dtype=np.float32)
+    ramp = ramp * np.float32(rng.uniform(-0.12, 0.12))
     ramp = ramp[:, None, None] if ramp.shape[0] == h else ramp[None, :, None]
     arr = (arr - 128.0) * np.float32(cam.contrast) + 128.0 + np.float32(cam.brightness + rng.uniform(-8, 8))
     arr = arr * gains * (1.0 + ramp)

@@ -5,7 +5,6 @@ from ivt.synth.attributes import Identity
 
 # "left"/"right": the person's left/right side faces the camera (they walk towards image left/right).
 VIEWS = ("front", "back", "left", "right")
-OCCLUDERS = (None, "pole", "car")
 
 
 def visible_slots(ident: Identity, view: str, occluder: str | None) -> frozenset[str]:

@@ -51,7 +51,7 @@ class Tokenizer:
         return self.hf.get_vocab_size()
 
     @classmethod
-    def from_file(cls, path: str | Path, max_length: int = 64) -> "Tokenizer":
+    def from_file(cls, path: str | Path, max_length: int = 64) -> Tokenizer:
         """Load ``tokenizer.json``, a WordPiece ``vocab.txt``, or a directory holding either."""
         p = Path(path)
         if p.is_dir():
@@ -74,7 +74,7 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4000, min_frequency: int = 2,
-              max_length: int = 64) -> "Tokenizer":
+              max_length: int = 64) -> Tokenizer:
         """Build a WordPiece vocabulary from captions, deterministically.
 
         Every character (and its ``##`` continuation) is kept so any word can be spelled; the rest

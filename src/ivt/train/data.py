@@ -7,7 +7,6 @@ and the full sentence — each paired with its own independently augmented view 
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,10 +15,12 @@ import torch
 
 from ivt.config import AlignConfig
 from ivt.data import DataError, PedesDataset, Record
-from ivt.text.phrases import sample_phrase, word_level_text
 from ivt.data.image_bank import ImageBank
+from ivt.text.phrases import sample_phrase, word_level_text
+from ivt.train.rng import derive_seed, python_rng
 
 LEVELS = ("word", "phrase", "sentence")
+_TEXT, _AUGMENT = 1, 2  # stream tags for derive_seed
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,7 @@ class EpochSampler:
     """
 
     def __init__(self, pids: Sequence[int], batch_size: int, seed: int, mode: str = "random", k: int = 2) -> None:
-        if mode not in ("random", "identity"):
-            raise ValueError(f"train.sampler must be 'random' or 'identity', got {mode!r}")
-        if batch_size < 2:
-            raise ValueError(f"train.batch_size must be >= 2, got {batch_size}")
-        if mode == "identity" and (k < 1 or batch_size % k):
-            raise ValueError(f"train.batch_size ({batch_size}) must be a multiple of train.k_per_id ({k})")
+        # Values were checked when the config was loaded (ivt.config.validate_config).
         self.pids = torch.as_tensor(list(pids), dtype=torch.long)
         self.batch_size, self.seed, self.mode, self.k = batch_size, seed, mode, k
         if len(self.pids) < batch_size:
@@ -89,13 +85,11 @@ class EpochSampler:
 
 
 def enabled_levels(align: AlignConfig) -> list[str]:
-    levels = [name for name in LEVELS if getattr(align, name)]
-    if not levels:
-        raise ValueError("align: at least one of align.word, align.phrase, align.sentence must be true")
-    return levels
+    """The MLA levels switched on (at least one: checked when the config is loaded)."""
+    return [name for name in LEVELS if getattr(align, name)]
 
 
-def level_text(level: str, sample: Sample, rng: random.Random) -> str:
+def level_text(level: str, sample: Sample, rng) -> str:
     """The text of one alignment level for a sample."""
     if level == "sentence":
         return sample.caption
@@ -106,18 +100,35 @@ def level_text(level: str, sample: Sample, rng: random.Random) -> str:
 
 @dataclass
 class PairBatch:
-    """uint8 images (N, 3, H, W), their texts and identity labels; N = levels x samples."""
+    """uint8 images (N, 3, H, W), their texts and identity labels; N = levels x samples.
+
+    ``augment_seeds`` holds one seed per pair for its image augmentation, derived from the
+    sample's position in the epoch, so augmentation does not depend on batching or sharding.
+    """
 
     images: torch.Tensor
     texts: list[str]
     labels: torch.Tensor
+    augment_seeds: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
 
 
-def make_pair_batch(samples: Sequence[Sample], bank: ImageBank, levels: Sequence[str],
-                    rng: random.Random) -> PairBatch:
-    """All (view, text) pairs of the MLA levels for a batch of samples."""
-    image_idx = [s.image for s in samples]
-    images = bank.get(image_idx)
-    texts = [level_text(level, s, rng) for level in levels for s in samples]
+def make_pair_batch(samples: Sequence[Sample], positions: Sequence[int], bank: ImageBank,
+                    levels: Sequence[str], seed: int, epoch: int) -> PairBatch:
+    """All (view, text) pairs of the MLA levels for a batch of samples.
+
+    ``positions`` are the samples' positions in the epoch's order: every random choice (the
+    phrase, the attribute subset, the augmentation) is derived from (seed, epoch, position,
+    level), so a resumed or sharded run draws exactly what an uninterrupted one does.
+    """
+    images = bank.get([s.image for s in samples])
+    texts, seeds = [], []
+    for level in levels:
+        tag = LEVELS.index(level)
+        for sample, pos in zip(samples, positions):
+            texts.append(level_text(level, sample, python_rng(seed, _TEXT, epoch, pos, tag)))
+            seeds.append(derive_seed(seed, _AUGMENT, epoch, pos, tag))
     labels = torch.tensor([s.pid for s in samples], dtype=torch.long).repeat(len(levels))
-    return PairBatch(images.repeat(len(levels), 1, 1, 1), texts, labels)
+    return PairBatch(images.repeat(len(levels), 1, 1, 1), texts, labels, seeds)

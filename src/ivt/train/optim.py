@@ -6,13 +6,14 @@ import math
 import torch
 from torch import nn
 
-from ivt.config import OptimConfig
+from ivt.config import OPTIMIZERS, OptimConfig
+from ivt.errors import ConfigError
 
 
 def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dict]:
     """Decay matrices; no decay for biases, norms, embeddings-like tokens and the temperature."""
     decay, no_decay = [], []
-    for prefix, module in modules.items():
+    for module in modules.values():
         skip = getattr(module, "no_weight_decay", lambda: set())()
         for name, p in module.named_parameters():
             if not p.requires_grad:
@@ -26,13 +27,11 @@ def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dic
 
 def build_optimizer(cfg: OptimConfig, modules: dict[str, nn.Module]) -> torch.optim.Optimizer:
     groups = param_groups(modules, cfg.weight_decay)
-    if cfg.lr <= 0:
-        raise ValueError(f"optim.lr must be > 0, got {cfg.lr}")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
-    raise ValueError(f"optim.name must be 'adamw' or 'sgd', got {cfg.name!r}")
+    raise ConfigError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {cfg.name!r}")
 
 
 class WarmupCosine:

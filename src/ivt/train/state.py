@@ -1,18 +1,21 @@
-"""Resumable training state: optimiser, RNG states and loop position, without pickle.
+"""Resumable training state: optimiser, loss parameters and loop position, without pickle.
 
-Tensors go to ``last.state.safetensors``; the structure (param-group hyper-parameters, Python
-RNG state, counters) to ``last.state.json``.
+Tensors go to ``last.state.safetensors``; the structure (param-group hyper-parameters, counters)
+to ``last.state.json``.
 """
 from __future__ import annotations
 
-import random
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ivt.checkpoint import atomic_save_tensors, atomic_write_json, read_json, read_tensors
-from ivt.model import CheckpointError
+from ivt.checkpoint import read_json, read_tensors, tensors_bytes
+from ivt.errors import CheckpointError
+
+STATE_TENSORS = "last.state.safetensors"
+STATE_JSON = "last.state.json"
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -39,41 +42,31 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
-def save_train_state(run_dir: Path, *, optimizer: torch.optim.Optimizer, extra_modules: dict[str, torch.nn.Module],
-                     augment_rng: torch.Generator, text_rng: random.Random, counters: dict[str, Any]) -> None:
+def train_state_files(*, optimizer: torch.optim.Optimizer, extra_modules: dict[str, torch.nn.Module],
+                      counters: dict[str, Any]) -> dict[str, bytes]:
+    """The files of the resumable state (``last.state.safetensors`` + ``last.state.json``).
+
+    No RNG state is needed: every random draw of training is derived from (seed, step or epoch,
+    position) (see :mod:`ivt.train.rng`).
+    """
     tensors, optim_info = optimizer_to_flat(optimizer)
     for prefix, module in extra_modules.items():
         for key, value in module.state_dict().items():
             tensors[f"{prefix}.{key}"] = value
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.augment"] = augment_rng.get_state()
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    version, internal, gauss = text_rng.getstate()
-    atomic_save_tensors(run_dir / "last.state.safetensors", tensors)
-    atomic_write_json(run_dir / "last.state.json", {
-        "optimizer": optim_info, "text_rng": [version, list(internal), gauss], **counters,
-    })
+    info = {"optimizer": optim_info, **counters}
+    return {STATE_TENSORS: tensors_bytes(tensors), STATE_JSON: (json.dumps(info, indent=2) + "\n").encode()}
 
 
-def load_train_state(run_dir: Path, *, optimizer: torch.optim.Optimizer, extra_modules: dict[str, torch.nn.Module],
-                     augment_rng: torch.Generator, text_rng: random.Random) -> dict[str, Any]:
-    """Restore what :func:`save_train_state` wrote; returns the counters."""
-    tensors = read_tensors(run_dir / "last.state.safetensors")
-    info = read_json(run_dir / "last.state.json")
+def load_train_state(run_dir: Path, *, optimizer: torch.optim.Optimizer,
+                     extra_modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
+    """Restore what :func:`train_state_files` wrote; returns the counters."""
+    tensors = read_tensors(run_dir / STATE_TENSORS)
+    info = read_json(run_dir / STATE_JSON)
     try:
         optimizer_from_flat(optimizer, tensors, info["optimizer"])
         for prefix, module in extra_modules.items():
             sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
             module.load_state_dict(sub, strict=True)
-        torch.set_rng_state(tensors["rng.torch"])
-        augment_rng.set_state(tensors["rng.augment"])
-        cuda_states = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
-        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        version, internal, gauss = info["text_rng"]
-        text_rng.setstate((version, tuple(internal), gauss))
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{run_dir}: the training state does not fit this run ({exc})") from exc
-    return {k: v for k, v in info.items() if k not in ("optimizer", "text_rng")}
+    return {k: v for k, v in info.items() if k != "optimizer"}

@@ -1,91 +1,87 @@
-"""The training loop: MLA pairs, BMM token dropping, identity-aware loss, validation-based best
-checkpoint, exact resume, JSONL metrics. ``train(cfg)`` is what ``ivt train`` runs."""
+"""The trainer, in named steps (as open_clip's): setup, ``train_step``, the epoch loop, and
+validation + checkpointing. ``train(cfg)`` is what ``ivt train`` runs.
+
+- Setup (:meth:`Trainer.__init__`): data, tokenizer, model, loss, optimiser, schedule; nothing is
+  written before every input has been checked.
+- :meth:`Trainer.train_step`: one optimisation step on a multi-level (MLA) batch: augmentation,
+  tokenisation, forward with BMM token dropping, the identity-aware loss over the embeddings of
+  all ranks, backward, clipping, optimiser step. It returns device tensors: the host reads them
+  back only at log points, so the loop never waits for the device in between.
+- :meth:`Trainer.fit`: epochs of steps, pausing (``train.stop_after_steps``) or stopping at the
+  time budget; validation runs exactly once per due epoch whatever the pause point.
+- :meth:`Trainer.end_epoch` / :meth:`Trainer.save`: validation on the held-out split, ``best`` /
+  ``last`` checkpoints and the resumable state, committed together (crash-safe).
+"""
 from __future__ import annotations
 
 import json
-import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from ivt.checkpoint import load_model, save_checkpoint
-from ivt.config import Config, ConfigError, save_config
+from ivt.checkpoint import checkpoint_files, commit_files, load_model, recover_run_dir
+from ivt.config import Config, save_config
 from ivt.data import DataError, load_dataset
+from ivt.data.image_bank import ImageBank
+from ivt.errors import RunDirError
+from ivt.evaluate.metrics import METRIC_KEYS
 from ivt.evaluate.retrieval import embed_split, split_metrics
+from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss
-from ivt.model import IVTEncoder, load_official_encoder, model_config
-from ivt.model.two_tower import TwoTowerEncoder
+from ivt.model.factory import build_encoder
 from ivt.runtime import autocast, resolve_device, resolve_precision
 from ivt.text.tokenizer import Tokenizer
-from ivt.data.image_bank import ImageBank
-from ivt.train.data import EpochSampler, build_samples, enabled_levels, make_pair_batch
+from ivt.train.data import EpochSampler, PairBatch, build_samples, enabled_levels, make_pair_batch
+from ivt.train.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_flag,
+    gather_labels,
+    gather_with_grad,
+    init_distributed,
+    shutdown_distributed,
+)
 from ivt.train.optim import WarmupCosine, build_optimizer
-from ivt.train.state import load_train_state, save_train_state
+from ivt.train.rng import derive_seed, torch_generator
+from ivt.train.state import load_train_state, train_state_files
 from ivt.transforms import TrainAugment
 
 RUN_FILES = ("last.safetensors", "best.safetensors", "last.state.json")
+_DROPOUT, _TOKEN_DROP = 3, 4  # stream tags for derive_seed
 
 
-def _prepare_run_dir(cfg: Config, resume: bool) -> Path:
-    run_dir = Path(cfg.train.out_dir)
-    if resume:
-        if not (run_dir / "last.state.json").exists():
-            raise FileNotFoundError(f"{run_dir}: nothing to resume (no last.state.json)")
-    elif any((run_dir / f).exists() for f in RUN_FILES):
-        raise FileExistsError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
-                              f"or choose another train.out_dir (nothing was changed)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+class PairEncoder(nn.Module):
+    """Image and text embeddings of a batch of pairs in one forward (what DDP wraps)."""
 
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
 
-def _build_tokenizer(cfg: Config, run_dir: Path, resume: bool, captions: list[str]) -> Tokenizer:
-    if resume:
-        return Tokenizer.from_file(run_dir, max_length=cfg.data.max_text_len)
-    if cfg.data.tokenizer:
-        return Tokenizer.from_file(cfg.data.tokenizer, max_length=cfg.data.max_text_len)
-    return Tokenizer.train(captions, vocab_size=cfg.data.vocab_size, max_length=cfg.data.max_text_len)
-
-
-def build_model(cfg: Config, vocab_size: int) -> IVTEncoder:
-    """The encoder of a config: a named size with overrides, optionally from official weights."""
-    overrides = {k: v for k, v in (("image_size", cfg.model.image_size), ("patch_stride", cfg.model.patch_stride),
-                                   ("drop_path", cfg.model.drop_path), ("dropout", cfg.model.dropout))
-                 if v is not None}
-    config = model_config(cfg.model.size, vocab_size=vocab_size, **overrides)
-    if config.max_text_len < cfg.data.max_text_len:
-        config = replace(config, max_text_len=cfg.data.max_text_len)
-    if cfg.model.init:
-        model = load_official_encoder(cfg.model.init, image_size=config.image_size, patch_size=config.patch_size,
-                                      patch_stride=config.patch_stride, num_heads=config.num_heads,
-                                      drop_path=config.drop_path, dropout=config.dropout)
-        if model.config.vocab_size != vocab_size:
-            raise ConfigError(f"model.init {cfg.model.init} has a text vocabulary of {model.config.vocab_size} "
-                              f"but the tokenizer has {vocab_size}; set data.tokenizer to the checkpoint's vocab.txt")
-        return model
-    if cfg.model.arch == "two-tower":
-        return TwoTowerEncoder(config)
-    if cfg.model.arch != "ivt":
-        raise ConfigError(f"model.arch must be 'ivt' or 'two-tower', got {cfg.model.arch!r}")
-    return IVTEncoder(config)
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder.encode_image(images), self.encoder.encode_text(ids, mask)
 
 
 class _Log:
-    """metrics.jsonl (and TensorBoard when it is installed)."""
+    """metrics.jsonl (and TensorBoard when it is installed); silent on ranks other than 0."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
         self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except Exception:  # TensorBoard is optional; any import problem just disables it
-            self.tb = None
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # TensorBoard is optional
+                self.tb = None
 
     def write(self, record: dict, step: int) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.tb is not None:
@@ -94,154 +90,272 @@ class _Log:
                     self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, step)
 
 
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "config.yaml").exists():
+            raise RunDirError(f"{run_dir}: not a run directory (no config.yaml); nothing to resume")
+        if not (run_dir / "last.state.json").exists() and not (run_dir / "commit.json").exists():
+            raise RunDirError(f"{run_dir}: nothing to resume (no last.state.json)")
+    elif any((run_dir / f).exists() for f in RUN_FILES):
+        raise RunDirError(f"{run_dir} already holds a training run; continue it with --resume {run_dir} "
+                          f"or choose another train.out_dir (nothing was changed)")
+
+
+def format_epoch(epoch: float) -> str:
+    """``12`` for a whole epoch, ``48.92`` for a fraction (never 48.92307692307692)."""
+    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}"
+
+
+class Trainer:
+    """One training run of ``cfg`` (or its continuation with ``resume=True``)."""
+
+    def __init__(self, cfg: Config, resume: bool = False) -> None:
+        self.cfg = cfg
+        t = cfg.train
+        self.dist, device_name = init_distributed(t.device)
+        self.device = resolve_device(device_name)
+        self.amp = resolve_precision(t.precision, self.device)
+        self.levels = enabled_levels(cfg.align)
+        self.dataset = load_dataset(cfg.data.path, cfg.data.format, image_root=cfg.data.image_root)
+        train_records = self.dataset.split("train")
+        if not train_records:
+            raise DataError(f"{self.dataset.annotation}: no 'train' split to train on "
+                            f"(present: {', '.join(self.dataset.splits)})")
+        self.eval_records = self.dataset.split(t.eval_split) if t.eval_every > 0 else []
+        if t.eval_every > 0 and not self.eval_records:
+            raise DataError(f"{self.dataset.annotation}: no '{t.eval_split}' split for choosing the best checkpoint "
+                            f"(present: {', '.join(self.dataset.splits)}); set train.eval_split to another split "
+                            f"or train.eval_every=0")
+        self.run_dir = Path(t.out_dir)
+        _check_run_dir(self.run_dir, resume)
+        if resume and self.dist.is_main:
+            for line in recover_run_dir(self.run_dir):
+                tqdm.write(f"{self.run_dir}: {line}")
+        barrier(self.dist)
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+
+        paths, self.samples = build_samples(self.dataset, train_records)
+        if resume:
+            self.tokenizer = Tokenizer.from_file(self.run_dir, max_length=cfg.data.max_text_len)
+            model, _ = load_model(self.run_dir, "last", "cpu")
+        else:
+            self.tokenizer = (Tokenizer.from_file(cfg.data.tokenizer, max_length=cfg.data.max_text_len)
+                              if cfg.data.tokenizer else
+                              Tokenizer.train([s.caption for s in self.samples], vocab_size=cfg.data.vocab_size,
+                                              max_length=cfg.data.max_text_len))
+            model = build_encoder(cfg.model, self.tokenizer.vocab_size, cfg.data.max_text_len)
+        self.model = model
+        self.model.set_token_drop(cfg.mask.ratio, cfg.mask.mode)
+        self.model.to(self.device).train()
+        self.pair_encoder: nn.Module = PairEncoder(self.model)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.pair_encoder = nn.parallel.DistributedDataParallel(
+                self.pair_encoder, device_ids=ids, find_unused_parameters=cfg.model.arch == "two-tower")
+        self.loss_fn = RetrievalLoss(cfg.loss.name, cfg.loss.temperature).to(self.device)
+        self.optimizer = build_optimizer(cfg.optim, {"encoder": self.model, "loss": self.loss_fn})
+        self.global_batch = t.batch_size * self.dist.world_size
+        self.sampler = EpochSampler([s.pid for s in self.samples], self.global_batch, t.seed, t.sampler, t.k_per_id)
+        self.total_steps = len(self.sampler) * t.epochs
+        self.schedule = WarmupCosine(self.optimizer, cfg.optim.warmup_epochs / t.epochs, cfg.optim.min_lr_ratio)
+        config = self.model.config
+        self.augment = TrainAugment(padding=cfg.augment.padding, flip_p=cfg.augment.flip_p,
+                                    erase_p=cfg.augment.erase_p, mean=config.image_mean, std=config.image_std)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
+        self.counters = {"epoch": 0, "batch": 0, "step": 0, "train_seconds": 0.0, "best_score": None,
+                         "best_epoch": None, "evaluated_epoch": None, "world_size": self.dist.world_size}
+        if resume:
+            state = load_train_state(self.run_dir, optimizer=self.optimizer, extra_modules={"loss": self.loss_fn})
+            if state.get("world_size", 1) != self.dist.world_size:
+                raise RunDirError(f"{self.run_dir} was trained on {state.get('world_size', 1)} process(es); resume it "
+                                  f"on as many (now {self.dist.world_size}) so batches stay the same")
+            self.counters.update(state)
+        self.bank = ImageBank(paths, tuple(config.image_size), cache=cfg.data.cache_images,
+                              threads=cfg.data.decode_threads,
+                              entries=[self.dataset.describe_entry(r) for r in train_records])
+        self.eval_images = None
+        if self.eval_records and cfg.data.cache_images and self.dist.is_main:
+            self.eval_images = ImageBank([self.dataset.image_path(r) for r in self.eval_records],
+                                         tuple(config.image_size), threads=cfg.data.decode_threads,
+                                         interpolation=config.eval_interpolation,
+                                         entries=[self.dataset.describe_entry(r) for r in self.eval_records],
+                                         ).get(range(len(self.eval_records)))
+        self.log = _Log(self.run_dir, self.dist.is_main)
+        self.budget = t.max_minutes * 60 if t.max_minutes else None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            if not resume:
+                self.tokenizer.save(self.run_dir)
+
+    # -- one step -------------------------------------------------------------------------
+    def make_batch(self, epoch: int, batch_index: int, indices: list[int]) -> PairBatch:
+        """This rank's share of global batch ``batch_index`` of ``epoch`` (``indices``: all of it)."""
+        b = self.cfg.train.batch_size
+        lo = self.dist.rank * b
+        mine = indices[lo:lo + b]
+        positions = [batch_index * self.global_batch + lo + j for j in range(len(mine))]
+        return make_pair_batch([self.samples[i] for i in mine], positions, self.bank, self.levels,
+                               self.cfg.train.seed, epoch)
+
+    def train_step(self, batch: PairBatch) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns device tensors (``loss``, and ``grad_norm`` with clipping)."""
+        seed, step = self.cfg.train.seed, self.counters["step"]
+        # Dropout / drop-path and BMM draws are functions of (seed, step): exact resume for free.
+        torch.manual_seed(derive_seed(seed, _DROPOUT, step, self.dist.rank))
+        self.model.set_token_drop(self.cfg.mask.ratio, self.cfg.mask.mode,
+                                  torch_generator(seed, _TOKEN_DROP, step))
+        images = self.augment(batch.images, seeds=batch.augment_seeds).to(self.device, non_blocking=True)
+        ids, mask = self.tokenizer(batch.texts)
+        labels = batch.labels.to(self.device)
+        with autocast(self.device, self.amp):
+            img, txt = self.pair_encoder(images, ids.to(self.device), mask.to(self.device))
+        loss = self.loss_fn(gather_with_grad(img, self.dist), gather_with_grad(txt, self.dist),
+                            gather_labels(labels, self.dist))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        out = {"loss": loss.detach()}
+        if self.cfg.optim.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            params = list(self.model.parameters()) + list(self.loss_fn.parameters())
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad).detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out
+
+    # -- the loop -------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the run done: steps, or the time budget when that is further along."""
+        frac = self.counters["step"] / max(self.total_steps, 1)
+        return max(frac, self.counters["train_seconds"] / self.budget) if self.budget else frac
+
+    def _due(self, epoch: int) -> bool:
+        every = self.cfg.train.eval_every
+        return bool(self.eval_records) and every > 0 and (epoch % every == 0 or epoch == self.cfg.train.epochs)
+
+    def fit(self) -> Path:
+        """Train until the last epoch, the time budget or the pause point; returns the run dir."""
+        t, c = self.cfg.train, self.counters
+        # A run stopped between an epoch's last step and its validation validates first.
+        if c["batch"] == 0 and c["epoch"] > 0 and self._due(c["epoch"]) and c["evaluated_epoch"] != c["epoch"]:
+            self.end_epoch(c["epoch"])
+        steps_this_run = 0
+        out_of_time = False
+        while c["epoch"] < t.epochs:
+            epoch = c["epoch"]
+            batches = self.sampler.epoch(epoch)
+            bar = tqdm(total=len(batches), initial=c["batch"], desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+                       disable=None if self.dist.is_main else True)
+            window_start, window_pairs = time.perf_counter(), 0
+            loss_sum, loss_count = None, 0
+            paused = False
+            while c["batch"] < len(batches):
+                started = time.perf_counter()
+                lr = self.schedule.set_progress(self.progress())
+                batch = self.make_batch(epoch, c["batch"], batches[c["batch"]])
+                metrics = self.train_step(batch)
+                loss_sum = metrics["loss"] if loss_sum is None else loss_sum + metrics["loss"]
+                loss_count += 1
+                c["step"] += 1
+                c["batch"] += 1
+                c["train_seconds"] += time.perf_counter() - started
+                steps_this_run += 1
+                window_pairs += len(batch) * self.dist.world_size
+                bar.update(1)
+                if c["step"] % t.log_every == 0:
+                    mean_loss = (loss_sum / loss_count).item()  # the one host sync per log window
+                    if mean_loss != mean_loss or abs(mean_loss) == float("inf"):
+                        raise FloatingPointError(f"loss became {mean_loss} by step {c['step']}; lower optim.lr or "
+                                                 f"use train.precision=fp32")
+                    now = time.perf_counter()
+                    record = {"kind": "train", "epoch": epoch, "step": c["step"], "loss": round(mean_loss, 5),
+                              "lr": lr, "pairs_per_s": round(window_pairs / (now - window_start), 2)}
+                    if "grad_norm" in metrics:
+                        record["grad_norm"] = round(float(metrics["grad_norm"]), 4)
+                    self.log.write(record, c["step"])
+                    bar.set_postfix(loss=f"{mean_loss:.3f}")
+                    window_start, window_pairs, loss_sum, loss_count = now, 0, None, 0
+                if self.budget is not None:
+                    out_of_time = broadcast_flag(c["train_seconds"] >= self.budget, self.dist, self.device)
+                    if out_of_time:
+                        break
+                if t.stop_after_steps and steps_this_run >= t.stop_after_steps:
+                    paused = True
+                    break
+            bar.close()
+            if out_of_time:
+                fraction = round(epoch + c["batch"] / len(batches), 2)
+                self.end_epoch(fraction, validate=bool(self.eval_records))
+                if self.dist.is_main:
+                    tqdm.write(f"time budget of {t.max_minutes:g} min reached after {c['step']} steps "
+                               f"(epoch {format_epoch(fraction)})")
+                break
+            if c["batch"] == len(batches):
+                c["epoch"], c["batch"] = epoch + 1, 0
+                self.end_epoch(c["epoch"])
+            elif paused:
+                self.save()
+            if paused:
+                if self.dist.is_main:
+                    tqdm.write(f"paused after {steps_this_run} steps; continue with: ivt train --resume {self.run_dir}")
+                return self.run_dir
+        if not self.eval_records:
+            self.save(best_meta={"selected_on": None})
+        return self.run_dir
+
+    # -- validation and checkpoints ------------------------------------------------------
+    def validate(self, epoch: float) -> dict:
+        """Retrieval metrics on the validation split (rank 0 embeds the whole split, so the numbers
+        do not depend on the number of ranks)."""
+        t = self.cfg.train
+        live = RetrievalModel(self.model, self.tokenizer, {}, device=self.device, dtype=self.amp)
+        emb = embed_split(live, self.dataset, self.eval_records, images=self.eval_images)
+        self.model.train()
+        m = split_metrics(emb)
+        record = {"kind": "eval", "epoch": epoch, "step": self.counters["step"], "split": t.eval_split,
+                  **{k: round(float(m[k]), 4) for k in METRIC_KEYS}}
+        self.log.write(record, self.counters["step"])
+        tqdm.write(f"epoch {format_epoch(epoch)}: {t.eval_split} R1 {m['R1']:.2f}  R5 {m['R5']:.2f}  "
+                   f"mAP {m['mAP']:.2f}")
+        return record
+
+    def end_epoch(self, epoch: float, validate: bool | None = None) -> None:
+        """Validate when due (once per epoch), then commit ``last`` (and ``best`` if it improved)."""
+        c = self.counters
+        if validate is None:
+            validate = self._due(int(epoch)) and c["evaluated_epoch"] != epoch
+        best_meta = None
+        if validate and self.dist.is_main:
+            record = self.validate(epoch)
+            c["evaluated_epoch"] = epoch
+            score = [record["R1"], record["mAP"]]
+            if c["best_score"] is None or score > c["best_score"]:
+                c["best_score"], c["best_epoch"] = score, epoch
+                best_meta = {"epoch": epoch, "selected_on": self.cfg.train.eval_split, "metrics": record}
+        self.save(best_meta)
+
+    def save(self, best_meta: dict | None = None) -> None:
+        """Commit ``last`` weights + resumable state (+ ``best`` when given) in one crash-safe write."""
+        if self.dist.is_main:
+            c = self.counters
+            meta = {"epoch": c["epoch"], "step": c["step"], "text_max_length": self.tokenizer.max_length}
+            files = checkpoint_files("last", self.model, meta)
+            if best_meta is not None:
+                files.update(checkpoint_files("best", self.model, {**meta, **best_meta}))
+            files.update(train_state_files(optimizer=self.optimizer, extra_modules={"loss": self.loss_fn},
+                                           counters=c))
+            commit_files(self.run_dir, files)
+        barrier(self.dist)
+
+
 def train(cfg: Config, resume: bool = False) -> Path:
     """Train (or resume) the run of ``cfg`` in ``cfg.train.out_dir``; returns the run directory."""
-    t = cfg.train
-    if t.eval_every > 0 and t.eval_split == "test":
-        raise ConfigError("train.eval_split=test: the best checkpoint is chosen on validation data, never on "
-                          "the test split; use val (or train.eval_every=0 to keep only the last checkpoint)")
-    device = resolve_device(t.device)
-    amp = resolve_precision(t.precision, device)
-    levels = enabled_levels(cfg.align)
-    dataset = load_dataset(cfg.data.path, cfg.data.format, image_root=cfg.data.image_root)
-    train_records = dataset.split("train")
-    if not train_records:
-        raise DataError(f"{dataset.annotation}: no 'train' split to train on (present: {', '.join(dataset.splits)})")
-    eval_records = dataset.split(t.eval_split) if t.eval_every > 0 else []
-    if t.eval_every > 0 and not eval_records:
-        raise DataError(f"{dataset.annotation}: no '{t.eval_split}' split for choosing the best checkpoint "
-                        f"(present: {', '.join(dataset.splits)}); set train.eval_split to another split or "
-                        f"train.eval_every=0")
-    run_dir = _prepare_run_dir(cfg, resume)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    torch.manual_seed(t.seed)
-    save_config(cfg, run_dir / "config.yaml")
+    try:
+        return Trainer(cfg, resume).fit()
+    finally:
+        shutdown_distributed()
 
-    paths, samples = build_samples(dataset, train_records)
-    tokenizer = _build_tokenizer(cfg, run_dir, resume, [s.caption for s in samples])
-    if not resume:
-        tokenizer.save(run_dir)
-    if resume:
-        model, _ = load_model(run_dir, "last", "cpu")
-    else:
-        model = build_model(cfg, tokenizer.vocab_size)
-    model.set_token_drop(cfg.mask.ratio, cfg.mask.mode)
-    model.to(device).train()
-    loss_fn = RetrievalLoss(cfg.loss.name, cfg.loss.temperature).to(device)
-    optimizer = build_optimizer(cfg.optim, {"encoder": model, "loss": loss_fn})
-    sampler = EpochSampler([s.pid for s in samples], t.batch_size, t.seed, t.sampler, t.k_per_id)
-    steps_per_epoch = len(sampler)
-    total_steps = steps_per_epoch * t.epochs
-    warmup = cfg.optim.warmup_epochs / max(t.epochs, 1)
-    schedule = WarmupCosine(optimizer, warmup, cfg.optim.min_lr_ratio)
-    augment = TrainAugment(padding=cfg.augment.padding, flip_p=cfg.augment.flip_p, erase_p=cfg.augment.erase_p)
-    aug_rng = torch.Generator().manual_seed(t.seed + 1)
-    text_rng = random.Random(t.seed + 2)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
 
-    counters = {"epoch": 0, "batch": 0, "step": 0, "train_seconds": 0.0, "best_score": None, "best_epoch": None}
-    if resume:
-        counters.update(load_train_state(run_dir, optimizer=optimizer, extra_modules={"loss": loss_fn},
-                                         augment_rng=aug_rng, text_rng=text_rng))
-    size = tuple(model.config.image_size)
-    bank = ImageBank(paths, size, cache=cfg.data.cache_images, threads=max(cfg.data.num_workers, 2))
-    eval_images = None
-    if eval_records and cfg.data.cache_images:
-        eval_images = ImageBank([dataset.image_path(r) for r in eval_records], size).get(range(len(eval_records)))
-    log = _Log(run_dir)
-    text_meta = {"text_max_length": tokenizer.max_length}
-    budget = t.max_minutes * 60 if t.max_minutes else None
-
-    def progress() -> float:
-        frac = counters["step"] / max(total_steps, 1)
-        return max(frac, counters["train_seconds"] / budget) if budget else frac
-
-    def evaluate(epoch: int) -> None:
-        model.eval()
-        emb = embed_split(model, tokenizer, dataset, eval_records, device, amp, images=eval_images)
-        m = split_metrics(emb)
-        model.train()
-        score = (m["R1"], m["mAP"])
-        record = {"kind": "eval", "epoch": epoch, "step": counters["step"], "split": t.eval_split,
-                  **{k: round(float(m[k]), 4) for k in ("R1", "R5", "R10", "mAP", "mINP")}}
-        log.write(record, counters["step"])
-        tqdm.write(f"epoch {epoch}: {t.eval_split} R1 {m['R1']:.2f}  R5 {m['R5']:.2f}  mAP {m['mAP']:.2f}")
-        best = counters["best_score"]
-        if best is None or tuple(score) > tuple(best):
-            counters["best_score"], counters["best_epoch"] = list(score), epoch
-            save_checkpoint(run_dir, "best", model, {"epoch": epoch, "step": counters["step"],
-                                                     "selected_on": t.eval_split, "metrics": record, **text_meta})
-
-    def save_last(epoch: int) -> None:
-        save_checkpoint(run_dir, "last", model, {"epoch": epoch, "step": counters["step"], **text_meta})
-        save_train_state(run_dir, optimizer=optimizer, extra_modules={"loss": loss_fn}, augment_rng=aug_rng,
-                         text_rng=text_rng, counters=counters)
-
-    out_of_time = paused = False
-    steps_this_run = 0
-    while counters["epoch"] < t.epochs and not out_of_time:
-        epoch = counters["epoch"]
-        batches = sampler.epoch(epoch)
-        bar = tqdm(total=len(batches), initial=counters["batch"], desc=f"epoch {epoch + 1}/{t.epochs}",
-                   leave=False, disable=None)
-        window_start, window_pairs = time.perf_counter(), 0
-        for index in batches[counters["batch"]:]:
-            started = time.perf_counter()
-            lr = schedule.set_progress(progress())
-            pairs = make_pair_batch([samples[i] for i in index], bank, levels, text_rng)
-            images = augment(pairs.images, generator=aug_rng).to(device, non_blocking=True)
-            ids, mask = tokenizer(pairs.texts)
-            labels = pairs.labels.to(device)
-            with autocast(device, amp):
-                img = model.encode_image(images)
-                txt = model.encode_text(ids.to(device), mask.to(device))
-            loss = loss_fn(img, txt, labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(loss_fn.parameters()),
-                                               cfg.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {counters['step']}; "
-                                         f"lower optim.lr or use precision=fp32")
-            counters["step"] += 1
-            counters["batch"] += 1
-            counters["train_seconds"] += time.perf_counter() - started
-            steps_this_run += 1
-            window_pairs += len(labels)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if counters["step"] % t.log_every == 0:
-                now = time.perf_counter()
-                log.write({"kind": "train", "epoch": epoch, "step": counters["step"], "loss": round(loss.item(), 5),
-                           "lr": lr, "pairs_per_s": round(window_pairs / (now - window_start), 2)}, counters["step"])
-                window_start, window_pairs = now, 0
-            if budget and counters["train_seconds"] >= budget:
-                out_of_time = True
-                break
-            if t.stop_after_steps and steps_this_run >= t.stop_after_steps:
-                paused = True
-                break
-        bar.close()
-        if paused:
-            if counters["batch"] == len(batches):
-                counters["epoch"], counters["batch"] = epoch + 1, 0
-            save_last(counters["epoch"])
-            tqdm.write(f"paused after {steps_this_run} steps; continue with: ivt train --resume {run_dir}")
-            return run_dir
-        if not out_of_time:
-            counters["epoch"], counters["batch"] = epoch + 1, 0
-        finished = counters["epoch"]
-        if eval_records and (out_of_time or finished % t.eval_every == 0 or finished == t.epochs):
-            evaluate(finished if not out_of_time else epoch + counters["batch"] / len(batches))
-        save_last(counters["epoch"])
-    if not eval_records:
-        save_checkpoint(run_dir, "best", model, {"epoch": counters["epoch"], "step": counters["step"],
-                                                 "selected_on": None, **text_meta})
-    if out_of_time:
-        tqdm.write(f"time budget of {t.max_minutes} min reached after {counters['step']} steps")
-    return run_dir
+__all__ = ["Trainer", "PairEncoder", "train", "format_epoch", "DistInfo"]

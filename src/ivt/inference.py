@@ -1,0 +1,149 @@
+"""The inference API: a trained run directory -> one object that embeds images and texts.
+
+    import ivt
+    model = ivt.load("runs/demo")                       # encoder + tokenizer + image transform
+    sim = model.similarity(["a man in a red jacket"], ["a.jpg", "b.jpg"])   # (1, 2) cosine
+
+Evaluation, the demo and search all go through this object, so an image is always decoded,
+resized (with the model's own interpolation) and normalised (with the model's own mean/std)
+the same way, and texts are tokenised with the run's own tokenizer and length.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ivt.checkpoint import file_sha256, load_model, load_tokenizer, resolve_checkpoint
+from ivt.errors import DataError, ImageError
+from ivt.runtime import autocast, resolve_device, resolve_precision
+from ivt.transforms import EvalTransform, load_image, pil_to_tensor
+
+ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
+
+__all__ = ["RetrievalModel", "load", "ImageInput"]
+
+
+class RetrievalModel:
+    """An encoder with the tokenizer and image preprocessing it was trained with.
+
+    ``encode_images`` / ``encode_texts`` return L2-normalised float32 ``(N, D)`` CPU tensors, so
+    a dot product is the cosine similarity the model was evaluated with.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer, meta: dict, *, device: torch.device,
+                 dtype: torch.dtype | None, run_dir: Path | None = None, weights: Path | None = None) -> None:
+        self.encoder = encoder.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.device = device
+        self.dtype = dtype
+        self.run_dir = run_dir
+        self.weights = weights
+        self.config = encoder.config
+        self.image_size: tuple[int, int] = tuple(self.config.image_size)  # type: ignore[assignment]
+        self.interpolation = self.config.eval_interpolation
+        self.transform = EvalTransform(self.config.image_mean, self.config.image_std)
+        self.embed_dim = int(self.config.width)
+        self.fingerprint = meta.get("weights_sha256") or (file_sha256(weights) if weights else "")
+        self.tokenizer_fingerprint = hashlib.sha256(tokenizer.hf.to_str().encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"RetrievalModel(width={c.width}, depth={c.depth}, image={c.image_size[0]}x{c.image_size[1]}, "
+                f"device={self.device}, precision={self.dtype or 'fp32'}, run={self.run_dir})")
+
+    # -- images ---------------------------------------------------------------------------
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """One image (a path, a PIL image or a uint8 (3, H, W) tensor) -> uint8 (3, H, W) at the
+        model's size."""
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(image, self.image_size, self.interpolation)
+        if isinstance(image, Image.Image):
+            return pil_to_tensor(image, self.image_size, self.interpolation)
+        if isinstance(image, torch.Tensor):
+            if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+                raise ImageError(f"an image tensor must be uint8 (3, H, W), got {image.dtype} {tuple(image.shape)}")
+            if tuple(image.shape[1:]) == self.image_size:
+                return image
+            return pil_to_tensor(Image.fromarray(image.permute(1, 2, 0).numpy()), self.image_size,
+                                 self.interpolation)
+        raise ImageError(f"cannot use a {type(image).__name__} as an image (give a path, a PIL image or a uint8 "
+                         f"(3, H, W) tensor)")
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[ImageInput] | torch.Tensor, batch_size: int = 64,
+                      progress: bool = False) -> torch.Tensor:
+        """L2-normalised embeddings ``(N, D)`` of images (paths, PIL images, uint8 tensors, or a
+        uint8 ``(N, 3, H, W)`` batch already at the model's size)."""
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, *self.image_size):
+                raise ImageError(f"an image batch must be uint8 (N, 3, {self.image_size[0]}, {self.image_size[1]}), "
+                                 f"got {images.dtype} {tuple(images.shape)}")
+            batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+            total = len(images)
+        else:
+            images = list(images)
+            batches = (torch.stack([self.preprocess(x) for x in images[i:i + batch_size]])
+                       for i in range(0, len(images), batch_size))
+            total = len(images)
+        out = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="encoding images", unit="img")
+        for batch in batches:
+            x = self.transform(batch).to(self.device, non_blocking=True)
+            with autocast(self.device, self.dtype):
+                out.append(self.encoder.encode_image(x).float())
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        if not out:
+            return torch.empty(0, self.embed_dim)
+        return F.normalize(torch.cat(out), dim=-1).cpu()
+
+    # -- texts ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised embeddings ``(N, D)`` of texts (truncated to the run's text length)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise DataError(f"texts[{i}] is a {type(text).__name__}, not a string")
+        out = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self.tokenizer(texts[start:start + batch_size])
+            with autocast(self.device, self.dtype):
+                out.append(self.encoder.encode_text(ids.to(self.device), mask.to(self.device)).float())
+        if not out:
+            return torch.empty(0, self.embed_dim)
+        return F.normalize(torch.cat(out), dim=-1).cpu()
+
+    def similarity(self, texts: Sequence[str] | str, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
+        """Cosine similarities ``(len(texts), len(images))``."""
+        return self.encode_texts(texts) @ self.encode_images(images).T
+
+
+def load(run_dir: str | os.PathLike, device: str = "auto", which: str = "best",
+         precision: str = "auto") -> RetrievalModel:
+    """Load a trained run (or a checkpoint ``.safetensors`` inside one) for inference.
+
+    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. ``precision``:
+    ``auto`` (bf16 autocast on CPU and on CUDA that supports it), ``fp32``, ``bf16`` or ``fp16``.
+    """
+    dev = resolve_device(device)
+    encoder, meta = load_model(run_dir, which, dev)
+    tokenizer = load_tokenizer(run_dir, meta, which)
+    weights, _ = resolve_checkpoint(run_dir, which)
+    return RetrievalModel(encoder, tokenizer, meta, device=dev, dtype=resolve_precision(precision, dev),
+                          run_dir=weights.parent, weights=weights)
