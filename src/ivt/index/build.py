@@ -327,8 +327,8 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
         report.added = len(collector.items)
         report.total = old_count + report.added
         if report.total == 0:
-            raise DataError(f"nothing could be indexed: {len(report.unreadable)} unreadable file(s)"
-                            + (f", e.g. {report.unreadable[0][0]}: {report.unreadable[0][1]}" if report.unreadable else ""))
+            example = f", e.g. {report.unreadable[0][0]}: {report.unreadable[0][1]}" if report.unreadable else ""
+            raise DataError(f"nothing could be indexed: {len(report.unreadable)} unreadable file(s){example}")
         if report.added == 0 and keep is not None:
             report.seconds = time.perf_counter() - start
             return report
