@@ -211,7 +211,7 @@ def test_sigkill_during_writes_never_leaves_a_broken_index(tmp_path):
         stored = read_index(index_dir)                           # verifies every checksum
         value = int(stored.embeddings[0, 0])
         assert stored.embeddings.shape == (30000, 64) and (stored.embeddings == value).all()
-        assert stored.items[0].sha256 == "%064x" % value
+        assert stored.items[0].sha256 == f"{value:064x}"
         # The live index is the last completed commit, or the one being committed when killed.
         if done:
             assert value in (done[-1], done[-1] + 1), (attempt, value, done[-3:])
