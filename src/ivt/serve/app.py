@@ -76,7 +76,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "malformed JSON body"
     first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path"):      # where in the request, not a field name
+        loc = loc[1:]
+    where = ".".join(str(p) for p in loc)
     kind = first.get("type", "")
     if kind == "missing":
         return 422, f"{where or 'body'} is required"
@@ -90,8 +93,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
 
 
 class BodySizeLimit:
-    """ASGI middleware: request bodies over ``max_bytes`` get 413, whether announced by
-    Content-Length or streamed."""
+    """ASGI middleware: a request body over ``max_bytes`` gets 413, whether announced by
+    Content-Length or streamed. The body (small by then) is read here and replayed to the app."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app = app
@@ -101,36 +104,34 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = _error(413, f"request body over {self.max_bytes} bytes")
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await _error(413, f"request body over {self.max_bytes} bytes")(scope, receive, send)
+            await too_large(scope, receive, send)
             return
-        received = 0
-        started = False
-
-        async def limited_receive() -> dict:
-            nonlocal received
+        chunks, total = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                return                                  # the client went away
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _error(413, f"request body over {self.max_bytes} bytes")(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 class SearchService:
@@ -234,6 +235,10 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
     @app.get("/", response_class=HTMLResponse)
     def index_page() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
