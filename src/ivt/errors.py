@@ -34,6 +34,10 @@ class RunDirError(IvtError, OSError):
     """A run directory that cannot be used as asked (already holds a run, nothing to resume)."""
 
 
+class TokenizerError(IvtError, ValueError):
+    """A tokenizer file that cannot be read, or that lacks what the model needs."""
+
+
 class DeviceError(IvtError, ValueError):
     """A device or precision that this machine cannot provide."""
 

@@ -18,7 +18,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
@@ -68,7 +67,7 @@ def pil_to_tensor(img: Image.Image, size: Sequence[int], interpolation: str = "b
             peak = 65535.0
         else:
             peak = 1.0 if img.mode == "F" and top <= 1.0 else 255.0
-        img = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(np.rint(array * (255.0 / peak)), 0, 255).astype(np.uint8), "L")
     img = img.convert("RGB")
     if img.size != (width, height):
         img = img.resize((width, height), _RESAMPLE[interpolation])
@@ -210,11 +209,18 @@ class TrainAugment(_Normalize):
         flip = (torch.rand(b, generator=generator) < self.flip_p).tolist()
         if pad == 0 and not any(flip):
             return images
-        padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-        out = torch.empty_like(images)
+        out = torch.zeros_like(images) if pad else torch.empty_like(images)
         for i in range(b):
-            window = padded[i, :, top[i]:top[i] + h, left[i]:left[i] + w]
-            out[i] = window.flip(-1) if flip[i] else window
+            # The window of the zero-padded image, as a slice of the original: no padded copy.
+            dy, dx = top[i] - pad, left[i] - pad
+            ys, ye = max(dy, 0), min(dy + h, h)
+            xs, xe = max(dx, 0), min(dx + w, w)
+            window = images[i, :, ys:ye, xs:xe]
+            oy, ox = ys - dy, xs - dx
+            if flip[i]:
+                ox = w - (ox + (xe - xs))
+                window = window.flip(-1)
+            out[i, :, oy:oy + (ye - ys), ox:ox + (xe - xs)] = window
         return out
 
     def erase_boxes(

@@ -92,6 +92,18 @@ def _wrap(text: str) -> list[str]:
     return textwrap.wrap(text, LINE_CHARS) or [""]
 
 
+MIN_SPACE_PX = 4  # Pillow's default font draws a space about 1 px wide: words would run together
+
+
+def _draw_line(draw: ImageDraw.ImageDraw, xy: tuple[int, int], line: str, font, fill) -> None:
+    """Draw ``line`` word by word with at least ``MIN_SPACE_PX`` between words."""
+    x, y = xy
+    space = max(draw.textlength(" ", font=font), MIN_SPACE_PX)
+    for word in line.split():
+        draw.text((x, y), word, fill=fill, font=font)
+        x += draw.textlength(word, font=font) + space
+
+
 def result_grid(rows: Sequence[GridRow], out_path: str | Path, *,
                 thumb_size: tuple[int, int] = (128, 48)) -> Path:
     """Draw ``rows`` into a PNG at ``out_path`` and return its path.
@@ -111,7 +123,7 @@ def result_grid(rows: Sequence[GridRow], out_path: str | Path, *,
     for i, row in enumerate(rows):
         top = GAP + i * row_h
         for j, line in enumerate(_wrap(row.query)):
-            draw.text((GAP, top + j * LINE_HEIGHT), line, fill=TEXT_COLOR, font=font)
+            _draw_line(draw, (GAP, top + j * LINE_HEIGHT), line, font, TEXT_COLOR)
         x = TEXT_WIDTH
         if row.target is not None:
             canvas.paste(_thumb(row.target, (thumb_w, thumb_h), TARGET_COLOR), (x, top))

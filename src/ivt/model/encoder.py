@@ -43,7 +43,7 @@ class TextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_text_len, config.width)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.width)
         self.LayerNorm = nn.LayerNorm(config.width, eps=config.text_ln_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout if config.text_dropout is None else config.text_dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, L, C)."""

