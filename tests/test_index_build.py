@@ -205,3 +205,17 @@ def test_cli_errors_exit_2_with_one_message(run_and_data, tmp_path, capsys):
     assert "sha256" in capsys.readouterr().err
     assert main(["index", "add", "--index", str(idx), "--images", str(data), "--split", "test"]) == 2
     assert _snapshot(idx) == before
+
+
+def test_demo_ends_with_an_index_and_two_searches(run_and_data, tmp_path, capsys):
+    from ivt.demo import DEMO_QUERIES, search_demo
+
+    run, data = run_and_data
+    demo_run = tmp_path / "run"
+    shutil.copytree(run, demo_run)
+    pages = search_demo(demo_run, data, top_k=4)
+    out = capsys.readouterr().out
+    assert len(pages) == 2 and all(p.read_text().count("data:image/jpeg;base64,") == 4 for p in pages)
+    for text in DEMO_QUERIES:
+        assert f'query: "{text}"  (8 indexed images, exact search' in out
+    assert out.count("(id 2") == 8 and len(read_index(demo_run / "index")) == 8
