@@ -46,3 +46,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """``tensor`` on ``device``; CPU -> CUDA goes through pinned memory without blocking, so the
+    host does not wait for the GPU queue to drain (a pageable copy would)."""
+    if device is None or torch.device(device) == tensor.device:
+        return tensor
+    if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

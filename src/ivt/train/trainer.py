@@ -33,7 +33,7 @@ from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss
 from ivt.model.factory import build_encoder
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
-from ivt.runtime import autocast, resolve_device, resolve_precision
+from ivt.runtime import autocast, resolve_device, resolve_precision, to_device
 from ivt.text.tokenizer import Tokenizer
 from ivt.train.data import EpochSampler, PairBatch, build_samples, enabled_levels, make_pair_batch
 from ivt.train.distributed import (
@@ -213,11 +213,11 @@ class Trainer:
         torch.manual_seed(derive_seed(seed, _DROPOUT, step, self.dist.rank))
         self.model.set_token_drop(self.cfg.mask.ratio, self.cfg.mask.mode,
                                   torch_generator(seed, _TOKEN_DROP, step))
-        images = self.augment(batch.images, seeds=batch.augment_seeds).to(self.device, non_blocking=True)
-        ids, mask = self.tokenizer(batch.texts)
-        labels = batch.labels.to(self.device)
+        images = self.augment(batch.images, seeds=batch.augment_seeds, device=self.device)
+        ids, mask = (to_device(t, self.device) for t in self.tokenizer(batch.texts))
+        labels = to_device(batch.labels, self.device)
         with autocast(self.device, self.amp):
-            img, txt = self.pair_encoder(images, ids.to(self.device), mask.to(self.device))
+            img, txt = self.pair_encoder(images, ids, mask)
         loss = self.loss_fn(gather_with_grad(img, self.dist), gather_with_grad(txt, self.dist),
                             gather_labels(labels, self.dist))
         self.optimizer.zero_grad(set_to_none=True)
