@@ -112,7 +112,7 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
 
 #: The demo's example searches (SynthPedes has the vocabulary of CUHK-PEDES captions).
 DEMO_QUERIES = ("a man in a black jacket with a red backpack",
-                "a woman with long hair in a red dress and white shoes")
+                "a woman in a white dress carrying a handbag")
 
 
 def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_QUERIES, top_k: int = 8) -> list[Path]:
