@@ -131,7 +131,7 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
     pages = []
     for n, text in enumerate(queries, 1):
         start = time.perf_counter()
-        hits = results(gallery, text, model.encode_texts([text])[0].numpy(), top_k)
+        hits = results(gallery, model.encode_texts([text])[0].numpy(), top_k)
         print(format_results(text, hits, gallery, 1000 * (time.perf_counter() - start)))
         pages.append(results_html(text, hits, gallery, run_dir / f"search-{n}.html"))
     print(f"HTML result grids: {', '.join(str(p) for p in pages)}")

@@ -37,7 +37,7 @@ def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None,
     return gallery, model
 
 
-def results(gallery: Gallery, text: str, query: np.ndarray, k: int, per_track: bool = False) -> list[dict[str, Any]]:
+def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False) -> list[dict[str, Any]]:
     """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
     provenance)."""
     return [{"rank": rank, "id": hit.id, "score": round(hit.score, 6), "image_url": f"/api/images/{hit.id}",

@@ -27,7 +27,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -98,7 +98,6 @@ class StoredIndex:
     embeddings: np.ndarray
     items: list[Item]
     ann_path: Path | None = None
-    sizes: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -188,8 +187,8 @@ def _check_manifest(index_dir: Path, manifest: Any) -> dict[str, Any]:
     return manifest
 
 
-def _read_verified(path: Path, info: dict[str, int | str], index_dir: Path) -> bytearray:
-    """The file's bytes, after checking its size and sha256 against the manifest."""
+def _read_verified(path: Path, info: dict[str, int | str], index_dir: Path, check_hash: bool = True) -> bytearray:
+    """The file's bytes, after checking its size (and sha256) against the manifest."""
     if not path.is_file():
         raise _fail(index_dir, f"{path.name} is missing")
     size = path.stat().st_size
@@ -206,7 +205,7 @@ def _read_verified(path: Path, info: dict[str, int | str], index_dir: Path) -> b
                 raise _fail(index_dir, f"{path.name} was truncated while reading")
             digest.update(view[done:done + n])
             done += n
-    if digest.hexdigest() != info["sha256"]:
+    if check_hash and digest.hexdigest() != info["sha256"]:
         raise _fail(index_dir, f"{path.name} does not match its sha256 in the manifest (damaged file)")
     return data
 
@@ -298,14 +297,12 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
         raise _fail(index_dir, f"{MANIFEST} is not valid JSON ({exc})") from exc
     manifest = _check_manifest(index_dir, manifest)
     files = manifest["files"]
-    if verify:
-        emb_bytes = _read_verified(vdir / EMBEDDINGS, files[EMBEDDINGS], index_dir)
-        items_bytes = bytes(_read_verified(vdir / ITEMS, files[ITEMS], index_dir))
-        if ANN in files:
-            _read_verified(vdir / ANN, files[ANN], index_dir)
-    else:
-        emb_bytes = bytearray((vdir / EMBEDDINGS).read_bytes())
-        items_bytes = (vdir / ITEMS).read_bytes()
+    emb_bytes = _read_verified(vdir / EMBEDDINGS, files[EMBEDDINGS], index_dir, verify)
+    items_bytes = bytes(_read_verified(vdir / ITEMS, files[ITEMS], index_dir, verify))
+    if ANN in files and verify:
+        _read_verified(vdir / ANN, files[ANN], index_dir)
+    elif ANN in files and (not (vdir / ANN).is_file() or (vdir / ANN).stat().st_size != files[ANN]["size"]):
+        raise _fail(index_dir, f"{ANN} is missing or does not have the size the manifest says")
     embeddings = _parse_npy(emb_bytes, index_dir)
     count, dim = manifest["embedding"]["count"], manifest["embedding"]["dim"]
     if embeddings.shape != (count, dim):
@@ -316,9 +313,7 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
         raise _fail(index_dir, str(exc)) from exc
     if len(items) != count:
         raise _fail(index_dir, f"{ITEMS} has {len(items)} items, the manifest says {count}")
-    return StoredIndex(index_dir, version, manifest, embeddings, items,
-                       vdir / ANN if ANN in files else None,
-                       {name: int(info["size"]) for name, info in files.items()})
+    return StoredIndex(index_dir, version, manifest, embeddings, items, vdir / ANN if ANN in files else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ class SearchService:
         start = time.perf_counter()
         with self._model_lock:
             query = self.model.encode_texts([text])[0].numpy()
-        hits = results(self.gallery, text, query, k, per_track)
+        hits = results(self.gallery, query, k, per_track)
         return {"text": text, "k": k, "per_track": per_track, "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "results": hits}
 
