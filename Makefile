@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.ivt-installed
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test install clean-demo chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ivt demo
 
-test: $(STAMP)
+# The browser test drives the system Chromium through Playwright (Playwright's browser download is
+# not used). Install Debian's chromium when it is missing and we are root with apt; otherwise that
+# one test skips and says why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (apt) for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no chromium and no root apt: the browser test will be skipped"; fi
+
+test: $(STAMP) chromium
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
