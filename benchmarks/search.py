@@ -55,6 +55,7 @@ TARGET_EXACT_MS = 40.0
 TARGET_APPROX_MS = 1.0
 TARGET_RECALL = 0.95
 E2E_QUERIES = 100
+ROUNDS = 3           # latency: the best of this many rounds over the queries
 QUERY_NOISE = 7.0    # x the gallery's isotropic noise: best query cosine about 0.6
 EF_SEARCH = (16, 32, 64, 96, 128, 256)
 NPROBE = (16, 32, 64)
@@ -132,17 +133,34 @@ def uniform(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
 # Measurements
 
 
-def _latencies(backend, queries: np.ndarray, k: int = 10, warmup: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query seconds and the top-k ids, one query at a time."""
+def _latencies(backend, queries: np.ndarray, k: int = 10, warmup: int = 10,
+               rounds: int = ROUNDS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query seconds (of the round with the lowest median) and the top-k ids, one query at a
+    time. The cores are shared with other jobs: the best of a few rounds is the machine's figure
+    rather than a neighbour's burst."""
     for q in queries[:warmup]:
         backend.search(q[None], k)
-    times, ids = [], []
-    for q in queries:
-        start = time.perf_counter()
-        _, top = backend.search(q[None], k)
-        times.append(time.perf_counter() - start)
-        ids.append(top[0])
-    return np.array(times), np.array(ids)
+    best: np.ndarray | None = None
+    for _ in range(rounds):
+        times, ids = [], []
+        for q in queries:
+            start = time.perf_counter()
+            _, top = backend.search(q[None], k)
+            times.append(time.perf_counter() - start)
+            ids.append(top[0])
+        if best is None or np.median(times) < np.median(best):
+            best = np.array(times)
+    return best, np.array(ids)
+
+
+class _FaissFlat:
+    """faiss's exhaustive index behind the backends' ``search`` signature (the reference row)."""
+
+    def __init__(self, index) -> None:
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int):
+        return self.index.search(queries, k)
 
 
 def _recall(ids: np.ndarray, truth: np.ndarray) -> float:
@@ -165,9 +183,10 @@ def _rss() -> int:
     return 0
 
 
-def synthetic_rows(dim: int, sizes: list[int], num_queries: int, backends: list[str]) -> list[dict]:
+def synthetic_rows(dim: int, sizes: list[int], num_queries: int, backends: list[str],
+                   kinds: tuple[str, ...] = ("structured", "uniform")) -> list[dict]:
     rows = []
-    for kind in ("structured", "uniform"):
+    for kind in kinds:
         for n in sizes:
             rng = np.random.default_rng(n)
             if kind == "structured":
@@ -204,14 +223,9 @@ def synthetic_rows(dim: int, sizes: list[int], num_queries: int, backends: list[
 
                 flat = faiss.IndexFlatIP(dim)
                 flat.add(data)
-                times = []
-                for q in queries:
-                    start = time.perf_counter()
-                    flat.search(q[None], 10)
-                    times.append(time.perf_counter() - start)
+                times, _ = _latencies(_FaissFlat(flat), queries)
                 rows.append(dict(kind=kind, n=n, backend="faiss IndexFlatIP (reference)", params="", build=0.0,
-                                 memory=data.nbytes, p50=_ms(np.array(times), 50), p99=_ms(np.array(times), 99),
-                                 recall=1.0, top1=top1))
+                                 memory=data.nbytes, p50=_ms(times, 50), p99=_ms(times, 99), recall=1.0, top1=top1))
                 print(rows[-1], flush=True)
                 del flat
             del data, exact
@@ -273,17 +287,22 @@ def end_to_end(model, label: str, texts: list[str], backend, name: str, gallery:
     """One text query at a time: tokenise + encode, then search; medians and the p99 of the sum."""
     for text in texts[:5]:
         backend.search(model.encode_texts([text])[0].numpy()[None], 10)
-    enc, search = [], []
-    for text in texts:
-        start = time.perf_counter()
-        q = model.encode_texts([text])[0].numpy()
-        mid = time.perf_counter()
-        backend.search(q[None], 10)
-        enc.append(mid - start)
-        search.append(time.perf_counter() - mid)
-    total = np.array(enc) + np.array(search)
+    best: tuple[np.ndarray, np.ndarray] | None = None
+    for _ in range(ROUNDS):
+        enc, search = [], []
+        for text in texts:
+            start = time.perf_counter()
+            q = model.encode_texts([text])[0].numpy()
+            mid = time.perf_counter()
+            backend.search(q[None], 10)
+            enc.append(mid - start)
+            search.append(time.perf_counter() - mid)
+        if best is None or np.median(np.add(enc, search)) < np.median(best[0] + best[1]):
+            best = (np.array(enc), np.array(search))
+    enc, search = best
+    total = enc + search
     row = dict(model=label, dim=model.embed_dim, precision=str(model.dtype or "fp32").replace("torch.", ""),
-               backend=name, gallery=gallery, encode=_ms(np.array(enc), 50), search=_ms(np.array(search), 50),
+               backend=name, gallery=gallery, encode=_ms(enc, 50), search=_ms(search, 50),
                total=_ms(total, 50), p99=_ms(total, 99))
     print(row, flush=True)
     return row
@@ -337,11 +356,12 @@ def report(dim: int, rows: list[dict], distract: dict | None, e2e: list[dict], s
            machine: str, load: float) -> str:
     lines = [f"Measured by `benchmarks/search.py` on {machine}; embedding size {dim} (the `tiny` model's); "
              f"{seconds / 60:.0f} min in all; 15-min load average at the end {load:.1f} (the cores are shared, "
-             f"so tails are noisy). Latency: search only, one query at a time, warm.", ""]
+             f"so tails are noisy). Latency: search only, one query at a time, warm, the best of {ROUNDS} "
+             f"rounds over the queries.", ""]
     big = max(r["n"] for r in rows)
     described = {"structured": "identity clusters on a 32-d manifold, queries = noisier new views",
                  "uniform": "uniform random unit vectors"}
-    for kind in ("structured", "uniform"):
+    for kind in [k for k in ("structured", "uniform") if any(r["kind"] == k for r in rows)]:
         top1 = np.mean([r["top1"] for r in rows if r["kind"] == kind])
         lines += [f"**{kind}** ({described[kind]}; a query's best cosine: {top1:.2f} on average)", "",
                   "| items | backend | parameters | build s | memory | p50 ms | p99 ms | recall@10 |",
@@ -396,6 +416,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--backends", default="hnsw,ivfpq")
+    parser.add_argument("--kinds", default="structured,uniform", help="synthetic generators to run")
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="trained run for the SynthPedes rows")
     parser.add_argument("--data", type=Path, default=Path("data/synthpedes"))
     parser.add_argument("--distractors", type=int, default=1_000_000)
@@ -418,7 +439,8 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     start = time.perf_counter()
     sizes = [int(s) for s in args.sizes.split(",")]
-    rows = synthetic_rows(args.dim, sizes, args.queries, [b for b in args.backends.split(",") if b])
+    rows = synthetic_rows(args.dim, sizes, args.queries, [b for b in args.backends.split(",") if b],
+                          tuple(args.kinds.split(",")))
     have_run = (args.run / "tokenizer.json").exists() and args.data.exists()
     if not have_run:
         print(f"no trained run at {args.run} (or no data at {args.data}): skipping the SynthPedes and end-to-end rows")
