@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ivt.model.config import EncoderConfig
@@ -13,23 +14,57 @@ __all__ = ["IVTEncoder", "PatchEmbed", "TextEmbeddings"]
 PAD_TOKEN_ID = 0  # BERT [PAD]
 
 
+def conv_stem(config: EncoderConfig) -> nn.Sequential:
+    """Two 3x3 stride-2 convolutions (width/8, width/4 channels, GELU), then the patch convolution
+    at a quarter of the resolution: the token grid of ``patch_size``/``patch_stride``."""
+    c1, c2 = max(config.width // 8, 8), max(config.width // 4, 16)
+    return nn.Sequential(
+        nn.Conv2d(config.in_chans, c1, 3, stride=2, padding=1), nn.GELU(),
+        nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GELU(),
+        nn.Conv2d(c2, config.width, config.patch_size // 4, stride=config.patch_stride // 4))
+
+
 class PatchEmbed(nn.Module):
-    """Image -> patch tokens with a convolution (kernel = patch, stride = stride)."""
+    """Image -> patch tokens with a convolution (kernel = patch, stride = stride), or a small
+    convolutional stem with the same token grid (``config.stem == "conv"``).
+
+    The patch convolution is computed as a matrix product over unfolded patches (the same
+    numbers as ``proj``'s convolution): on CPU, bf16 convolution backward took 67 ms of a 440 ms
+    tiny training step, the matrix product about 3 ms.
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.image_size = tuple(config.image_size)
         self.grid_size = config.grid_size
-        self.proj = nn.Conv2d(config.in_chans, config.width, kernel_size=config.patch_size,
-                              stride=config.patch_stride)
+        self.in_chans = config.in_chans
+        self.use_stem = config.stem == "conv"
+        if self.use_stem:
+            self.stem = conv_stem(config)
+        else:
+            self.proj = nn.Conv2d(config.in_chans, config.width, kernel_size=config.patch_size,
+                                  stride=config.patch_stride)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, P, C)."""
         if images.dim() != 4 or tuple(images.shape[-2:]) != self.image_size:
             raise ValueError(
-                f"expected images of shape (B, {self.proj.in_channels}, {self.image_size[0]}, "
+                f"expected images of shape (B, {self.in_chans}, {self.image_size[0]}, "
                 f"{self.image_size[1]}), got {tuple(images.shape)}")
-        return self.proj(images).flatten(2).transpose(1, 2)
+        if self.use_stem:
+            return self.stem(images).flatten(2).transpose(1, 2)
+        return F.linear(self.unfold(images), self.proj.weight.flatten(1), self.proj.bias)
+
+    def unfold(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, P, C * p * p): the pixels of each patch, in the order of the
+        convolution weight's (C, p, p) (border pixels that do not fill a stride are dropped)."""
+        p, s = self.proj.kernel_size[0], self.proj.stride[0]
+        gh, gw = self.grid_size
+        if p != s:
+            return F.unfold(images, p, stride=s).transpose(1, 2)
+        b, c = images.shape[:2]
+        x = images[:, :, :gh * p, :gw * p].reshape(b, c, gh, p, gw, p)
+        return x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * p)
 
 
 class TextEmbeddings(nn.Module):

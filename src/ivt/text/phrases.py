@@ -67,6 +67,15 @@ def caption_clauses(caption: str) -> list[str]:
     return [p for p in parts if len(p.split()) >= MIN_CLAUSE_WORDS]
 
 
+def word_level_attributes(attributes: Sequence[str], rng: random.Random) -> list[str]:
+    """The attribute phrases of one word-level text: a random non-empty subset in random order
+    (the official code samples k uniformly in 1..n, then k distinct attributes); [] without any."""
+    attrs = [a.strip() for a in attributes if a and a.strip()]
+    if not attrs:
+        return []
+    return rng.sample(attrs, rng.randint(1, len(attrs)))
+
+
 def word_level_text(attributes: Sequence[str], caption: str, rng: random.Random) -> str:
     """The word-level alignment text of one sample.
 
@@ -75,10 +84,9 @@ def word_level_text(attributes: Sequence[str], caption: str, rng: random.Random)
     random short clause of the caption (see :func:`caption_clauses`), or its first few words
     when no clause has two words. Never empty; a blank caption without attributes is an error.
     """
-    attrs = [a.strip() for a in attributes if a and a.strip()]
+    attrs = word_level_attributes(attributes, rng)
     if attrs:
-        k = rng.randint(1, len(attrs))
-        return ", ".join(rng.sample(attrs, k))
+        return ", ".join(attrs)
     clauses = caption_clauses(caption)
     if clauses:
         return rng.choice(clauses)
