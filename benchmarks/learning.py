@@ -198,6 +198,8 @@ def main() -> None:
     ap.add_argument("--ids", type=int, default=600, help="identities of the training draw")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--fresh", type=int, nargs="*", default=[], help="seeds of fresh 400-id draws to test on")
+    ap.add_argument("--heldout", nargs="*", default=[], metavar="DIR:SPLIT",
+                    help="more held-out sets to evaluate on (e.g. another draw's val split)")
     ap.add_argument("--variants", nargs="+", default=["demo"], help=f"names ({', '.join(VARIANTS)})")
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every variant")
     ap.add_argument("--steps", type=int, nargs="*", default=[])
@@ -205,6 +207,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--evals", type=int, default=10, help="validations along each run (the learning curve)")
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--work", default="runs/learning")
     ap.add_argument("--write", metavar="TAG", help="regenerate this tag's section of RESULTS.md")
@@ -213,6 +216,7 @@ def main() -> None:
         ap.error("give --steps and/or --minutes")
     data = ensure_draw(Path(args.data), args.ids, args.data_seed)
     fresh = [ensure_draw(Path(args.data).parent / f"fresh{s}", 400, s) for s in args.fresh]
+    evals = [f"{f}:test" for f in fresh] + list(args.heldout)
     jobs = []
     for name in args.variants:
         overrides = [*VARIANTS[name], *args.set] if name in VARIANTS else [*name.split(), *args.set]
@@ -221,8 +225,8 @@ def main() -> None:
                 out = Path(args.work) / f"{_slug(name)}-{budget[0]}{budget[1]:g}-seed{seed}"
                 jobs.append({"variant": name, "data": str(data), "out": str(out), "overrides": overrides,
                              "seed": seed, "steps": budget[1] if budget[0] == "steps" else None,
-                             "minutes": budget[1] if budget[0] == "minutes" else None, "evals": 10,
-                             "fresh": [str(f) for f in fresh], "device": args.device, "threads": args.threads})
+                             "minutes": budget[1] if budget[0] == "minutes" else None, "evals": args.evals,
+                             "fresh": evals, "device": args.device, "threads": args.threads})
     started = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         results = []
@@ -235,7 +239,7 @@ def main() -> None:
             fr = "  ".join(f"{d} R1 {m['R1']:.1f} mAP {m['mAP']:.1f}" for d, m in r["fresh"].items())
             print(f"{job['variant']:<40} seed {job['seed']} {r['steps']:>5} steps {r['wall_s']:>6.0f} s  "
                   f"val R1 {r['val']['R1']:.1f} mAP {r['val']['mAP']:.1f}  {fr}", flush=True)
-    draws = [f"{f.name}:test" for f in fresh]
+    draws = [f"{Path(e.partition(':')[0]).name}:{e.partition(':')[2] or 'test'}" for e in evals]
     text = table(results, draws) + "\n\nValidation R1 along training (step:R1):\n\n" + curves(results)
     print(text)
     print(f"total {(time.perf_counter() - started) / 60:.1f} min")

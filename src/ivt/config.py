@@ -23,7 +23,7 @@ LOSSES = ("cmpm", "infonce", "sdm")
 OPTIMIZERS = ("adamw", "sgd")
 MASK_MODES = ("batch", "sample")
 SAMPLERS = ("random", "identity", "similar")
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "hmlp")
 WORD_POSITIVES = ("identity", "attributes")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERPOLATIONS = ("bicubic", "bilinear")
@@ -53,7 +53,7 @@ class ModelConfig:
     image_size: list[int] | None = None    # [H, W]; None: the size's default
     patch_size: int | None = None
     patch_stride: int | None = None
-    stem: str | None = None                # patch (one conv, the paper) | conv (small conv stem); None: patch
+    stem: str | None = None                # patch (one conv, the paper) | conv | hmlp (ivt.model.stem); None: patch
     drop_path: float | None = None
     dropout: float | None = None
     init: str | None = None                # official IVT checkpoint (.pth/.safetensors) to start from
@@ -78,6 +78,9 @@ class AlignConfig:
     # Positives of a word-level text: the same identity only, or also every image whose attributes
     # include all of the text's (a short text such as "glasses" describes many people).
     word_positives: str = "identity"
+    # One augmented view per sample shared by all levels' texts (the image is encoded once per
+    # sample instead of once per level: about a third less compute per step), or one per level.
+    shared_view: bool = False
 
 
 @dataclass

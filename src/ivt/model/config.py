@@ -22,10 +22,9 @@ class EncoderConfig:
     ``image_size`` is (height, width). Patches are cut by a convolution with kernel
     ``patch_size`` and stride ``patch_stride`` (stride < patch gives overlapping patches; as in
     the official code, border pixels that do not fill a last stride are ignored, e.g. 384x128
-    with stride 12 gives a 31x10 grid). ``stem="conv"`` replaces that one convolution by a small
-    convolutional stem (two 3x3 stride-2 convolutions, then kernel ``patch_size / 4`` with stride
-    ``patch_stride / 4``): the same token grid, but each token sees its pixels through a few
-    nonlinear layers, which a from-scratch model learns much faster (Xiao et al. 2021).
+    with stride 12 gives a 31x10 grid). ``stem`` ``"conv"`` or ``"hmlp"`` replaces that one
+    convolution by a small stem with the same token grid (see :mod:`ivt.model.stem`): each token
+    sees its pixels through a few nonlinear layers, which a from-scratch model learns faster.
     """
 
     image_size: tuple[int, int] = (384, 128)
@@ -72,6 +71,9 @@ class EncoderConfig:
             errors.append(f"stem must be one of {STEMS}, got {self.stem!r}")
         elif self.stem == "conv" and (self.patch_size % 4 or self.patch_stride % 4):
             errors.append(f"stem 'conv' needs patch_size and patch_stride divisible by 4, got "
+                          f"{self.patch_size} and {self.patch_stride}")
+        elif self.stem == "hmlp" and (self.patch_stride != self.patch_size or self.patch_size not in (4, 8, 16, 32)):
+            errors.append(f"stem 'hmlp' needs patch_stride == patch_size in 4, 8, 16, 32, got "
                           f"{self.patch_size} and {self.patch_stride}")
         if self.patch_stride > self.patch_size:
             errors.append(

@@ -7,6 +7,7 @@ from torch import nn
 
 from ivt.model.config import EncoderConfig
 from ivt.model.masking import TOKEN_DROP_MODES, TokenDropMode, drop_tokens
+from ivt.model.stem import HMLPStem, conv_stem
 from ivt.model.transformer import Block, Modality, key_padding_to_attn_mask
 
 __all__ = ["IVTEncoder", "PatchEmbed", "TextEmbeddings"]
@@ -14,19 +15,9 @@ __all__ = ["IVTEncoder", "PatchEmbed", "TextEmbeddings"]
 PAD_TOKEN_ID = 0  # BERT [PAD]
 
 
-def conv_stem(config: EncoderConfig) -> nn.Sequential:
-    """Two 3x3 stride-2 convolutions (width/8, width/4 channels, GELU), then the patch convolution
-    at a quarter of the resolution: the token grid of ``patch_size``/``patch_stride``."""
-    c1, c2 = max(config.width // 8, 8), max(config.width // 4, 16)
-    return nn.Sequential(
-        nn.Conv2d(config.in_chans, c1, 3, stride=2, padding=1), nn.GELU(),
-        nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GELU(),
-        nn.Conv2d(c2, config.width, config.patch_size // 4, stride=config.patch_stride // 4))
-
-
 class PatchEmbed(nn.Module):
-    """Image -> patch tokens with a convolution (kernel = patch, stride = stride), or a small
-    convolutional stem with the same token grid (``config.stem == "conv"``).
+    """Image -> patch tokens with a convolution (kernel = patch, stride = stride), or another stem
+    with the same token grid (``config.stem``: see :mod:`ivt.model.stem`).
 
     The patch convolution is computed as a matrix product over unfolded patches (the same
     numbers as ``proj``'s convolution): on CPU, bf16 convolution backward took 67 ms of a 440 ms
@@ -38,9 +29,11 @@ class PatchEmbed(nn.Module):
         self.image_size = tuple(config.image_size)
         self.grid_size = config.grid_size
         self.in_chans = config.in_chans
-        self.use_stem = config.stem == "conv"
-        if self.use_stem:
+        self.use_stem = config.stem != "patch"
+        if config.stem == "conv":
             self.stem = conv_stem(config)
+        elif config.stem == "hmlp":
+            self.stem = HMLPStem(config)
         else:
             self.proj = nn.Conv2d(config.in_chans, config.width, kernel_size=config.patch_size,
                                   stride=config.patch_stride)
@@ -52,7 +45,8 @@ class PatchEmbed(nn.Module):
                 f"expected images of shape (B, {self.in_chans}, {self.image_size[0]}, "
                 f"{self.image_size[1]}), got {tuple(images.shape)}")
         if self.use_stem:
-            return self.stem(images).flatten(2).transpose(1, 2)
+            x = self.stem(images)
+            return x if isinstance(self.stem, HMLPStem) else x.flatten(2).transpose(1, 2)
         return F.linear(self.unfold(images), self.proj.weight.flatten(1), self.proj.bias)
 
     def unfold(self, images: torch.Tensor) -> torch.Tensor:

@@ -207,7 +207,8 @@ class PairBatch:
 
     ``augment_seeds`` holds one seed per pair for its image augmentation, derived from the
     sample's position in the epoch, so augmentation does not depend on batching or sharding.
-    ``levels`` names each text's alignment level; ``pairs`` keeps what decides positives.
+    ``levels`` names each text's alignment level; ``pairs`` keeps what decides positives. With a
+    shared view (see :func:`make_pair_batch`) ``images`` holds one view per sample.
     """
 
     images: torch.Tensor
@@ -223,9 +224,16 @@ class PairBatch:
 
 
 def make_pair_batch(samples: Sequence[Sample], positions: Sequence[int], bank: ImageBank,
-                    levels: Sequence[str], seed: int, epoch: int) -> PairBatch:
-    """All (view, text) pairs of the MLA levels for a batch of samples (see :func:`pair_texts`)."""
+                    levels: Sequence[str], seed: int, epoch: int, shared_view: bool = False) -> PairBatch:
+    """All (view, text) pairs of the MLA levels for a batch of samples (see :func:`pair_texts`).
+
+    With ``shared_view`` the batch holds one augmented view per sample (the first level's), which
+    every level's text is paired with: ``images`` and ``augment_seeds`` then have one entry per
+    sample, not per pair, and the trainer encodes each image once.
+    """
     images = bank.get([s.image for s in samples])
     pairs = pair_texts(samples, positions, levels, seed, epoch)
+    if shared_view:
+        return PairBatch(images, pairs.texts, pairs.labels, pairs.augment_seeds[:len(samples)], pairs.levels, pairs)
     return PairBatch(images.repeat(len(levels), 1, 1, 1), pairs.texts, pairs.labels, pairs.augment_seeds,
                      pairs.levels, pairs)

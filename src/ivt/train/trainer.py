@@ -222,7 +222,7 @@ class Trainer:
         mine = indices[lo:lo + b]
         positions = [batch_index * self.global_batch + lo + j for j in range(len(mine))]
         batch = make_pair_batch([self.samples[i] for i in mine], positions, self.bank, self.levels,
-                                self.cfg.train.seed, epoch)
+                                self.cfg.train.seed, epoch, shared_view=self.cfg.align.shared_view)
         if self.cfg.align.word_positives == "attributes" and "word" in self.levels:
             batch.positives = self.global_positives(epoch, batch_index, indices)
         return batch
@@ -250,6 +250,8 @@ class Trainer:
         labels = batch.labels.to(self.device)
         with autocast(self.device, self.amp):
             img, txt = self.pair_encoder(images, texts)
+        if len(img) != len(txt):  # one shared view per sample: pair it with every level's text
+            img = img.repeat(len(txt) // len(img), 1)
         loss = self.loss_fn(gather_with_grad(img, self.dist), gather_with_grad(txt, self.dist),
                             gather_labels(labels, self.dist), positives=batch.positives)
         self.optimizer.zero_grad(set_to_none=True)
