@@ -129,6 +129,14 @@ class TrainConfig:
 
 
 @dataclass
+class SynthConfig:
+    """The SynthPedes draw `ivt demo` trains on (generated when ``data.path`` holds another)."""
+
+    ids: int = 600                         # identities (70/15/15 % train/val/test)
+    workers: int = 2                       # processes rendering it
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -138,6 +146,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
 
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:
@@ -252,6 +261,8 @@ def validate_config(cfg: Config) -> None:
         ("data.max_text_len", cfg.data.max_text_len >= 3, ">= 3 ([CLS], a token, [SEP])"),
         ("data.vocab_size", cfg.data.vocab_size >= 10, ">= 10"),
         ("data.decode_threads", cfg.data.decode_threads >= 1, ">= 1"),
+        ("synth.ids", cfg.synth.ids >= 3, ">= 3"),
+        ("synth.workers", cfg.synth.workers >= 1, ">= 1"),
         ("train.similar_group", cfg.train.similar_group >= 1, ">= 1"),
         ("model.patch_size", cfg.model.patch_size is None or cfg.model.patch_size >= 1, ">= 1"),
         ("model.patch_stride", cfg.model.patch_stride is None or cfg.model.patch_stride >= 1, ">= 1"),
