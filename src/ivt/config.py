@@ -22,7 +22,8 @@ ARCHS = ("ivt", "two-tower")
 LOSSES = ("cmpm", "infonce", "sdm")
 OPTIMIZERS = ("adamw", "sgd")
 MASK_MODES = ("batch", "sample")
-SAMPLERS = ("random", "identity", "similar")
+SAMPLERS = ("random", "identity", "identity-all", "similar")
+SCHEDULES = ("step", "epoch")
 STEMS = ("patch", "conv", "hmlp")
 WORD_POSITIVES = ("identity", "attributes")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -59,6 +60,9 @@ class ModelConfig:
     init: str | None = None                # official IVT checkpoint (.pth/.safetensors) to start from
     image_mean: list[float] | None = None  # per-channel normalisation; None: the size's default
     image_std: list[float] | None = None   # (ImageNet for tiny/small, 0.5 for base and official weights)
+    init_image: str | None = None          # ImageNet ViT (.pth/.npz/.safetensors): image side + shared layers
+    init_text: str | None = None           # BERT-style weights (file, HF directory, or "minilm"): text side
+    text_dropout: float | None = None      # dropout after the text embeddings; None: model.dropout (paper: 0.1)
 
 
 @dataclass
@@ -107,6 +111,10 @@ class OptimConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
     clip_grad: float | None = 5.0
+    bias_lr_factor: float = 1.0            # biases learn this many times faster (paper: 2)
+    decay_all: bool = False                # weight decay on every parameter (paper), not only on matrices
+    warmup_start: float | None = None      # warmup starts at this x lr (paper: 0.01); None: from ~0
+    schedule: str = "step"                 # step (cosine per step) | epoch (paper: lr set once per epoch)
 
 
 @dataclass
@@ -218,7 +226,7 @@ def config_from_dict(values: dict | None) -> Config:
 _CHOICES = {
     "model.size": MODEL_SIZE_NAMES, "model.arch": ARCHS, "loss.name": LOSSES, "optim.name": OPTIMIZERS,
     "mask.mode": MASK_MODES, "train.sampler": SAMPLERS, "train.precision": PRECISIONS,
-    "align.word_positives": WORD_POSITIVES,
+    "optim.schedule": SCHEDULES, "align.word_positives": WORD_POSITIVES,
 }
 
 
@@ -271,6 +279,10 @@ def validate_config(cfg: Config) -> None:
         ("model.num_heads", cfg.model.num_heads is None or cfg.model.num_heads >= 1, ">= 1"),
         ("model.dropout", cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "in [0, 1)"),
         ("model.drop_path", cfg.model.drop_path is None or 0 <= cfg.model.drop_path < 1, "in [0, 1)"),
+        ("model.text_dropout", cfg.model.text_dropout is None or 0 <= cfg.model.text_dropout < 1, "in [0, 1)"),
+        ("optim.bias_lr_factor", cfg.optim.bias_lr_factor > 0, "> 0"),
+        ("optim.warmup_start", cfg.optim.warmup_start is None or 0 <= cfg.optim.warmup_start <= 1,
+         "in [0, 1] (or null)"),
     ]
     problems += [f"{key}: {_get(cfg, key)!r} must be {rule}" for key, ok, rule in checks if not ok]
     if cfg.model.image_size is not None and (len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 1):
@@ -283,7 +295,13 @@ def validate_config(cfg: Config) -> None:
         problems.append(f"model.stem: {cfg.model.stem!r} is not one of {', '.join(STEMS)}")
     if cfg.train.sampler != "random" and cfg.train.batch_size % cfg.train.k_per_id:
         problems.append(f"train.batch_size: {cfg.train.batch_size} must be a multiple of train.k_per_id "
-                        f"({cfg.train.k_per_id}) with train.sampler=identity")
+                        f"({cfg.train.k_per_id}) with train.sampler={cfg.train.sampler}")
+    if cfg.model.init and (cfg.model.init_image or cfg.model.init_text):
+        problems.append("model.init already holds every weight of the encoder; drop model.init_image / "
+                        "model.init_text (they initialise a model trained from ImageNet / BERT weights)")
+    if (cfg.model.init_image or cfg.model.init_text) and cfg.model.arch != "ivt":
+        problems.append(f"model.init_image / model.init_text fill the shared IVT encoder; model.arch is "
+                        f"{cfg.model.arch!r}")
     if not (cfg.align.word or cfg.align.phrase or cfg.align.sentence):
         problems.append("align: at least one of align.word, align.phrase, align.sentence must be true")
     if cfg.train.eval_every > 0 and cfg.train.eval_split == "test":

@@ -29,11 +29,11 @@ def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1) -> None
         found = json.loads(marker.read_text())
         params = found.get("params", {})
         if found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids and params.get("seed") == seed:
-            print(f"[1/5] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
+            print(f"[1/6] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
             return
     t0 = time.perf_counter()
     generate_synthpedes(data_dir, ids, seed, progress=True, workers=workers)
-    print(f"[1/5] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
+    print(f"[1/6] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
@@ -93,9 +93,9 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     ids = cfg.synth.ids
     _ensure_synth(data_dir, ids, seed, cfg.synth.workers)
     dataset = load_dataset(data_dir)
-    print("[2/5] dataset check:\n" + format_stats(dataset))
+    print("[2/6] dataset check:\n" + format_stats(dataset))
     _prepare_run_dir(run_dir)
-    print(f"[3/5] training {cfg.model.size} IVT ({config}) for up to {cfg.train.max_minutes:g} min into {run_dir}")
+    print(f"[3/6] training {cfg.model.size} IVT ({config}) for up to {cfg.train.max_minutes:g} min into {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DEMO_MARKER).write_text(json.dumps({"data": str(data_dir), "ids": ids, "seed": seed}) + "\n")
     train_start = time.perf_counter()
@@ -104,10 +104,42 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     result = evaluate_checkpoint(run_dir, data_dir, split="test", device="auto")
     (run_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     chance = 100.0 * min(1.0, 1.0 / max(1, len({r.pid for r in dataset.split("test")})))
-    print(f"[4/5] test split (trained {train_seconds / 60:.1f} min; chance R1 ~ {chance:.2f}):")
+    print(f"[4/6] test split (trained {train_seconds / 60:.1f} min; chance R1 ~ {chance:.2f}):")
     print(format_metrics(result))
     rows = result_rows(run_dir, data_dir, seed=seed)
     png = result_grid(rows, run_dir / "results.png")
     html = result_html(rows, run_dir / "results.html")
-    print(f"[5/5] result grid: {png} (and {html}); total {(time.perf_counter() - started) / 60:.1f} min")
+    print(f"[5/6] result grid: {png} (and {html})")
+    search_demo(run_dir, data_dir)
+    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
     return result
+
+
+#: The demo's example searches (SynthPedes has the vocabulary of CUHK-PEDES captions).
+DEMO_QUERIES = ("a man in a black jacket with a red backpack",
+                "a woman in a white dress carrying a handbag")
+
+
+def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_QUERIES, top_k: int = 8) -> list[Path]:
+    """Index the test gallery with the trained model and run the example searches: a table in
+    the terminal and a self-contained HTML grid per query. Returns the HTML paths."""
+    import ivt
+    from ivt.index.build import build_index, image_source
+    from ivt.index.gallery import Gallery
+    from ivt.index.query import format_results, results, results_html
+
+    model = ivt.load(run_dir)
+    index_dir = run_dir / "index"
+    report = build_index(index_dir, model, images=image_source(data_dir, split="test"), force=True, progress=False)
+    print(f"[6/6] search: {report.summary()}")
+    gallery = Gallery.open(index_dir)
+    pages = []
+    for n, text in enumerate(queries, 1):
+        start = time.perf_counter()
+        hits = results(gallery, model.encode_texts([text])[0].numpy(), top_k)
+        print(format_results(text, hits, gallery, 1000 * (time.perf_counter() - start)))
+        pages.append(results_html(text, hits, gallery, run_dir / f"search-{n}.html"))
+    print(f"HTML result grids: {', '.join(str(p) for p in pages)}")
+    print(f"try your own: ivt search --index {index_dir} \"a woman in a blue coat\"  |  "
+          f"ivt serve --index {index_dir}")
+    return pages

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ivt.checkpoint import file_sha256, load_model, load_tokenizer, resolve_checkpoint
 from ivt.errors import DataError, ImageError
-from ivt.runtime import autocast, resolve_device, resolve_precision
+from ivt.runtime import autocast, resolve_device, resolve_precision, to_device
 from ivt.transforms import EvalTransform, load_image, pil_to_tensor
 
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
@@ -99,7 +99,7 @@ class RetrievalModel:
 
             bar = tqdm(total=total, desc="encoding images", unit="img")
         for batch in batches:
-            x = self.transform(batch).to(self.device, non_blocking=True)
+            x = self.transform(to_device(batch, self.device))
             with autocast(self.device, self.dtype):
                 out.append(self.encoder.encode_image(x).float())
             if bar is not None:
@@ -124,7 +124,7 @@ class RetrievalModel:
         for start in range(0, len(texts), batch_size):
             ids, mask = self.tokenizer(texts[start:start + batch_size])
             with autocast(self.device, self.dtype):
-                out.append(self.encoder.encode_text(ids.to(self.device), mask.to(self.device)).float())
+                out.append(self.encoder.encode_text(to_device(ids, self.device), to_device(mask, self.device)).float())
         if not out:
             return torch.empty(0, self.embed_dim)
         return F.normalize(torch.cat(out), dim=-1).cpu()

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ivt.errors import ImageError
 from ivt.model.config import IMAGENET_MEAN, IMAGENET_STD
+from ivt.runtime import to_device
 
 ERASE_FILLS = ("pixel", "zero")
 
@@ -108,10 +109,19 @@ class _Normalize:
 
     def normalize(self, images: Tensor) -> Tensor:
         """Float32 copy of uint8 ``images`` (B, 3, H, W), normalised as ``x * a - b``."""
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=images.device)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=images.device)
+        scale, shift = self._constants(images.device)
         out = images.float()
-        return out.mul_(scale.view(1, 3, 1, 1)).sub_(shift.view(1, 3, 1, 1))
+        return out.mul_(scale).sub_(shift)
+
+    def _constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(scale, shift) as (1, 3, 1, 1) tensors on ``device``, made once per device (a fresh
+        host-to-GPU copy at every call would stall the GPU queue)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if device not in cache:
+            scale = torch.tensor([1.0 / (255.0 * s) for s in self.std]).view(1, 3, 1, 1)
+            shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)]).view(1, 3, 1, 1)
+            cache[device] = (scale.to(device), shift.to(device))
+        return cache[device]
 
 
 class EvalTransform(_Normalize):
@@ -172,17 +182,18 @@ class TrainAugment(_Normalize):
         self.erase_attempts = int(erase_attempts)
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None,
-                 seeds: Sequence[int] | None = None) -> Tensor:
+                 seeds: Sequence[int] | None = None, device: torch.device | str | None = None) -> Tensor:
         """Augment uint8 ``images``.
 
         Random parameters come from the CPU ``generator`` (one stream for the batch), or, with
         ``seeds``, from one generator per image seeded with its entry: then an image's
         augmentation does not depend on which batch or process it lands in (what the trainer
-        uses, for exact resume and sharding).
+        uses, for exact resume and sharding); ``device`` is where the output goes (with seeds,
+        the uint8 crops are moved there before normalising, a quarter of the bytes of floats).
         """
         batch, single = _as_batch(images)
         if seeds is None:
-            out = self.normalize(self.crop_and_flip(batch, generator))
+            out = self.normalize(to_device(self.crop_and_flip(batch, generator), device))
             if self.erase_p > 0:
                 out = self.erase(out, generator)
             return out[0] if single else out
@@ -190,10 +201,18 @@ class TrainAugment(_Normalize):
             raise ValueError(f"got {len(seeds)} seeds for {len(batch)} images")
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
         cropped = torch.cat([self.crop_and_flip(batch[i:i + 1], g) for i, g in enumerate(gens)])
-        out = self.normalize(cropped)
+        patches = []  # (index, box, noise or None) drawn per image, in the generator's order
         if self.erase_p > 0:
+            h, w = batch.shape[-2:]
             for i, g in enumerate(gens):
-                self.erase(out[i:i + 1], g)
+                top, left, eh, ew = self.erase_boxes(1, h, w, g)[0].tolist()
+                if eh:
+                    noise = (torch.randn((3, eh, ew), generator=g) if self.erase_fill == "pixel" else None)
+                    patches.append((i, top, left, eh, ew, noise))
+        # Only uint8 pixels and the erase noise cross to the device; normalising happens there.
+        out = self.normalize(to_device(cropped, device))
+        for i, top, left, eh, ew, noise in patches:
+            out[i, :, top:top + eh, left:left + ew] = 0.0 if noise is None else to_device(noise, out.device)
         return out[0] if single else out
 
     def crop_and_flip(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -261,5 +280,5 @@ class TrainAugment(_Normalize):
                 images[i, :, top:top + eh, left:left + ew] = 0.0
             else:
                 noise = torch.randn((c, eh, ew), generator=generator, dtype=images.dtype)
-                images[i, :, top:top + eh, left:left + ew] = noise.to(images.device)
+                images[i, :, top:top + eh, left:left + ew] = to_device(noise, images.device)
         return images

@@ -30,6 +30,7 @@ class Entry:
     pid: int
     captions: list[str]
     attributes: list[str] = field(default_factory=list)
+    caption_attributes: list[tuple[str, ...]] = field(default_factory=list)  # per caption (per-caption formats)
 
 
 def json_kind(value: Any) -> str:
@@ -55,7 +56,8 @@ def parse_entry(obj: Any, spec: Spec, where: str, split: str | None,
     attributes = _field_attributes(obj, spec.attr_key, where, problems)
     if len(problems) > before or image is None or pid is None or split is None or captions is None:
         return None
-    return Entry(where, split, image, pid, captions, attributes)
+    own = [tuple(attributes)] if spec.per_caption else []
+    return Entry(where, split, image, pid, captions, attributes, own)
 
 
 def _missing(key: str) -> str:

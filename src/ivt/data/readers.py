@@ -21,8 +21,9 @@ jsonl      ``*.jsonl``                  our format for user data, below
 ========== ============================ =================================================
 
 Entries of the per-caption formats are grouped by image into one record holding all its captions in
-file order; their attributes are merged (first-seen order, no duplicates). In the per-image formats
-an image listed twice is an error.
+file order; each caption keeps its own ``att`` phrases (``Record.caption_attributes``, what the
+official loaders use for word-level alignment) and ``Record.attributes`` is their union
+(first-seen order, no duplicates). In the per-image formats an image listed twice is an error.
 
 JSONL, the format for your own data: UTF-8, one JSON object per line, one line per image; blank
 lines are allowed::
@@ -267,7 +268,8 @@ def _build(entries: list[Entry], spec: Spec,
         first = groups.get(entry.image)
         if first is None:
             groups[entry.image] = Entry(entry.where, entry.split, entry.image, entry.pid,
-                                         list(entry.captions), list(entry.attributes))
+                                         list(entry.captions), list(entry.attributes),
+                                         list(entry.caption_attributes))
         elif first.pid != entry.pid:
             problems.add(entry.where, f"image listed twice with conflicting ids: field 'id' is "
                                       f"{entry.pid} here and {first.pid} at {first.where}")
@@ -279,10 +281,12 @@ def _build(entries: list[Entry], spec: Spec,
                                       "captions in one entry")
         else:
             first.captions.extend(entry.captions)
+            first.caption_attributes.extend(entry.caption_attributes)
             first.attributes.extend(a for a in entry.attributes if a not in first.attributes)
     train_ids = sorted({g.pid for g in groups.values() if g.split == "train"})
     pid_map = {raw: label for label, raw in enumerate(train_ids)}
     records = [Record(image=g.image, pid=pid_map[g.pid] if g.split == "train" else g.pid,
                       raw_pid=g.pid, captions=tuple(g.captions), split=g.split,
-                      attributes=tuple(g.attributes)) for g in groups.values()]
+                      attributes=tuple(g.attributes), caption_attributes=tuple(g.caption_attributes))
+               for g in groups.values()]
     return records, pid_map

@@ -18,7 +18,9 @@ class Record:
     ``pid`` is the label used by training and evaluation: train ids are relabelled to 0..K-1
     (the mapping is kept in :attr:`PedesDataset.train_pid_map`), val/test ids stay as given.
     ``image`` is relative to the dataset's image root. ``attributes`` are short attribute phrases
-    ("red backpack") for word-level alignment; empty when the annotation has none.
+    ("red backpack") for word-level alignment; empty when the annotation has none. Formats with
+    one entry per caption (the official IVT files) give each caption its own phrases:
+    ``caption_attributes[i]`` belongs to ``captions[i]`` and ``attributes`` is their union.
     """
 
     image: str
@@ -27,6 +29,16 @@ class Record:
     captions: tuple[str, ...]
     split: str
     attributes: tuple[str, ...] = ()
+    caption_attributes: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.caption_attributes and len(self.caption_attributes) != len(self.captions):
+            raise ValueError(f"{self.image}: {len(self.caption_attributes)} attribute lists for "
+                             f"{len(self.captions)} captions")
+
+    def attributes_of(self, index: int) -> tuple[str, ...]:
+        """The attribute phrases of caption ``index``: its own, or the image's when captions have none."""
+        return self.caption_attributes[index] if self.caption_attributes else self.attributes
 
 
 @dataclass

@@ -43,6 +43,7 @@ class EncoderConfig:
     type_vocab_size: int = 2
     text_ln_eps: float = 1e-12
     dropout: float = 0.0
+    text_dropout: float | None = None   # after the text embeddings; None: ``dropout`` (paper: 0.1, vision 0)
     attn_dropout: float = 0.0
     drop_path: float = 0.1
     # Preprocessing travels with the model, so a checkpoint is always fed what it was trained on.
@@ -87,6 +88,8 @@ class EncoderConfig:
         for name in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 errors.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.text_dropout is not None and not 0.0 <= float(self.text_dropout) < 1.0:
+            errors.append(f"text_dropout must be in [0, 1) or None, got {self.text_dropout}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std, default=0) <= 0:
             errors.append(f"image_mean/image_std need 3 values each, std > 0; got {self.image_mean}, "
                           f"{self.image_std}")

@@ -72,7 +72,7 @@ class TextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_text_len, config.width)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.width)
         self.LayerNorm = nn.LayerNorm(config.width, eps=config.text_ln_eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout if config.text_dropout is None else config.text_dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, L, C)."""
@@ -183,6 +183,18 @@ class IVTEncoder(nn.Module):
                             token_drop: float | None = None) -> torch.Tensor:
         """All output tokens (B, 1+P, C) of a batch of images (fewer under BMM in training)."""
         return self._run_blocks(self.embed_image(images), None, "image", token_drop)
+
+    def encode_image_subset(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Output tokens (B, 1+K, C) when only the patches ``keep`` (B, K), indices into the P
+        patches, are encoded; [CLS] always is. The others are dropped as BMM drops tokens in
+        training, so no pixel is invented: this measures what a region contributes (ivt.explain).
+        ``images`` may be a single image (1, 3, H, W) shared by all B subsets."""
+        x = self.embed_image(images)
+        if x.shape[0] == 1 and keep.shape[0] > 1:
+            x = x.expand(keep.shape[0], -1, -1)
+        index = torch.cat([torch.zeros_like(keep[:, :1]), keep + 1], dim=1)
+        x = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return self._run_blocks(x, None, "image", 0.0)
 
     def encode_text_tokens(self, input_ids: torch.Tensor,
                            attention_mask: torch.Tensor | None = None, *,

@@ -55,6 +55,7 @@ def encoder_config_for(model_cfg: ModelConfig, vocab_size: int, max_text_len: in
         k: v for k, v in (("image_size", model_cfg.image_size), ("patch_size", model_cfg.patch_size),
                           ("patch_stride", model_cfg.patch_stride), ("stem", model_cfg.stem),
                           ("drop_path", model_cfg.drop_path), ("dropout", model_cfg.dropout),
+                          ("text_dropout", model_cfg.text_dropout),
                           ("image_mean", model_cfg.image_mean), ("image_std", model_cfg.image_std),
                           ("width", model_cfg.width), ("depth", model_cfg.depth), ("num_heads", model_cfg.num_heads))
         if v is not None}
@@ -79,8 +80,8 @@ def encoder_config_for(model_cfg: ModelConfig, vocab_size: int, max_text_len: in
     # Preprocessing follows the weights (mean = std = 0.5, bilinear for the official ones) unless set.
     mean = config.image_mean if model_cfg.image_mean is not None else init_config.image_mean
     std = config.image_std if model_cfg.image_std is not None else init_config.image_std
-    return replace(init_config, dropout=config.dropout, attn_dropout=config.attn_dropout,
-                   drop_path=config.drop_path, image_mean=mean, image_std=std)
+    return replace(init_config, dropout=config.dropout, text_dropout=config.text_dropout,
+                   attn_dropout=config.attn_dropout, drop_path=config.drop_path, image_mean=mean, image_std=std)
 
 
 def build_encoder(model_cfg: ModelConfig, vocab_size: int, max_text_len: int) -> Encoder:

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from ivt.config import MASK_MODES
+from ivt.runtime import to_device
 
 __all__ = ["TokenDropResult", "drop_tokens", "TOKEN_DROP_MODES"]
 
@@ -60,7 +61,7 @@ def drop_tokens(tokens: torch.Tensor, mask: torch.Tensor | None, ratio: float,
     else:
         scores = torch.rand(b, length - 1, generator=generator, device=rng_device)
     kept = scores.argsort(dim=1)[:, :num_keep].sort(dim=1).values + 1
-    index = torch.cat([kept.new_zeros(b, 1), kept], dim=1).to(tokens.device)
+    index = to_device(torch.cat([kept.new_zeros(b, 1), kept], dim=1), tokens.device)
     out = torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, c))
     out_mask = torch.gather(mask, 1, index) if mask is not None else None
     return TokenDropResult(out, out_mask, index)

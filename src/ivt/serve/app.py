@@ -1,0 +1,270 @@
+"""The search service: a FastAPI app over one index and its model.
+
+    POST /api/search {text, k, per_track}   ranked ids, scores, image URLs and provenance
+    GET  /api/images/{id}                   the indexed image (only by id; never a path)
+    GET  /api/explain?id=..&text=..         PNG relevance maps of the text's phrases on the image
+    GET  /healthz                           liveness and what is loaded
+    GET  /                                  the web page (single file, no external resources)
+
+The model and the index load once, in :func:`create_app`. Requests run in the server's thread
+pool; the index is read-only after loading (safe to search concurrently) and model calls are
+serialised by a lock, so concurrent requests neither race nor oversubscribe the CPU cores.
+Mistakes in a request get a 4xx answer with a one-line ``error``.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import OrderedDict
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from starlette.exceptions import HTTPException
+
+from ivt.index.gallery import Gallery
+from ivt.index.query import open_for_search, results
+from ivt.index.store import IndexStoreError
+
+if TYPE_CHECKING:
+    from ivt.inference import RetrievalModel
+
+MAX_TEXT = 500
+MAX_K = 100
+MAX_BODY = 16 * 1024   # bytes; a query is a sentence
+EXPLAIN_CACHE = 64
+_MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
+          ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+                               "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'",
+}
+
+
+class SearchRequest(BaseModel):
+    """The body of ``POST /api/search``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
+    k: StrictInt = Field(default=10, ge=1, le=MAX_K)
+    per_track: StrictBool = False
+
+
+class ApiError(Exception):
+    """An answer other than 200 with a message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return 400, "malformed JSON body"
+    first = errors[0] if errors else {}
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path"):      # where in the request, not a field name
+        loc = loc[1:]
+    where = ".".join(str(p) for p in loc)
+    kind = first.get("type", "")
+    if kind == "missing":
+        return 422, f"{where or 'body'} is required"
+    if kind == "extra_forbidden":
+        return 422, f"unknown field {where!r} (allowed: text, k, per_track)"
+    if where == "text" and kind in ("string_too_long", "string_too_short"):
+        return 422, f"text must be 1 to {MAX_TEXT} characters"
+    if where == "k":
+        return 422, f"k must be an integer from 1 to {MAX_K}"
+    return 422, f"{where or 'body'}: {first.get('msg', 'invalid value')}"
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413, whether announced by
+    Content-Length or streamed. The body (small by then) is read here and replayed to the app."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _error(413, f"request body over {self.max_bytes} bytes")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await too_large(scope, receive, send)
+            return
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return                                  # the client went away
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class SearchService:
+    """The loaded index and model, and the operations the endpoints need."""
+
+    def __init__(self, gallery: Gallery, model: RetrievalModel, explain_samples: int = 64) -> None:
+        self.gallery = gallery
+        self.model = model
+        self.explain_samples = explain_samples
+        self._model_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._explained: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+
+    def item_id(self, raw: str) -> int:
+        """An item id from a request: decimal digits naming an existing item, else 404."""
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or int(raw) >= len(self.gallery):
+            raise ApiError(404, f"no image with id {raw[:40]!r}")
+        return int(raw)
+
+    def search(self, text: str, k: int, per_track: bool) -> dict[str, Any]:
+        start = time.perf_counter()
+        with self._model_lock:
+            query = self.model.encode_texts([text])[0].numpy()
+        hits = results(self.gallery, query, k, per_track)
+        return {"text": text, "k": k, "per_track": per_track, "count": len(self.gallery),
+                "took_ms": round(1000 * (time.perf_counter() - start), 2), "results": hits}
+
+    def image(self, item_id: int) -> tuple[bytes, str]:
+        try:
+            data = self.gallery.read_image(item_id)
+        except IndexStoreError as exc:
+            raise ApiError(410, f"image {item_id} is no longer available as indexed ({exc})") from exc
+        suffix = Path(self.gallery.items[item_id].path).suffix.lower()
+        return data, _MEDIA.get(suffix, "application/octet-stream")
+
+    def explain(self, item_id: int, text: str) -> bytes:
+        from PIL import Image
+
+        from ivt.explain import explain_png
+
+        key = (item_id, text)
+        with self._cache_lock:
+            if key in self._explained:
+                self._explained.move_to_end(key)
+                return self._explained[key]
+        data, _ = self.image(item_id)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            with self._model_lock:
+                _, png = explain_png(self.model, img, text, samples=self.explain_samples)
+        with self._cache_lock:
+            self._explained[key] = png
+            while len(self._explained) > EXPLAIN_CACHE:
+                self._explained.popitem(last=False)
+        return png
+
+
+def load_service(index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
+                 search_params: dict[str, int] | None = None) -> SearchService:
+    """Open the index (verified) and the model it was built with (checked by fingerprint)."""
+    return SearchService(*open_for_search(index_dir, checkpoint, device, search_params))
+
+
+def _page() -> str:
+    return resources.files("ivt.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(index_dir: str | Path | None = None, *, service: SearchService | None = None,
+               checkpoint: str | Path | None = None, device: str = "auto", max_body: int = MAX_BODY) -> FastAPI:
+    """The FastAPI app for an index (or for an already loaded ``service``)."""
+    if service is None:
+        if index_dir is None:
+            raise ValueError("create_app needs an index directory or a loaded service")
+        service = load_service(index_dir, checkpoint, device)
+    svc = service
+    page = _page()
+    app = FastAPI(title="ivt search", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = svc
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, message = _validation_message(exc)
+        return _error(status, message)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        message = "not found" if exc.status_code == 404 else str(exc.detail)
+        return _error(exc.status_code, message)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Any) -> Response:
+        response = await call_next(request)
+        for key, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    def index_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        manifest = svc.gallery.manifest
+        return {"status": "ok", "items": len(svc.gallery), "tracks": len(svc.gallery.tracks),
+                "backend": manifest["backend"]["name"], "model": manifest["model"]["fingerprint"][:12]}
+
+    @app.post("/api/search")
+    def search(body: SearchRequest) -> dict[str, Any]:
+        text = body.text.strip()
+        if not text:
+            raise ApiError(422, f"text must be 1 to {MAX_TEXT} characters")
+        return svc.search(text, body.k, body.per_track)
+
+    @app.get("/api/images/{item_id}")
+    def image(item_id: str) -> Response:
+        data, media = svc.image(svc.item_id(item_id))
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/explain")
+    def explain(id: str = Query(..., max_length=20),  # noqa: A002 - the public parameter name
+                text: str = Query(..., min_length=1, max_length=MAX_TEXT)) -> Response:
+        item = svc.item_id(id)
+        if not text.strip():
+            raise ApiError(422, f"text must be 1 to {MAX_TEXT} characters")
+        return Response(svc.explain(item, text.strip()), media_type="image/png")
+
+    app.add_middleware(BodySizeLimit, max_bytes=max_body)
+    return app

@@ -1,0 +1,55 @@
+"""People in a video: frames -> detections -> tracks -> crops with a margin, with provenance."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ivt.video.detect import Detector
+from ivt.video.reader import Frame, read_frames
+from ivt.video.track import IoUTracker
+
+
+@dataclass(frozen=True)
+class PersonCrop:
+    """One detected person: the crop (with margin), where it comes from, and its track."""
+
+    image: Image.Image
+    frame: int
+    time: float
+    box: tuple[int, int, int, int]
+    track: int
+    score: float
+
+
+def crop_box(box: tuple[int, int, int, int], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """``box`` (x, y, w, h) grown by ``margin`` of its size on every side, clipped to the frame;
+    returned as (left, top, right, bottom)."""
+    x, y, w, h = box
+    dx, dy = round(w * margin), round(h * margin)
+    return max(0, x - dx), max(0, y - dy), min(width, x + w + dx), min(height, y + h + dy)
+
+
+def extract_people(path: str | Path, detector: Detector, every: int = 1, margin: float = 0.1,
+                   min_height: int = 32, tracker: IoUTracker | None = None,
+                   limit: int | None = None,
+                   on_frame: Callable[[Frame], None] | None = None) -> Iterator[PersonCrop]:
+    """Detect, track and crop the people of every ``every``-th frame of a video.
+
+    Detections shorter than ``min_height`` pixels are ignored (too small to describe). Track ids
+    start at 0 for each video. ``on_frame`` is called after each processed frame (progress).
+    """
+    tracker = tracker or IoUTracker()
+    for step, frame in enumerate(read_frames(path, every, limit)):
+        height, width = frame.image.shape[:2]
+        detections = [d for d in detector(frame.image) if d.box[3] >= min_height and d.box[2] > 0]
+        tracks = tracker.update(step, [d.box for d in detections])
+        for det, track in zip(detections, tracks):
+            left, top, right, bottom = crop_box(det.box, margin, width, height)
+            crop = Image.fromarray(np.ascontiguousarray(frame.image[top:bottom, left:right]))
+            yield PersonCrop(crop, frame.index, frame.time, det.box, track, det.score)
+        if on_frame is not None:
+            on_frame(frame)

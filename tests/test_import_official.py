@@ -1,0 +1,121 @@
+"""`ivt import-official`: official checkpoints become run directories that load and evaluate."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import ivt
+from conftest import fixture_path
+from helpers import write_toy_pedes
+from ivt.checkpoint import load_model, load_tokenizer
+from ivt.cli import main
+from ivt.config import load_config
+from ivt.importing import export_official
+from ivt.model import IVTEncoder, model_config
+from ivt.text.tokenizer import Tokenizer
+
+WORDS = ["a", "man", "woman", "in", "red", "blue", "coat", "shirt", "black", "pants", "with", "bag", "."]
+
+
+def write_vocab(path, size: int):
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokens += [f"w{i}" for i in range(size - len(tokens))]
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+@pytest.fixture
+def model() -> IVTEncoder:
+    torch.manual_seed(0)
+    config = model_config("tiny", image_size=(64, 32), patch_stride=16, width=64, depth=2, num_heads=4,
+                          vocab_size=60, max_text_len=40)
+    return IVTEncoder(config).eval()
+
+
+def run_import(ckpt, out, vocab, *extra) -> int:
+    return main(["import-official", str(ckpt), "--out", str(out), "--image-size", "64x32", "--heads", "4",
+                 "--vocab", str(vocab), *extra])
+
+
+def test_round_trip_gives_identical_embeddings_through_ivt_load(tmp_path, model):
+    ckpt = export_official(model, tmp_path / "official.pth")
+    vocab = write_vocab(tmp_path / "vocab.txt", 60)
+    assert run_import(ckpt, tmp_path / "run", vocab) == 0
+    retrieval = ivt.load(tmp_path / "run", device="cpu", precision="fp32")
+    pixels = torch.randint(0, 256, (3, 3, 64, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    texts = ["a man in a red coat.", "a woman with a blue bag", "black pants"]
+    with torch.no_grad():
+        # The official preprocessing: (x / 255 - 0.5) / 0.5.
+        want_img = F.normalize(model.encode_image(pixels.float() / 255 * 2 - 1), dim=-1)
+        ids, mask = Tokenizer.from_file(vocab, max_length=40)(texts)
+        want_txt = F.normalize(model.encode_text(ids, mask), dim=-1)
+    torch.testing.assert_close(retrieval.encode_images(pixels), want_img, rtol=0, atol=1e-6)
+    assert torch.equal(retrieval.encode_texts(texts), want_txt)
+    assert retrieval.config.image_mean == retrieval.config.image_std == (0.5, 0.5, 0.5)
+    assert retrieval.config.eval_interpolation == "bilinear"
+    loaded, meta = load_model(tmp_path / "run")
+    tokenizer = load_tokenizer(tmp_path / "run", meta)
+    images = torch.randn(3, 3, 64, 32, generator=torch.Generator().manual_seed(1))
+    texts = ["a man in a red coat.", "a woman with a blue bag", "black pants"]
+    ids, mask = tokenizer(texts)
+    want_ids, want_mask = Tokenizer.from_file(vocab, max_length=40)(texts)
+    assert torch.equal(ids, want_ids) and torch.equal(mask, want_mask)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+        assert torch.equal(loaded.encode_text(ids, mask), model.encode_text(ids, mask))
+    assert meta["encoder"]["patch_stride"] == 16  # inferred from the position embedding
+    assert meta["imported_from"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    cfg = load_config(tmp_path / "run" / "config.yaml")
+    assert (cfg.model.patch_stride, cfg.model.image_size, cfg.data.max_text_len) == (16, [64, 32], 40)
+    weights = load_file(str(tmp_path / "run" / "best.safetensors"))
+    assert weights.keys() == model.state_dict().keys()
+
+
+def test_imported_run_evaluates(tmp_path, model, capsys):
+    ckpt = export_official(model, tmp_path / "official.pth")
+    assert run_import(ckpt, tmp_path / "run", write_vocab(tmp_path / "vocab.txt", 60)) == 0
+    data = write_toy_pedes(tmp_path / "toy", ids_per_split=(2, 2, 3))
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--data", str(data), "--split", "test",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_queries"] == 3 * 2 * 2 and result["num_gallery"] == 6 and result["R10"] == 100.0
+
+
+def test_official_fixture_reproduces_the_official_outputs(tmp_path):
+    assert run_import(fixture_path("official_checkpoint_tiny.pth"), tmp_path / "run",
+                      write_vocab(tmp_path / "vocab.txt", 120)) == 0
+    loaded, _ = load_model(tmp_path / "run")
+    io = load_file(str(fixture_path("official_encoder_tiny_io.safetensors")))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image_tokens(io["image"]), io["image_tokens"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(loaded.encode_text_tokens(io["input_ids"], io["attention_mask"]),
+                                   io["text_tokens"], atol=1e-5, rtol=0)
+
+
+def test_bad_input_is_one_message_and_nothing_is_written(tmp_path, model, capsys):
+    ckpt = export_official(model, tmp_path / "official.pth")
+    vocab = write_vocab(tmp_path / "vocab.txt", 60)
+    cases = [
+        ((tmp_path / "missing.pth", tmp_path / "a", vocab), "official checkpoint not found"),
+        ((ckpt, tmp_path / "b", vocab, "--patch-stride", "12"), "gives a 5x2 grid = 11 positions; strides that fit"),
+        ((ckpt, tmp_path / "c", write_vocab(tmp_path / "small.txt", 50)), "has 50 entries but"),
+    ]
+    for args, message in cases:
+        rc = run_import(*args)
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and err.count("\n") == 1, err
+    assert not any((tmp_path / d).exists() for d in "abc")
+    assert run_import(ckpt, tmp_path / "run", vocab) == 0
+    before = (tmp_path / "run" / "best.json").read_text()
+    assert run_import(ckpt, tmp_path / "run", vocab) == 2
+    assert "already exists and is not an empty directory" in capsys.readouterr().err
+    assert (tmp_path / "run" / "best.json").read_text() == before
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import-official", str(ckpt), "--out", str(tmp_path / "d"), "--image-size", "big"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,131 @@
+"""Camera footage: frame reading, the HOG detector on people it can see, IoU tracks, crops."""
+from __future__ import annotations
+
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ivt.errors import ConfigError, DataError
+from ivt.video import Detection, HOGDetector, IoUTracker, extract_people, iou, load_detector, read_frames, video_info
+from ivt.video.people import crop_box
+from search_helpers import ColourDetector, write_clip
+
+
+def test_read_frames_every_n_with_times(tmp_path):
+    clip = tmp_path / "walk.avi"
+    write_clip(clip, frames=12, fps=5.0)
+    info = video_info(clip)
+    assert (info.width, info.height, info.fps) == (160, 120, 5.0)
+    frames = list(read_frames(clip, every=3))
+    assert [f.index for f in frames] == [0, 3, 6, 9]
+    assert [f.time for f in frames] == pytest.approx([0.0, 0.6, 1.2, 1.8])
+    assert frames[0].image.shape == (120, 160, 3) and frames[0].image.dtype == np.uint8
+    # RGB order: the first figure's top is red.
+    assert frames[0].image[30, 17].tolist()[0] > 150 > frames[0].image[30, 17].tolist()[2] + 50
+    assert [f.index for f in read_frames(clip, every=5, limit=2)] == [0, 5]
+
+
+def test_unreadable_video_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(b"this is not a video")
+    with pytest.raises(DataError, match="bad.avi"):
+        list(read_frames(bad))
+    with pytest.raises(DataError, match="not found"):
+        video_info(tmp_path / "missing.avi")
+    with pytest.raises(DataError, match="every"):
+        list(read_frames(bad, every=0))
+
+
+def test_iou_and_tracker_link_overlapping_boxes():
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+    tracker = IoUTracker(iou_threshold=0.3, max_gap=1)
+    assert tracker.update(0, [(0, 0, 10, 20), (50, 0, 10, 20)]) == [0, 1]
+    # Both move a little; listed in the other order: ids follow the boxes, not the order.
+    assert tracker.update(1, [(52, 0, 10, 20), (2, 0, 10, 20)]) == [1, 0]
+    # Track 0 is missed for one frame (allowed gap), then found again; a far box starts track 2.
+    assert tracker.update(2, [(54, 0, 10, 20)]) == [1]
+    assert tracker.update(3, [(3, 0, 10, 20), (56, 0, 10, 20), (120, 0, 10, 20)]) == [0, 1, 2]
+    # After more than max_gap missed frames a track ends: the same place gives a new id.
+    tracker.update(4, [])
+    tracker.update(5, [])
+    assert tracker.update(6, [(3, 0, 10, 20)]) == [3]
+
+
+def test_crop_box_adds_margin_and_clips():
+    assert crop_box((10, 20, 10, 40), 0.1, 100, 100) == (9, 16, 21, 64)
+    assert crop_box((0, 0, 10, 40), 0.5, 12, 50) == (0, 0, 12, 50)
+
+
+def test_people_of_a_clip_with_a_plugged_in_detector(tmp_path):
+    clip = tmp_path / "walk.avi"
+    truth = write_clip(clip, frames=12)
+    crops = list(extract_people(clip, ColourDetector(), every=2, margin=0.1, min_height=20))
+    assert len(crops) == 2 * 6
+    assert [c.frame for c in crops[::2]] == [0, 2, 4, 6, 8, 10]
+    # Boxes match the drawn figures; two tracks, each one figure (its colour) all along.
+    for crop in crops:
+        expected = [b for b in truth[crop.frame] if iou(b[:4], crop.box) > 0.6]
+        assert len(expected) == 1, (crop.frame, crop.box)
+    tracks = Counter(c.track for c in crops)
+    assert sorted(tracks.values()) == [6, 6]
+    for track in tracks:
+        tops = {"red" if np.asarray(c.image)[12, c.image.width // 2, 0] > 150 else "blue"
+                for c in crops if c.track == track}
+        assert len(tops) == 1
+    assert crops[0].image.size == (16, 48)  # 14 x 40 box + 10 % margin, clipped
+
+
+def _synth_person(tmp_path):
+    """A SynthPedes image that HOG detects (the best-scoring of a few), as an RGB array."""
+    from ivt.synth.generate import generate_synthpedes
+
+    generate_synthpedes(tmp_path / "sp", 4, 1, image_size=(192, 72))
+    detector = HOGDetector(upscale=1.0, min_score=0.0)
+    best, best_score = None, -1.0
+    for path in sorted((tmp_path / "sp" / "imgs").rglob("*.jpg")):
+        person = np.asarray(Image.open(path).convert("RGB"))
+        canvas = np.full((260, 320, 3), 128, np.uint8)
+        canvas[30:222, 100:172] = person
+        score = max((d.score for d in detector(canvas) if iou(d.box, (100, 30, 72, 192)) > 0.3), default=-1.0)
+        if score > best_score:
+            best, best_score = person, score
+    return best, best_score
+
+
+def test_hog_finds_a_person_and_the_pipeline_tracks_it(tmp_path):
+    person, score = _synth_person(tmp_path)
+    assert score >= 1.0  # HOG sees SynthPedes figures as people
+    clip = tmp_path / "person.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 260))
+    for f in range(8):
+        frame = np.full((260, 320, 3), 128, np.uint8)
+        frame[30:222, 40 + 8 * f:112 + 8 * f] = person[:, :, ::-1]
+        writer.write(frame)
+    writer.release()
+    crops = list(extract_people(clip, HOGDetector(upscale=1.0), every=1))
+    on_person = [c for c in crops if iou(c.box, (40 + 8 * c.frame, 30, 72, 192)) > 0.3]
+    assert len(on_person) >= 6                       # found in most frames
+    assert len({c.track for c in on_person}) == 1    # and linked into one track
+    assert {c.frame for c in on_person} <= set(range(8))
+
+
+def test_load_detector_by_name_and_import_path():
+    assert isinstance(load_detector("hog"), HOGDetector)
+    custom = load_detector("search_helpers:make_colour_detector")
+    assert custom.name == "colour-stub"
+    assert custom(np.zeros((10, 10, 3), np.uint8)) == []
+    with pytest.raises(ConfigError, match="package.module:factory"):
+        load_detector("yolo")
+    with pytest.raises(ConfigError, match="cannot import"):
+        load_detector("no_such_module_xyz:make")
+    with pytest.raises(ConfigError, match="returned"):
+        load_detector("search_helpers:free_port")
+
+
+def test_detection_is_a_value():
+    assert Detection((1, 2, 3, 4), 0.5) == Detection((1, 2, 3, 4), 0.5)
