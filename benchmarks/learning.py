@@ -31,7 +31,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 #: Named levers: config overrides on top of the demo recipe (``demo``: the recipe as it is).
@@ -74,9 +73,10 @@ def steps_per_epoch(overrides: list[str], data: Path) -> int:
 
 def run_one(data: Path, out: Path, overrides: list[str], seed: int, *, steps: int | None = None,
             minutes: float | None = None, evals: int = 10, fresh: list[str] = (), device: str = "auto",
-            threads: int = 2) -> dict:
+            threads: int = 2, real: bool = False) -> dict:
     """Train one variant for ``steps`` (or ``minutes``), then evaluate its best checkpoint (chosen
     on val) on each of ``fresh`` (draw directories, ``DIR`` for its test split or ``DIR:SPLIT``).
+    With ``real``, also the mAP on the hand-labelled real crops (benchmarks/real_transfer.py).
     Returns the summary (also written to ``out/learning.json``)."""
     from ivt.config import load_config
     from ivt.evaluate.retrieval import evaluate_checkpoint
@@ -116,6 +116,11 @@ def run_one(data: Path, out: Path, overrides: list[str], seed: int, *, steps: in
         m = evaluate_checkpoint(out, Path(draw), split=split or "test", device="cpu" if device == "cpu" else "auto")
         summary["fresh"][f"{Path(draw).name}:{split or 'test'}"] = {k: round(float(m[k]), 2)
                                                                  for k in ("R1", "R5", "mAP", "mINP")}
+    if real:
+        from real_transfer import evaluate as evaluate_real
+
+        r = evaluate_real(out)
+        summary["real"] = {"mAP": round(r["mAP"], 2), "chance_mAP": round(r["chance_mAP"], 2), "R1": round(r["R1"], 2)}
     (out / "learning.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -171,22 +176,10 @@ def curves(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(text: str, tag: str = "learning") -> None:
-    """Replace the text between ``<!-- tag:begin -->`` and ``<!-- tag:end -->`` in RESULTS.md."""
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    body = RESULTS.read_text()
-    block = f"{begin}\n{text}\n{end}"
-    if begin in body and end in body:
-        body = body[: body.index(begin)] + block + body[body.index(end) + len(end):]
-    else:
-        body = body.rstrip() + f"\n\n## Learning (`benchmarks/learning.py`, {tag})\n\n" + block + "\n"
-    RESULTS.write_text(body)
-
-
 def _run_job(job: dict) -> None:
     run_one(Path(job["data"]), Path(job["out"]), job["overrides"], job["seed"], steps=job["steps"],
             minutes=job["minutes"], evals=job["evals"], fresh=job["fresh"], device=job["device"],
-            threads=job["threads"])
+            threads=job["threads"], real=job.get("real", False))
 
 
 def main() -> None:
@@ -208,6 +201,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--evals", type=int, default=10, help="validations along each run (the learning curve)")
+    ap.add_argument("--real", action="store_true", help="also evaluate on the real crops (benchmarks/real)")
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--work", default="runs/learning")
     ap.add_argument("--write", metavar="TAG", help="regenerate this tag's section of RESULTS.md")
@@ -226,7 +220,7 @@ def main() -> None:
                 jobs.append({"variant": name, "data": str(data), "out": str(out), "overrides": overrides,
                              "seed": seed, "steps": budget[1] if budget[0] == "steps" else None,
                              "minutes": budget[1] if budget[0] == "minutes" else None, "evals": args.evals,
-                             "fresh": evals, "device": args.device, "threads": args.threads})
+                             "fresh": evals, "device": args.device, "threads": args.threads, "real": args.real})
     started = time.perf_counter()
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
         results = []
@@ -237,6 +231,8 @@ def main() -> None:
                 continue
             results.append(r)
             fr = "  ".join(f"{d} R1 {m['R1']:.1f} mAP {m['mAP']:.1f}" for d, m in r["fresh"].items())
+            if "real" in r:
+                fr += f"  real mAP {r['real']['mAP']:.1f} (chance {r['real']['chance_mAP']:.1f})"
             print(f"{job['variant']:<40} seed {job['seed']} {r['steps']:>5} steps {r['wall_s']:>6.0f} s  "
                   f"val R1 {r['val']['R1']:.1f} mAP {r['val']['mAP']:.1f}  {fr}", flush=True)
     draws = [f"{Path(e.partition(':')[0]).name}:{e.partition(':')[2] or 'test'}" for e in evals]
@@ -244,7 +240,9 @@ def main() -> None:
     print(text)
     print(f"total {(time.perf_counter() - started) / 60:.1f} min")
     if args.write:
-        write_results(text, args.write)
+        from results_md import write_section
+
+        write_section(args.write, text, f"Learning speed (`benchmarks/learning.py`, {args.write})")
 
 
 if __name__ == "__main__":

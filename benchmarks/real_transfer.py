@@ -80,9 +80,9 @@ def main() -> None:
         print(text + "\n")
         blocks.append(text)
     if args.write:
-        from learning import write_results
+        from results_md import write_section
 
-        write_results("\n\n".join(blocks), args.write)
+        write_section(args.write, "\n\n".join(blocks), "Transfer to real people (`benchmarks/real_transfer.py`)")
 
 
 if __name__ == "__main__":
