@@ -154,3 +154,38 @@ def test_shape_mismatch_is_an_error() -> None:
         cmpm_loss(torch.randn(4, 8), torch.randn(4, 6), torch.arange(4))
     with pytest.raises(ValueError, match="labels"):
         cmpm_loss(torch.randn(4, 8), torch.randn(4, 8), torch.arange(3))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_identity_positives_equal_the_labels_path(name: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    image, text = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    loss = RetrievalLoss(name, init_temperature=0.05)
+    mask = labels[:, None] == labels[None, :]
+    assert loss(image, text, labels, positives=mask).item() == pytest.approx(loss(image, text, labels).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_an_extra_positive_is_pulled_closer_not_pushed_away(name: str) -> None:
+    # Text 1 ("glasses") also describes image 0. As a negative, a gradient step moves text 1 away
+    # from image 0; declared a positive (an asymmetric mask), the step moves it closer.
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 2])
+    loss = RetrievalLoss(name, init_temperature=0.1)
+    extra = torch.eye(3, dtype=torch.bool)
+    extra[0, 1] = True
+    toward = {}
+    for key, positives in (("negative", None), ("positive", extra)):
+        text = torch.tensor([[1.0, 0.1], [0.5, 0.8], [-1.0, 0.1]], requires_grad=True)
+        loss(image, text, labels, positives=positives).backward()
+        toward[key] = float(-text.grad[1] @ image[0])
+    assert toward["negative"] < 0 < toward["positive"]
+
+
+def test_positives_must_hold_the_diagonal() -> None:
+    labels = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="diagonal"):
+        infonce_loss(torch.randn(2, 4), torch.randn(2, 4), labels, 10.0, positives=torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(2, 2\)"):
+        infonce_loss(torch.randn(2, 4), torch.randn(2, 4), labels, 10.0, positives=torch.ones(3, 3, dtype=torch.bool))

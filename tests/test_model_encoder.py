@@ -31,6 +31,9 @@ def test_named_sizes() -> None:
     (dict(patch_stride=20), "patch_stride 20 > patch_size 16"),
     (dict(image_size=(8, 128)), "smaller than patch_size"),
     (dict(drop_path=1.5), "drop_path"),
+    (dict(stem="resnet"), "stem must be one of"),
+    (dict(stem="conv", patch_size=10, patch_stride=10), "divisible by 4"),
+    (dict(stem="hmlp", patch_stride=8), "patch_stride == patch_size"),
 ])
 def test_config_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -44,6 +47,44 @@ def test_model_config_errors_list_valid_names() -> None:
         model_config("tiny", stride=3)
     cfg = model_config("small", depth=2)
     assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ---------------------------------------------------------------- stems
+@pytest.mark.parametrize("stride", [16, 12, 8])
+def test_patch_embedding_as_matrix_product_equals_the_convolution(stride: int) -> None:
+    from ivt.model.encoder import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(model_config("tiny", image_size=(70, 38), patch_stride=stride))
+    images = torch.randn(2, 3, 70, 38)
+    reference = embed.proj(images).flatten(2).transpose(1, 2)
+    assert torch.allclose(embed(images), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("stem, patch", [("conv", 16), ("hmlp", 16), ("hmlp", 8)])
+def test_stems_keep_the_token_grid(stem: str, patch: int) -> None:
+    torch.manual_seed(0)
+    config = EncoderConfig(**{**MICRO, "image_size": (64, 32), "patch_size": patch, "patch_stride": patch,
+                              "stem": stem})
+    model = IVTEncoder(config)
+    tokens = model.encode_image_tokens(torch.randn(2, 3, 64, 32))
+    assert tokens.shape == (2, 1 + config.num_patches, config.width)
+    assert config.num_patches == (64 // patch) * (32 // patch)
+    model.encode_image(torch.randn(2, 3, 64, 32)).sum().backward()
+    assert all(p.grad is not None for p in model.patch_embed.parameters())
+
+
+def test_hmlp_stem_sees_each_patch_through_its_own_pixels_only() -> None:
+    from ivt.model.stem import HMLPStem
+
+    torch.manual_seed(0)
+    stem = HMLPStem(EncoderConfig(**{**MICRO, "image_size": (32, 16), "patch_size": 8, "patch_stride": 8,
+                                     "stem": "hmlp"}))
+    images = torch.randn(1, 3, 32, 16)
+    changed = images.clone()
+    changed[0, :, 8:16, 0:8] += 1.0  # the pixels of patch (row 1, column 0) = token 2
+    diff = (stem(changed) - stem(images)).abs().sum(-1)[0]
+    assert diff[2] > 0 and torch.all(diff[torch.arange(len(diff)) != 2] == 0)
 
 
 # ---------------------------------------------------------------- masking

@@ -29,8 +29,8 @@ SIZE = (96, 36)
 N_IDS = 12
 
 
-def _gen(path: Path, seed: int = 0) -> dict:
-    return generate_synthpedes(path, N_IDS, seed, image_size=SIZE, images_per_id=(2, 4))
+def _gen(path: Path, seed: int = 0, workers: int = 1) -> dict:
+    return generate_synthpedes(path, N_IDS, seed, image_size=SIZE, images_per_id=(2, 4), workers=workers)
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,13 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(dataset, tmp_path):
     assert c["reid_raw.json"] != a["reid_raw.json"]
     shared = [n for n in a if n.endswith(".jpg") and n in c]
     assert all(a[n] != c[n] for n in shared)
+
+
+def test_parallel_rendering_gives_the_same_bytes(dataset, tmp_path):
+    root, _ = dataset
+    _gen(tmp_path / "par", workers=2)
+    a, b = _files(root), _files(tmp_path / "par")
+    assert sorted(a) == sorted(b) and all(a[n] == b[n] for n in a)
 
 
 def test_layout_and_summary(dataset):

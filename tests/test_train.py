@@ -133,3 +133,19 @@ def test_train_starts_from_an_official_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="model.arch is 'two-tower'"):
         train(_cfg(data, tmp_path / "run4", f"model.init={ckpt}", vocab, *size, "model.arch=two-tower"))
     assert not any((tmp_path / name).exists() for name in ("run2", "run3", "run4"))
+
+
+def test_learning_levers_train_and_resume_exactly(tmp_path):
+    data = write_toy_pedes(tmp_path / "toy")
+    levers = ["train.epochs=2", "train.eval_every=1", "loss.name=infonce", "loss.temperature=0.07",
+              "align.word_positives=attributes", "align.shared_view=true", "train.sampler=similar",
+              "train.similar_group=2", "model.stem=hmlp", "model.patch_size=8", "model.patch_stride=8"]
+    straight = train(_cfg(data, tmp_path / "a", *levers))
+    log = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > 0 for r in log if r["kind"] == "train")
+    part = train(_cfg(data, tmp_path / "b", *levers, "train.stop_after_steps=3"))
+    resumed = train(load_config(part / "config.yaml", ["train.stop_after_steps=null"]), resume=True)
+    a, b = load_file(str(straight / "last.safetensors")), load_file(str(resumed / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model, meta = load_model(straight, "last")
+    assert meta["encoder"]["stem"] == "hmlp"

@@ -22,8 +22,10 @@ ARCHS = ("ivt", "two-tower")
 LOSSES = ("cmpm", "infonce", "sdm")
 OPTIMIZERS = ("adamw", "sgd")
 MASK_MODES = ("batch", "sample")
-SAMPLERS = ("random", "identity", "identity-all")
+SAMPLERS = ("random", "identity", "identity-all", "similar")
 SCHEDULES = ("step", "epoch")
+STEMS = ("patch", "conv", "hmlp")
+WORD_POSITIVES = ("identity", "attributes")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERPOLATIONS = ("bicubic", "bilinear")
 
@@ -50,7 +52,9 @@ class ModelConfig:
     depth: int | None = None
     num_heads: int | None = None
     image_size: list[int] | None = None    # [H, W]; None: the size's default
+    patch_size: int | None = None
     patch_stride: int | None = None
+    stem: str | None = None                # patch (one conv, the paper) | conv | hmlp (ivt.model.stem); None: patch
     drop_path: float | None = None
     dropout: float | None = None
     init: str | None = None                # official IVT checkpoint (.pth/.safetensors) to start from
@@ -75,6 +79,12 @@ class AlignConfig:
     sentence: bool = True
     phrase: bool = True
     word: bool = True
+    # Positives of a word-level text: the same identity only, or also every image whose attributes
+    # include all of the text's (a short text such as "glasses" describes many people).
+    word_positives: str = "identity"
+    # One augmented view per sample shared by all levels' texts (the image is encoded once per
+    # sample instead of once per level: about a third less compute per step), or one per level.
+    shared_view: bool = False
 
 
 @dataclass
@@ -89,6 +99,7 @@ class MaskConfig:
 class LossConfig:
     name: str = "cmpm"                     # cmpm | infonce | sdm
     temperature: float = 0.02              # initial temperature for infonce / sdm
+    learn_temperature: bool = True         # infonce / sdm: learn the temperature (else keep it fixed)
 
 
 @dataclass
@@ -111,8 +122,9 @@ class TrainConfig:
     out_dir: str = "runs/demo"
     epochs: int = 10
     batch_size: int = 64
-    sampler: str = "random"                # random | identity (K captions per id)
-    k_per_id: int = 2
+    sampler: str = "random"                # random | identity (K captions per id) | similar (identity, with
+    k_per_id: int = 2                      #   groups of ids that share most attributes: hard negatives)
+    similar_group: int = 4                 # similar: ids per group of look-alikes
     seed: int = 0
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     precision: str = "auto"                # auto (bf16 on CPU, fp16 AMP on CUDA) | fp32 | bf16 | fp16
@@ -125,6 +137,14 @@ class TrainConfig:
 
 
 @dataclass
+class SynthConfig:
+    """The SynthPedes draw `ivt demo` trains on (generated when ``data.path`` holds another)."""
+
+    ids: int = 600                         # identities (70/15/15 % train/val/test)
+    workers: int = 2                       # processes rendering it
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -134,6 +154,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
 
 
 def _check_value(value: Any, tp: Any, key: str) -> Any:
@@ -205,7 +226,7 @@ def config_from_dict(values: dict | None) -> Config:
 _CHOICES = {
     "model.size": MODEL_SIZE_NAMES, "model.arch": ARCHS, "loss.name": LOSSES, "optim.name": OPTIMIZERS,
     "mask.mode": MASK_MODES, "train.sampler": SAMPLERS, "train.precision": PRECISIONS,
-    "optim.schedule": SCHEDULES,
+    "optim.schedule": SCHEDULES, "align.word_positives": WORD_POSITIVES,
 }
 
 
@@ -248,6 +269,10 @@ def validate_config(cfg: Config) -> None:
         ("data.max_text_len", cfg.data.max_text_len >= 3, ">= 3 ([CLS], a token, [SEP])"),
         ("data.vocab_size", cfg.data.vocab_size >= 10, ">= 10"),
         ("data.decode_threads", cfg.data.decode_threads >= 1, ">= 1"),
+        ("synth.ids", cfg.synth.ids >= 3, ">= 3"),
+        ("synth.workers", cfg.synth.workers >= 1, ">= 1"),
+        ("train.similar_group", cfg.train.similar_group >= 1, ">= 1"),
+        ("model.patch_size", cfg.model.patch_size is None or cfg.model.patch_size >= 1, ">= 1"),
         ("model.patch_stride", cfg.model.patch_stride is None or cfg.model.patch_stride >= 1, ">= 1"),
         ("model.width", cfg.model.width is None or cfg.model.width >= 1, ">= 1"),
         ("model.depth", cfg.model.depth is None or cfg.model.depth >= 1, ">= 1"),
@@ -266,6 +291,8 @@ def validate_config(cfg: Config) -> None:
         value = _get(cfg, key)
         if value is not None and (len(value) != 3 or (key.endswith("std") and min(value) <= 0)):
             problems.append(f"model.{key.split('.')[1]}: {value!r} must be 3 numbers (std > 0)")
+    if cfg.model.stem not in (None, *STEMS):
+        problems.append(f"model.stem: {cfg.model.stem!r} is not one of {', '.join(STEMS)}")
     if cfg.train.sampler != "random" and cfg.train.batch_size % cfg.train.k_per_id:
         problems.append(f"train.batch_size: {cfg.train.batch_size} must be a multiple of train.k_per_id "
                         f"({cfg.train.k_per_id}) with train.sampler={cfg.train.sampler}")

@@ -21,17 +21,18 @@ DEMO_MARKER = "demo.json"
 DEMO_CONFIG = Path("configs/demo.yaml")
 
 
-def _ensure_synth(data_dir: Path, ids: int, seed: int) -> None:
-    from ivt.synth.generate import generate_synthpedes
+def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1) -> None:
+    from ivt.synth.generate import FORMAT_VERSION, generate_synthpedes
 
     marker = data_dir / "synthpedes.json"
     if marker.exists():
-        params = json.loads(marker.read_text())
-        if params.get("num_ids") == ids and params.get("seed") == seed:
+        found = json.loads(marker.read_text())
+        params = found.get("params", {})
+        if found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids and params.get("seed") == seed:
             print(f"[1/6] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
             return
     t0 = time.perf_counter()
-    generate_synthpedes(data_dir, ids, seed, progress=True)
+    generate_synthpedes(data_dir, ids, seed, progress=True, workers=workers)
     print(f"[1/6] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -72,23 +73,27 @@ def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int 
     return rows
 
 
-def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int = 600,
+def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int | None = None,
              minutes: float | None = None, seed: int = 0, config: str | Path = DEMO_CONFIG) -> dict:
-    """The whole demo: ``config`` is the training recipe; ``minutes`` (default: the recipe's
-    ``train.max_minutes``) the training budget. Returns the test metrics."""
+    """The whole demo: ``config`` is the recipe (the SynthPedes draw, ``synth.ids`` unless ``ids``
+    is given, and the training); ``minutes`` (default: the recipe's ``train.max_minutes``) the
+    training budget. Returns the test metrics."""
     from ivt.evaluate.retrieval import evaluate_checkpoint, format_metrics
     from ivt.train.trainer import train
     from ivt.viz import result_grid, result_html
 
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     started = time.perf_counter()
-    _ensure_synth(data_dir, ids, seed)
-    dataset = load_dataset(data_dir)
-    print("[2/6] dataset check:\n" + format_stats(dataset))
     overrides = [f"data.path={data_dir}", f"train.out_dir={run_dir}", f"train.seed={seed}"]
     if minutes is not None:
         overrides.append(f"train.max_minutes={minutes}")
+    if ids is not None:
+        overrides.append(f"synth.ids={ids}")
     cfg = load_config(config, overrides)
+    ids = cfg.synth.ids
+    _ensure_synth(data_dir, ids, seed, cfg.synth.workers)
+    dataset = load_dataset(data_dir)
+    print("[2/6] dataset check:\n" + format_stats(dataset))
     _prepare_run_dir(run_dir)
     print(f"[3/6] training {cfg.model.size} IVT ({config}) for up to {cfg.train.max_minutes:g} min into {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)

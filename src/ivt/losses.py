@@ -57,26 +57,43 @@ def identity_mask(labels: Tensor) -> Tensor:
     return (labels[:, None] == labels[None, :]).float()
 
 
-def cmpm_loss(image_emb: Tensor, text_emb: Tensor, labels: Tensor, eps: float = 1e-8) -> Tensor:
+def _positives(labels: Tensor, positives: Tensor | None, device: torch.device) -> Tensor:
+    """(B, B) float mask, rows images and columns texts: the given ``positives`` (which must hold
+    the diagonal), or the identity mask of ``labels``."""
+    if positives is None:
+        return identity_mask(labels.to(device))
+    n = labels.shape[0]
+    if positives.shape != (n, n):
+        raise ValueError(f"positives must be ({n}, {n}), got {tuple(positives.shape)}")
+    if not bool(positives.diagonal().all()):
+        raise ValueError("positives must hold the diagonal (every image matches its own text)")
+    return positives.to(device=device, dtype=torch.float32)
+
+
+def cmpm_loss(image_emb: Tensor, text_emb: Tensor, labels: Tensor, eps: float = 1e-8,
+              positives: Tensor | None = None) -> Tensor:
     """Cross-modal projection matching (Zhang & Lu 2018) exactly as the official IVT code has it.
 
     Each side is projected on the *normalised* other side (its own side stays unnormalised), and
     the softmax over projections is pulled towards the identity mask divided by its row L2 norm
     (not a probability distribution: the official code divides by ``norm(dim=1)``, which
     broadcasts over columns; the mask is symmetric, so column j is divided by sqrt(#positives of
-    j)). Returns ``mean_i sum_j i2t + mean_i sum_j t2i``.
+    j)). Returns ``mean_i sum_j i2t + mean_i sum_j t2i``. ``positives`` (rows images, columns
+    texts) replaces the identity mask; each direction's column j is divided by its column norm,
+    which is the official rule for a symmetric mask.
     """
     _check_inputs(image_emb, text_emb, labels)
     with _float32(image_emb.device):
         image = image_emb.float()
         text = text_emb.float()
-        mask = identity_mask(labels.to(image.device))
+        mask = _positives(labels, positives, image.device)
         image_norm = image / image.norm(dim=1, keepdim=True)
         text_norm = text / text.norm(dim=1, keepdim=True)
         image_proj_text = image @ text_norm.t()
         text_proj_image = text @ image_norm.t()
-        log_target = torch.log(mask / mask.norm(dim=1) + eps)
-        return _kl_rows(image_proj_text, log_target) + _kl_rows(text_proj_image, log_target)
+        i2t_target = torch.log(mask / mask.norm(dim=0, keepdim=True) + eps)
+        t2i_target = torch.log(mask.t() / mask.t().norm(dim=0, keepdim=True) + eps)
+        return _kl_rows(image_proj_text, i2t_target) + _kl_rows(text_proj_image, t2i_target)
 
 
 def _kl_rows(logits: Tensor, log_target: Tensor) -> Tensor:
@@ -93,21 +110,22 @@ def _cosine_logits(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | fl
 
 
 def infonce_loss(
-    image_emb: Tensor, text_emb: Tensor, labels: Tensor, logit_scale: Tensor | float
+    image_emb: Tensor, text_emb: Tensor, labels: Tensor, logit_scale: Tensor | float,
+    positives: Tensor | None = None,
 ) -> Tensor:
     """Symmetric identity-aware InfoNCE on L2-normalised embeddings.
 
     Logits are ``logit_scale * cos`` (``logit_scale`` = 1 / temperature). The target of each row
     is uniform over that row's same-identity columns, so with one caption per identity this is
     CLIP's loss; the result is the mean of the image-to-text and text-to-image cross-entropies.
+    ``positives`` (rows images, columns texts) replaces the identity mask.
     """
     _check_inputs(image_emb, text_emb, labels)
     with _float32(image_emb.device):
         logits = _cosine_logits(image_emb, text_emb, logit_scale)
-        mask = identity_mask(labels.to(logits.device))
-        target = mask / mask.sum(dim=1, keepdim=True)
-        i2t = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-        t2i = -(target * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+        mask = _positives(labels, positives, logits.device)
+        i2t = -(mask / mask.sum(dim=1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        t2i = -(mask.t() / mask.t().sum(dim=1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
         return 0.5 * (i2t + t2i)
 
 
@@ -117,20 +135,22 @@ def sdm_loss(
     labels: Tensor,
     logit_scale: Tensor | float,
     eps: float = 1e-8,
+    positives: Tensor | None = None,
 ) -> Tensor:
     """Similarity distribution matching (IRRA): KL(softmax(scaled cos) || label distribution).
 
     ``logit_scale`` multiplies the cosine similarities (IRRA passes 1 / temperature). The label
     distribution of each row is the identity mask normalised to sum 1; the image-to-text and
-    text-to-image terms are summed, as in IRRA.
+    text-to-image terms are summed, as in IRRA. ``positives`` (rows images, columns texts)
+    replaces the identity mask.
     """
     _check_inputs(image_emb, text_emb, labels)
     with _float32(image_emb.device):
         i2t_logits = _cosine_logits(image_emb, text_emb, logit_scale)
-        t2i_logits = i2t_logits.t()
-        mask = identity_mask(labels.to(i2t_logits.device))
-        log_target = torch.log(mask / mask.sum(dim=1, keepdim=True) + eps)
-        return _kl_rows(i2t_logits, log_target) + _kl_rows(t2i_logits, log_target)
+        mask = _positives(labels, positives, i2t_logits.device)
+        i2t_target = torch.log(mask / mask.sum(dim=1, keepdim=True) + eps)
+        t2i_target = torch.log(mask.t() / mask.t().sum(dim=1, keepdim=True) + eps)
+        return _kl_rows(i2t_logits, i2t_target) + _kl_rows(i2t_logits.t(), t2i_target)
 
 
 class RetrievalLoss(nn.Module):
@@ -166,14 +186,16 @@ class RetrievalLoss(nn.Module):
             return None
         return self.log_scale.float().clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor) -> Tensor:
-        """Scalar float32 loss for one batch of paired embeddings."""
+    def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor,
+                positives: Tensor | None = None) -> Tensor:
+        """Scalar float32 loss for one batch of paired embeddings (``positives``: optional (B, B)
+        image x text match mask replacing the identity mask of ``labels``)."""
         if self.name == "cmpm":
-            return cmpm_loss(image_emb, text_emb, labels)
+            return cmpm_loss(image_emb, text_emb, labels, positives=positives)
         scale = self.logit_scale
         if self.name == "infonce":
-            return infonce_loss(image_emb, text_emb, labels, scale)
-        return sdm_loss(image_emb, text_emb, labels, scale)
+            return infonce_loss(image_emb, text_emb, labels, scale, positives=positives)
+        return sdm_loss(image_emb, text_emb, labels, scale, positives=positives)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, learn_temperature={self.learn_temperature}"

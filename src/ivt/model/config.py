@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ivt.config import INTERPOLATIONS
+from ivt.config import INTERPOLATIONS, STEMS
 
 __all__ = ["EncoderConfig", "MODEL_SIZES", "model_config", "IMAGENET_MEAN", "IMAGENET_STD", "HALF",
            "INTERPOLATIONS"]
@@ -22,12 +22,15 @@ class EncoderConfig:
     ``image_size`` is (height, width). Patches are cut by a convolution with kernel
     ``patch_size`` and stride ``patch_stride`` (stride < patch gives overlapping patches; as in
     the official code, border pixels that do not fill a last stride are ignored, e.g. 384x128
-    with stride 12 gives a 31x10 grid).
+    with stride 12 gives a 31x10 grid). ``stem`` ``"conv"`` or ``"hmlp"`` replaces that one
+    convolution by a small stem with the same token grid (see :mod:`ivt.model.stem`): each token
+    sees its pixels through a few nonlinear layers, which a from-scratch model learns faster.
     """
 
     image_size: tuple[int, int] = (384, 128)
     patch_size: int = 16
     patch_stride: int = 16
+    stem: str = "patch"
     in_chans: int = 3
     width: int = 768
     depth: int = 12
@@ -65,6 +68,14 @@ class EncoderConfig:
                 errors.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.num_heads > 0 and self.width % self.num_heads != 0:
             errors.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.stem not in STEMS:
+            errors.append(f"stem must be one of {STEMS}, got {self.stem!r}")
+        elif self.stem == "conv" and (self.patch_size % 4 or self.patch_stride % 4):
+            errors.append(f"stem 'conv' needs patch_size and patch_stride divisible by 4, got "
+                          f"{self.patch_size} and {self.patch_stride}")
+        elif self.stem == "hmlp" and (self.patch_stride != self.patch_size or self.patch_size not in (4, 8, 16, 32)):
+            errors.append(f"stem 'hmlp' needs patch_stride == patch_size in 4, 8, 16, 32, got "
+                          f"{self.patch_size} and {self.patch_stride}")
         if self.patch_stride > self.patch_size:
             errors.append(
                 f"patch_stride {self.patch_stride} > patch_size {self.patch_size} would skip pixels")

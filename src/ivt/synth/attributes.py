@@ -24,10 +24,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (110, 74, 48),
     "orange": (218, 118, 42),
     "beige": (194, 174, 138),
+    "light blue": (126, 164, 206),
 }
 COLOUR_WEIGHTS: dict[str, float] = {
     "black": 3.0, "white": 2.0, "grey": 1.6, "red": 1.3, "blue": 1.5, "navy": 1.0, "green": 1.0,
-    "yellow": 0.8, "pink": 0.9, "purple": 0.7, "brown": 1.0, "orange": 0.7, "beige": 0.9,
+    "yellow": 0.8, "pink": 0.9, "purple": 0.7, "brown": 1.0, "orange": 0.7, "beige": 0.9, "light blue": 0.9,
 }
 HAIR_COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (24, 22, 22), "brown": (92, 60, 38), "blonde": (200, 166, 104),
@@ -57,7 +58,7 @@ PATTERN_WEIGHTS = {"plain": 6.0, "striped": 1.5, "checked": 1.0, "dotted": 1.0}
 # type -> (genders, weight, allowed colours or None for all)
 LOWER_TYPES: dict[str, tuple[tuple[str, ...], float, tuple[str, ...] | None]] = {
     "trousers": (GENDERS, 3.0, None),
-    "jeans": (GENDERS, 3.0, ("blue", "navy", "black", "grey", "white")),
+    "jeans": (GENDERS, 3.0, ("blue", "navy", "black", "grey", "white", "light blue")),
     "shorts": (GENDERS, 1.5, None),
     "skirt": (("female",), 1.5, None),
     "long skirt": (("female",), 0.8, None),

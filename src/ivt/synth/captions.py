@@ -9,13 +9,16 @@ from ivt.synth.attributes import Identity
 MIN_WORDS, MAX_WORDS = 15, 35
 _TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
-PERSON = {"male": ("man", "male", "guy", "gentleman", "young man"),
-          "female": ("woman", "female", "lady", "girl", "young woman")}
+PERSON = {"male": ("man", "man", "male", "guy", "gentleman", "young man", "person", "pedestrian"),
+          "female": ("woman", "woman", "female", "lady", "girl", "young woman", "person", "pedestrian")}
 PRONOUN = {"male": ("he", "his"), "female": ("she", "her")}
 WEAR = ("is wearing", "wears", "is dressed in", "has on")
 WEARING = ("wearing", "dressed in", "in")
 CARRY = ("is carrying", "carries", "has")
-COLOUR_WORDS = {"grey": ("grey", "gray"), "navy": ("navy", "dark blue", "navy blue"), "blonde": ("blonde", "blond")}
+# Colour names as people use them: several names for one colour, and "dark" for black now and then.
+COLOUR_WORDS = {"grey": ("grey", "gray"), "navy": ("navy", "dark blue", "navy blue"), "blonde": ("blonde", "blond"),
+                "black": ("black",) * 5 + ("dark",), "beige": ("beige", "beige", "tan", "khaki"),
+                "light blue": ("light blue", "light blue", "pale blue", "sky blue")}
 UPPER_WORDS = {
     "t-shirt": ("t-shirt", "tee shirt", "tee"), "shirt": ("shirt", "button-up shirt", "button-down shirt"),
     "blouse": ("blouse", "top"), "tank top": ("tank top", "vest top", "singlet"),

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from ivt.synth import accessories as acc
 from ivt.synth.attributes import COLOURS, HAIR_COLOURS, SKIN_TONES, Identity
-from ivt.synth.pen import RGB, Pen, Point, contrast, fill_garment, jitter, limb_end, shade
+from ivt.synth.pen import RGB, Pen, Point, clamp_rgb, contrast, fill_garment, jitter, limb_end, shade
 
 SH_Y, ARMPIT_Y, WAIST_Y, HIP_Y, CROTCH_Y, KNEE_Y, ANKLE_Y, SOLE_Y = 1.35, 1.95, 3.0, 3.6, 3.85, 5.55, 7.12, 7.5
 HEM_Y = {"coat": 5.3, "dress": 5.15, "jacket": 3.95}
@@ -38,11 +38,15 @@ class Palette:
         def col(name: str | None, table: dict = COLOURS) -> RGB:
             return jitter(table[name], rng) if name else (0, 0, 0)
 
+        lower = col(ident.lower_colour)
+        if ident.lower_type == "jeans":  # denim: a washed-out, slightly greyed version of the colour
+            grey = sum(lower) / 3
+            lower = clamp_rgb(tuple(0.7 * v + 0.3 * grey + 8 for v in lower))
         return Palette(
             skin=jitter(SKIN_TONES[ident.skin], rng, sd=4.0, bright=0.08),
             hair=col(ident.hair_colour, HAIR_COLOURS), upper=col(ident.upper_colour),
             upper2=col(ident.upper_pattern_colour) if ident.upper_pattern_colour else None,
-            lower=col(ident.lower_colour), shoes=col(ident.shoes_colour), bag=col(ident.bag_colour),
+            lower=lower, shoes=col(ident.shoes_colour), bag=col(ident.bag_colour),
             headwear=col(ident.headwear_colour),
             umbrella=col(rng.choice(["black", "navy", "red", "blue", "grey", "green"])),
         )

@@ -1,15 +1,17 @@
 """Surveillance-style scenes: cameras, backgrounds, occluders and sensor effects around a figure."""
 from __future__ import annotations
 
+import io
 import random
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from ivt.synth.attributes import Identity
 from ivt.synth.figure import draw_person
 from ivt.synth.pen import RGB, clamp_rgb, jitter, shade
+from ivt.synth.shading import composite, shade_figure
 
 WALLS = ("brick", "panels", "glass", "foliage", "plain")
 GROUNDS = ("tiles", "asphalt", "road", "grass")
@@ -35,6 +37,8 @@ class Camera:
     blur: float            # Gaussian radius at output resolution
     noise: float           # sensor noise sd, in 8-bit levels
     lowres: float          # probability of a low-resolution (upscaled) capture
+    jpeg: int              # quality of the camera's own JPEG compression
+    elevated: bool         # looking down from above: the ground fills most of the frame
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict."""
@@ -46,15 +50,16 @@ def make_cameras(rng: random.Random, n: int = 6) -> list[Camera]:
     cams = []
     for i in range(n):
         warm = rng.uniform(-0.1, 0.1)
+        elevated = i % 3 == 2
         cams.append(Camera(
             index=i + 1, wall=WALLS[(i + rng.randrange(len(WALLS))) % len(WALLS)],
             wall_colour=rng.choice(_WALL_COLOURS), ground=rng.choice(GROUNDS),
-            horizon=rng.uniform(0.45, 0.72),
+            horizon=rng.uniform(0.02, 0.2) if elevated else rng.uniform(0.45, 0.72),
             gains=(round(1 + warm + rng.uniform(-0.04, 0.04), 3), round(1 + rng.uniform(-0.05, 0.05), 3),
                    round(1 - warm + rng.uniform(-0.04, 0.04), 3)),
-            brightness=round(rng.uniform(-18, 14), 2), contrast=round(rng.uniform(0.8, 1.08), 3),
-            blur=round(rng.uniform(0.0, 0.5), 3), noise=round(rng.uniform(1.5, 5.5), 2),
-            lowres=round(rng.uniform(0.0, 0.25), 3)))
+            brightness=round(rng.uniform(-18, 14), 2), contrast=round(rng.uniform(0.72, 1.05), 3),
+            blur=round(rng.uniform(0.0, 0.9), 3), noise=round(rng.uniform(1.5, 5.5), 2),
+            lowres=round(rng.uniform(0.05, 0.5), 3), jpeg=rng.randrange(35, 90), elevated=elevated))
     return cams
 
 
@@ -168,7 +173,10 @@ def _sensor(img: Image.Image, cam: Camera, rng: random.Random, nrng: np.random.G
     arr = (arr - 128.0) * np.float32(cam.contrast) + 128.0 + np.float32(cam.brightness + rng.uniform(-8, 8))
     arr = arr * gains * (1.0 + ramp)
     arr += nrng.normal(0.0, cam.noise, size=arr.shape).astype(np.float32)
-    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+    img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()  # the camera's own compression (the dataset file is compressed again)
+    img.save(buf, "JPEG", quality=max(20, min(95, cam.jpeg + rng.randrange(-10, 11))))
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
 def render_image(ident: Identity, view: str, visible: frozenset[str], occluder: str | None, cam: Camera,
@@ -179,7 +187,7 @@ def render_image(ident: Identity, view: str, visible: frozenset[str], occluder: 
     w, h = ow * scale, oh * scale
     img = Image.new("RGB", (w, h))
     draw = ImageDraw.Draw(img)
-    horizon = int(h * min(0.85, max(0.3, cam.horizon + rng.uniform(-0.06, 0.06))))
+    horizon = int(h * min(0.85, max(0.0, cam.horizon + rng.uniform(-0.06, 0.06))))
     _wall(draw, cam, w, horizon, scale, rng)
     _ground(draw, cam, w, h, horizon, scale, rng)
     if rng.random() < 0.3:
@@ -187,14 +195,20 @@ def render_image(ident: Identity, view: str, visible: frozenset[str], occluder: 
     if rng.random() < 0.6:
         img = img.filter(ImageFilter.BoxBlur(rng.uniform(0.5, 1.5) * scale))
         draw = ImageDraw.Draw(img)
-    fig_h = h * rng.uniform(0.8, 0.92) * min(1.0, ident.height / 1.05 + 0.03)
+    fig_h = h * rng.uniform(0.72, 0.92) * min(1.0, ident.height / 1.05 + 0.03)
     unit = fig_h / 7.5
-    feet = h * rng.uniform(0.955, 0.995)
+    feet = h * rng.uniform(0.9, 0.995)
     top = max(h * 0.01, feet - fig_h)
     cx = w / 2 + rng.uniform(-0.08, 0.08) * w
     ground = _GROUND_COLOURS[cam.ground]
-    marks = draw_person(img, ident, view, visible, cx, top, unit, rng, shade(ground, 0.6))
-    if occluder is not None:
-        _occlude(draw, occluder, marks, w, h, scale, rng)
-    img = img.reduce(scale) if scale > 1 else img
-    return _sensor(img, cam, rng, nrng)
+    figure = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    marks = draw_person(figure, ident, view, visible, cx, top, unit, rng, shade(ground, 0.6))
+    img, coverage = composite(img, figure)
+    if occluder is not None:  # in front of the figure: its pixels are no longer the figure's
+        front = Image.new("RGBA", img.size, (0, 0, 0, 0))
+        _occlude(ImageDraw.Draw(front), occluder, marks, w, h, scale, rng)
+        img, hidden = composite(img, front)
+        coverage = ImageChops.subtract(coverage, hidden)
+    if scale > 1:
+        img, coverage, unit = img.reduce(scale), coverage.reduce(scale), unit / scale
+    return _sensor(shade_figure(img, coverage, unit, nrng), cam, rng, nrng)

@@ -71,6 +71,15 @@ def comma_clauses(caption: str) -> list[str]:
 WORD_FALLBACKS = ("clauses", "phrases")
 
 
+def word_level_attributes(attributes: Sequence[str], rng: random.Random) -> list[str]:
+    """The attribute phrases of one word-level text: a random non-empty subset in random order
+    (the official code samples k uniformly in 1..n, then k distinct keys); [] without any."""
+    attrs = [a.strip() for a in attributes if a and a.strip()]
+    if not attrs:
+        return []
+    return rng.sample(attrs, rng.randint(1, len(attrs)))
+
+
 def word_level_text(attributes: Sequence[str], caption: str, rng: random.Random,
                     fallback: str = "clauses") -> str:
     """The word-level alignment text of one caption.
@@ -82,10 +91,9 @@ def word_level_text(attributes: Sequence[str], caption: str, rng: random.Random,
     official CUHK-PEDES loader uses for a caption whose ``att`` is empty); the lower-cased caption
     when there is none. Never empty; a blank caption without attributes is an error.
     """
-    attrs = [a.strip() for a in attributes if a and a.strip()]
+    attrs = word_level_attributes(attributes, rng)
     if attrs:
-        k = rng.randint(1, len(attrs))
-        return ",".join(rng.sample(attrs, k))
+        return ",".join(attrs)
     if fallback not in WORD_FALLBACKS:
         raise ValueError(f"fallback must be one of {WORD_FALLBACKS}, got {fallback!r}")
     candidates = comma_clauses(caption) if fallback == "clauses" else phrase_candidates(caption)

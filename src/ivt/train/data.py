@@ -16,7 +16,7 @@ import torch
 from ivt.config import AlignConfig
 from ivt.data import DataError, PedesDataset, Record
 from ivt.data.image_bank import ImageBank
-from ivt.text.phrases import sample_phrase, word_level_text
+from ivt.text.phrases import sample_phrase, word_level_attributes, word_level_text
 from ivt.train.rng import derive_seed, python_rng
 
 LEVELS = ("word", "phrase", "sentence")
@@ -51,23 +51,33 @@ class EpochSampler:
     ``random``: a shuffled permutation cut into batches. ``identity``: batches of P ids x K
     captions (K drawn per id, with replacement when an id has fewer), so every batch has positives;
     an epoch shows every id once. ``identity-all``: the official ``RandomIdentitySampler``, where an
-    epoch shows every caption once (see :meth:`_all_chunks`). The last incomplete batch is dropped
-    so batch statistics stay comparable.
+    epoch shows every caption once (see :meth:`_all_chunks`). ``similar``: as ``identity``, but the
+    ids come in groups of ``group`` look-alikes (a random anchor and the unused ids whose attribute
+    sets overlap it most, by Jaccard index), so a batch holds hard negatives: people who differ in
+    one or two attributes; ``attributes`` (one set per sample) is needed for it. The last
+    incomplete batch is dropped so batch statistics stay comparable.
     """
 
-    def __init__(self, pids: Sequence[int], batch_size: int, seed: int, mode: str = "random", k: int = 2) -> None:
+    def __init__(self, pids: Sequence[int], batch_size: int, seed: int, mode: str = "random", k: int = 2,
+                 attributes: Sequence[Sequence[str]] | None = None, group: int = 4) -> None:
         # Values were checked when the config was loaded (ivt.config.validate_config).
         self.pids = torch.as_tensor(list(pids), dtype=torch.long)
-        self.batch_size, self.seed, self.mode, self.k = batch_size, seed, mode, k
+        self.batch_size, self.seed, self.mode, self.k, self.group = batch_size, seed, mode, k, group
         if len(self.pids) < batch_size:
             raise DataError(f"the training split has {len(self.pids)} captions, fewer than one batch "
                             f"(train.batch_size={batch_size})")
         self._by_pid: dict[int, torch.Tensor] = {}
+        self._similarity: torch.Tensor | None = None
         if mode != "random":
             order = torch.argsort(self.pids, stable=True)
             uniq, counts = torch.unique_consecutive(self.pids[order], return_counts=True)
             for pid, chunk in zip(uniq.tolist(), torch.split(order, counts.tolist())):
                 self._by_pid[pid] = chunk
+        if mode == "similar":
+            if attributes is None or len(attributes) != len(self.pids):
+                raise DataError("train.sampler=similar needs the attributes of every training sample")
+            self._similarity = _jaccard([{a for i in self._by_pid[p].tolist() for a in attributes[i]}
+                                         for p in self._by_pid])
 
     def __len__(self) -> int:
         if self.mode == "random":
@@ -86,7 +96,10 @@ class EpochSampler:
         else:
             pids = list(self._by_pid)
             chunks = []
-            for p in torch.randperm(len(pids), generator=g).tolist():
+            perm = torch.randperm(len(pids), generator=g)
+            if self._similarity is not None:
+                perm = _similar_groups(self._similarity, perm, self.group)
+            for p in perm.tolist():
                 members = self._by_pid[pids[p]]
                 if len(members) >= self.k:
                     pick = members[torch.randperm(len(members), generator=g)[: self.k]]
@@ -129,18 +142,107 @@ class EpochSampler:
         return chunks
 
 
+def _jaccard(sets: list[set[str]]) -> torch.Tensor:
+    """(n, n) Jaccard index of attribute sets (1 on the diagonal, 0 between empty sets)."""
+    vocab = {a: i for i, a in enumerate(sorted(set().union(*sets)))}
+    hot = torch.zeros(len(sets), max(len(vocab), 1))
+    for row, attrs in enumerate(sets):
+        hot[row, [vocab[a] for a in attrs]] = 1.0
+    inter = hot @ hot.t()
+    sizes = hot.sum(1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    sim = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+    sim.fill_diagonal_(1.0)
+    return sim
+
+
+def _similar_groups(similarity: torch.Tensor, perm: torch.Tensor, group: int) -> torch.Tensor:
+    """``perm`` reordered into groups: each unused anchor (in ``perm`` order) followed by the
+    ``group - 1`` unused ids most similar to it."""
+    used = torch.zeros(len(perm), dtype=torch.bool)
+    out = []
+    for anchor in perm.tolist():
+        if used[anchor]:
+            continue
+        used[anchor] = True
+        scores = similarity[anchor].masked_fill(used, -1.0)
+        take = min(group - 1, int((~used).sum()))
+        mates = torch.topk(scores, take).indices if take > 0 else torch.empty(0, dtype=torch.long)
+        used[mates] = True
+        out.append(anchor)
+        out.extend(mates.tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
 def enabled_levels(align: AlignConfig) -> list[str]:
     """The MLA levels switched on (at least one: checked when the config is loaded)."""
     return [name for name in LEVELS if getattr(align, name)]
 
 
-def level_text(level: str, sample: Sample, rng) -> str:
-    """The text of one alignment level for a sample."""
+def level_text(level: str, sample: Sample, rng) -> tuple[str, frozenset[str] | None]:
+    """The text of one alignment level for a sample, and for a word-level text made of attribute
+    phrases the set of those phrases (None otherwise)."""
     if level == "sentence":
-        return sample.caption
+        return sample.caption, None
     if level == "phrase":
-        return sample_phrase(sample.caption, rng)
-    return word_level_text(sample.attributes, sample.caption, rng, sample.word_fallback)
+        return sample_phrase(sample.caption, rng), None
+    attrs = word_level_attributes(sample.attributes, rng)
+    if attrs:
+        return ",".join(attrs), frozenset(attrs)
+    return word_level_text((), sample.caption, rng, sample.word_fallback), None
+
+
+@dataclass
+class PairTexts:
+    """The texts of a batch's pairs (level-major: all samples of the first level, then the next)
+    with what decides which images each text matches."""
+
+    texts: list[str]
+    labels: torch.Tensor
+    levels: list[str]                            # the level of each text
+    text_attributes: list[frozenset[str] | None]  # a word-level text's attribute phrases
+    image_attributes: list[frozenset[str]]        # the attribute phrases of each pair's image
+    augment_seeds: list[int]
+
+
+def pair_texts(samples: Sequence[Sample], positions: Sequence[int], levels: Sequence[str], seed: int,
+               epoch: int) -> PairTexts:
+    """The texts of all (view, text) pairs of the MLA levels for a batch of samples.
+
+    ``positions`` are the samples' positions in the epoch's order: every random choice (the
+    phrase, the attribute subset, the augmentation) is derived from (seed, epoch, position,
+    level), so a resumed or sharded run draws exactly what an uninterrupted one does.
+    """
+    texts, seeds, text_attrs, text_levels = [], [], [], []
+    for level in levels:
+        tag = LEVELS.index(level)
+        for sample, pos in zip(samples, positions):
+            text, attrs = level_text(level, sample, python_rng(seed, _TEXT, epoch, pos, tag))
+            texts.append(text)
+            text_attrs.append(attrs)
+            text_levels.append(level)
+            seeds.append(derive_seed(seed, _AUGMENT, epoch, pos, tag))
+    labels = torch.tensor([s.pid for s in samples], dtype=torch.long).repeat(len(levels))
+    image_attrs = [frozenset(s.attributes) for s in samples] * len(levels)
+    return PairTexts(texts, labels, text_levels, text_attrs, image_attrs, seeds)
+
+
+def concat_pairs(parts: Sequence[PairTexts]) -> PairTexts:
+    """The pairs of several batches one after the other (the shards of a global batch)."""
+    return PairTexts([t for p in parts for t in p.texts], torch.cat([p.labels for p in parts]),
+                     [v for p in parts for v in p.levels], [a for p in parts for a in p.text_attributes],
+                     [a for p in parts for a in p.image_attributes], [s for p in parts for s in p.augment_seeds])
+
+
+def attribute_positives(pairs: PairTexts) -> torch.Tensor:
+    """(N, N) bool matrix, rows images and columns texts: same identity, or the text is a
+    word-level list of attribute phrases that the image's attributes all include."""
+    labels = pairs.labels
+    mask = labels[:, None] == labels[None, :]
+    for j, attrs in enumerate(pairs.text_attributes):
+        if attrs:
+            mask[:, j] |= torch.tensor([attrs <= image for image in pairs.image_attributes])
+    return mask
 
 
 @dataclass
@@ -149,31 +251,33 @@ class PairBatch:
 
     ``augment_seeds`` holds one seed per pair for its image augmentation, derived from the
     sample's position in the epoch, so augmentation does not depend on batching or sharding.
+    ``levels`` names each text's alignment level; ``pairs`` keeps what decides positives. With a
+    shared view (see :func:`make_pair_batch`) ``images`` holds one view per sample.
     """
 
     images: torch.Tensor
     texts: list[str]
     labels: torch.Tensor
     augment_seeds: list[int]
+    levels: list[str]
+    pairs: PairTexts
+    positives: torch.Tensor | None = None  # (N, N) image x text matches, when not by identity alone
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
 def make_pair_batch(samples: Sequence[Sample], positions: Sequence[int], bank: ImageBank,
-                    levels: Sequence[str], seed: int, epoch: int) -> PairBatch:
-    """All (view, text) pairs of the MLA levels for a batch of samples.
+                    levels: Sequence[str], seed: int, epoch: int, shared_view: bool = False) -> PairBatch:
+    """All (view, text) pairs of the MLA levels for a batch of samples (see :func:`pair_texts`).
 
-    ``positions`` are the samples' positions in the epoch's order: every random choice (the
-    phrase, the attribute subset, the augmentation) is derived from (seed, epoch, position,
-    level), so a resumed or sharded run draws exactly what an uninterrupted one does.
+    With ``shared_view`` the batch holds one augmented view per sample (the first level's), which
+    every level's text is paired with: ``images`` and ``augment_seeds`` then have one entry per
+    sample, not per pair, and the trainer encodes each image once.
     """
     images = bank.get([s.image for s in samples])
-    texts, seeds = [], []
-    for level in levels:
-        tag = LEVELS.index(level)
-        for sample, pos in zip(samples, positions):
-            texts.append(level_text(level, sample, python_rng(seed, _TEXT, epoch, pos, tag)))
-            seeds.append(derive_seed(seed, _AUGMENT, epoch, pos, tag))
-    labels = torch.tensor([s.pid for s in samples], dtype=torch.long).repeat(len(levels))
-    return PairBatch(images.repeat(len(levels), 1, 1, 1), texts, labels, seeds)
+    pairs = pair_texts(samples, positions, levels, seed, epoch)
+    if shared_view:
+        return PairBatch(images, pairs.texts, pairs.labels, pairs.augment_seeds[:len(samples)], pairs.levels, pairs)
+    return PairBatch(images.repeat(len(levels), 1, 1, 1), pairs.texts, pairs.labels, pairs.augment_seeds,
+                     pairs.levels, pairs)

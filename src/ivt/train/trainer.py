@@ -35,7 +35,16 @@ from ivt.model.factory import build_encoder
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
 from ivt.runtime import autocast, resolve_device, resolve_precision, to_device, training_attention
 from ivt.text.tokenizer import Tokenizer
-from ivt.train.data import EpochSampler, PairBatch, build_samples, enabled_levels, make_pair_batch
+from ivt.train.data import (
+    EpochSampler,
+    PairBatch,
+    attribute_positives,
+    build_samples,
+    concat_pairs,
+    enabled_levels,
+    make_pair_batch,
+    pair_texts,
+)
 from ivt.train.distributed import (
     DistInfo,
     barrier,
@@ -61,8 +70,22 @@ class PairEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder.encode_image(images), self.encoder.encode_text(ids, mask)
+    def forward(self, images: torch.Tensor, texts: list[tuple[torch.Tensor, torch.Tensor]]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``texts``: chunks of (ids, mask), each padded to its own length (one per MLA level:
+        word-level texts are short, sentences long), encoded separately and concatenated."""
+        return (self.encoder.encode_image(images),
+                torch.cat([self.encoder.encode_text(ids, mask) for ids, mask in texts]))
+
+
+def level_chunks(batch: PairBatch) -> list[list[str]]:
+    """The batch's texts cut into runs of one alignment level (texts are level-major)."""
+    chunks: list[list[str]] = []
+    for i, text in enumerate(batch.texts):
+        if i == 0 or batch.levels[i] != batch.levels[i - 1]:
+            chunks.append([])
+        chunks[-1].append(text)
+    return chunks
 
 
 class _Log:
@@ -157,10 +180,11 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.pair_encoder = nn.parallel.DistributedDataParallel(
                 self.pair_encoder, device_ids=ids, find_unused_parameters=cfg.model.arch == "two-tower")
-        self.loss_fn = RetrievalLoss(cfg.loss.name, cfg.loss.temperature).to(self.device)
+        self.loss_fn = RetrievalLoss(cfg.loss.name, cfg.loss.temperature, cfg.loss.learn_temperature).to(self.device)
         self.optimizer = build_optimizer(cfg.optim, {"encoder": self.model, "loss": self.loss_fn})
         self.global_batch = t.batch_size * self.dist.world_size
-        self.sampler = EpochSampler([s.pid for s in self.samples], self.global_batch, t.seed, t.sampler, t.k_per_id)
+        self.sampler = EpochSampler([s.pid for s in self.samples], self.global_batch, t.seed, t.sampler, t.k_per_id,
+                                    attributes=[s.attributes for s in self.samples], group=t.similar_group)
         self.total_steps = len(self.sampler) * t.epochs
         self.schedule = build_schedule(cfg.optim, self.optimizer, t.epochs)
         config = self.model.config
@@ -203,8 +227,22 @@ class Trainer:
         lo = self.dist.rank * b
         mine = indices[lo:lo + b]
         positions = [batch_index * self.global_batch + lo + j for j in range(len(mine))]
-        return make_pair_batch([self.samples[i] for i in mine], positions, self.bank, self.levels,
-                               self.cfg.train.seed, epoch)
+        batch = make_pair_batch([self.samples[i] for i in mine], positions, self.bank, self.levels,
+                                self.cfg.train.seed, epoch, shared_view=self.cfg.align.shared_view)
+        if self.cfg.align.word_positives == "attributes" and "word" in self.levels:
+            batch.positives = self.global_positives(epoch, batch_index, indices)
+        return batch
+
+    def global_positives(self, epoch: int, batch_index: int, indices: list[int]) -> torch.Tensor:
+        """Image x text positives of the whole global batch, in the order the loss gathers it
+        (rank by rank, each rank's pairs level by level); a pure function of the batch."""
+        b, ranks = self.cfg.train.batch_size, []
+        for r in range(self.dist.world_size):
+            chunk = indices[r * b:(r + 1) * b]
+            positions = [batch_index * self.global_batch + r * b + j for j in range(len(chunk))]
+            ranks.append(pair_texts([self.samples[i] for i in chunk], positions, self.levels,
+                                    self.cfg.train.seed, epoch))
+        return attribute_positives(concat_pairs(ranks))
 
     def train_step(self, batch: PairBatch) -> dict[str, torch.Tensor]:
         """One optimisation step; returns device tensors (``loss``, and ``grad_norm`` with clipping)."""
@@ -214,12 +252,14 @@ class Trainer:
         self.model.set_token_drop(self.cfg.mask.ratio, self.cfg.mask.mode,
                                   torch_generator(seed, _TOKEN_DROP, step))
         images = self.augment(batch.images, seeds=batch.augment_seeds, device=self.device)
-        ids, mask = (to_device(t, self.device) for t in self.tokenizer(batch.texts))
+        texts = [tuple(to_device(t, self.device) for t in self.tokenizer(chunk)) for chunk in level_chunks(batch)]
         labels = to_device(batch.labels, self.device)
         with autocast(self.device, self.amp), training_attention(self.device):
-            img, txt = self.pair_encoder(images, ids, mask)
+            img, txt = self.pair_encoder(images, texts)
+        if len(img) != len(txt):  # one shared view per sample: pair it with every level's text
+            img = img.repeat(len(txt) // len(img), 1)
         loss = self.loss_fn(gather_with_grad(img, self.dist), gather_with_grad(txt, self.dist),
-                            gather_labels(labels, self.dist))
+                            gather_labels(labels, self.dist), positives=batch.positives)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         out = {"loss": loss.detach()}

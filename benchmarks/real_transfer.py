@@ -1,0 +1,89 @@
+"""Transfer to real people: a trained model on hand-labelled crops of a real pedestrian video.
+
+``benchmarks/real/`` holds 58 crops cut by OpenCV's HOG people detector from ``vtest.avi``
+(Debian's ``opencv-doc``; see ``real/make_crops.py``) and ``queries.json``: a handful of
+descriptions written by hand, each with every crop that matches it (several people can match one
+description). Every crop is the gallery for every query. Prints, per query and overall, AP and
+whether the first result matches, against what a random ranking scores (exact expectations).
+
+    python benchmarks/real_transfer.py --checkpoint runs/demo [--write real]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+REAL = Path(__file__).with_name("real")
+
+
+def average_precision(scores: torch.Tensor, relevant: torch.Tensor) -> float:
+    """AP of one ranking (``scores`` descending; ties broken against the relevant items)."""
+    order = torch.argsort(scores - relevant.float() * 1e-9, descending=True, stable=True)
+    hits = relevant[order].float()
+    ranks = torch.nonzero(hits).flatten() + 1
+    return float((torch.arange(1, len(ranks) + 1) / ranks).mean())
+
+
+def chance_ap(num_relevant: int, num_gallery: int) -> float:
+    """Expected AP of a uniformly random ranking: (H_N + (R-1)/(N-1) (N - H_N)) / N."""
+    n, r = num_gallery, num_relevant
+    harmonic = sum(1.0 / k for k in range(1, n + 1))
+    return (harmonic + (r - 1) / max(n - 1, 1) * (n - harmonic)) / n
+
+
+def evaluate(run_dir: Path, which: str = "best") -> dict:
+    """Per-query AP / top-1 of the model in ``run_dir`` on the real set, with chance figures."""
+    from ivt.inference import load
+
+    spec = json.loads((REAL / "queries.json").read_text())
+    model = load(run_dir, device="cpu", which=which)
+    ids = [c["id"] for c in spec["crops"]]
+    images = model.encode_images([REAL / "crops" / c["file"] for c in spec["crops"]])
+    texts = model.encode_texts([q["text"] for q in spec["queries"]])
+    sim = texts @ images.t()
+    rows = []
+    for q, s in zip(spec["queries"], sim):
+        relevant = torch.tensor([i in set(q["matches"]) for i in ids])
+        rows.append({"text": q["text"], "relevant": int(relevant.sum()), "AP": 100 * average_precision(s, relevant),
+                     "top1": bool(relevant[int(torch.argmax(s))]),
+                     "chance_AP": 100 * chance_ap(int(relevant.sum()), len(ids)),
+                     "chance_top1": 100 * float(relevant.float().mean())})
+    return {"gallery": len(ids), "queries": rows,
+            "mAP": statistics.mean(r["AP"] for r in rows), "chance_mAP": statistics.mean(r["chance_AP"] for r in rows),
+            "R1": 100 * statistics.mean(r["top1"] for r in rows),
+            "chance_R1": statistics.mean(r["chance_top1"] for r in rows)}
+
+
+def report(result: dict, label: str) -> str:
+    lines = [f"{label}: {len(result['queries'])} queries x {result['gallery']} real crops; "
+             f"mAP {result['mAP']:.1f} (chance {result['chance_mAP']:.1f}), "
+             f"R1 {result['R1']:.1f} (chance {result['chance_R1']:.1f}).", "",
+             "| query | matching crops | AP | chance AP | top-1 matches |", "| --- | --- | --- | --- | --- |"]
+    for r in result["queries"]:
+        lines.append(f"| {r['text']} | {r['relevant']} | {r['AP']:.1f} | {r['chance_AP']:.1f} | "
+                     f"{'yes' if r['top1'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", nargs="+", default=["runs/demo"], help="run directories")
+    ap.add_argument("--write", metavar="TAG", help="regenerate this tag's section of RESULTS.md")
+    args = ap.parse_args()
+    blocks = []
+    for run in args.checkpoint:
+        text = report(evaluate(Path(run)), run)
+        print(text + "\n")
+        blocks.append(text)
+    if args.write:
+        from results_md import write_section
+
+        write_section(args.write, "\n\n".join(blocks), "Transfer to real people (`benchmarks/real_transfer.py`)")
+
+
+if __name__ == "__main__":
+    main()

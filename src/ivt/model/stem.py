@@ -1,0 +1,70 @@
+"""Image stems for from-scratch training: what turns pixels into patch tokens besides the
+paper's single patch convolution.
+
+- ``conv``: two 3x3 stride-2 convolutions (GELU), then the patch convolution at a quarter of the
+  resolution (Xiao et al. 2021, "Early convolutions help transformers see better").
+- ``hmlp``: the hierarchical MLP stem (Touvron et al. 2022): a linear layer on 4x4 pixel
+  patches, then linear layers that merge 2x2 neighbours until the patch size is reached, each
+  followed by LayerNorm and GELU. Patches never overlap, so every layer is one matrix product
+  over a reshaped tensor: on CPU about 10x cheaper than the convolution stem in bf16 (whose
+  convolution backward dominates), with the same token grid.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ivt.model.config import EncoderConfig
+
+
+def conv_stem(config: EncoderConfig) -> nn.Sequential:
+    """Two 3x3 stride-2 convolutions (width/8, width/4 channels, GELU), then the patch convolution
+    at a quarter of the resolution: the token grid of ``patch_size``/``patch_stride``."""
+    c1, c2 = max(config.width // 8, 8), max(config.width // 4, 16)
+    return nn.Sequential(
+        nn.Conv2d(config.in_chans, c1, 3, stride=2, padding=1), nn.GELU(),
+        nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.GELU(),
+        nn.Conv2d(c2, config.width, config.patch_size // 4, stride=config.patch_stride // 4))
+
+
+def hmlp_stages(patch_size: int) -> int:
+    """Number of 2x2 merges after the 4x4 patches (patch_size = 4 * 2**stages), or -1."""
+    stages, size = 0, 4
+    while size < patch_size:
+        size, stages = size * 2, stages + 1
+    return stages if size == patch_size else -1
+
+
+class HMLPStem(nn.Module):
+    """Hierarchical MLP stem: (B, C, H, W) -> (B, gh * gw, width), patch = stride = 4 * 2**k."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.grid_size = config.grid_size
+        self.patch = config.patch_size
+        stages = hmlp_stages(config.patch_size)
+        dims = [max(config.width // 2 ** (stages - i), 16) for i in range(stages)] + [config.width]
+        self.layers = nn.ModuleList([nn.Linear(config.in_chans * 16, dims[0])])  # 4x4 pixels
+        self.layers.extend(nn.Linear(4 * dims[i], dims[i + 1]) for i in range(stages))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims[:stages])
+        self.act = nn.GELU()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, c = images.shape[:2]
+        gh, gw = self.grid_size
+        p = self.patch
+        kind = images.device.type
+        if torch.is_autocast_enabled(kind):  # rearrange pixels in the dtype the first layer uses
+            images = images.to(torch.get_autocast_dtype(kind))
+        # (B, C, gh, p/4, 4, gw, p/4, 4) ordered so that each 4x4 pixel patch, then each 2x2 group
+        # of those, ..., is contiguous: merging a 2x2 group is then a reshape.
+        x = images[:, :, :gh * p, :gw * p].reshape(b, c, gh * p // 4, 4, gw * p // 4, 4)
+        x = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * p // 4, gw * p // 4, c * 16)
+        for i, layer in enumerate(self.layers):
+            if i > 0:  # merge 2x2 neighbours
+                h, w, d = x.shape[1] // 2, x.shape[2] // 2, x.shape[3]
+                x = x.reshape(b, h, 2, w, 2, d).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, 4 * d)
+            x = layer(x)
+            if i < len(self.norms):
+                x = self.act(self.norms[i](x)).to(x.dtype)
+        return x.reshape(b, gh * gw, -1)
