@@ -18,7 +18,8 @@ from helpers import write_toy_pedes
 TINY_RECIPE = ["model.size=tiny", "model.width=96", "model.depth=2", "model.num_heads=4",
                "model.image_size=[64, 32]", "model.patch_stride=8", "train.batch_size=16", "train.epochs=15",
                "train.precision=fp32", "train.threads=2", "data.vocab_size=200", "data.max_text_len=24",
-               "train.eval_every=0", "optim.lr=0.0003", "train.log_every=1000"]
+               "train.eval_every=0", "optim.lr=0.001", "loss.name=infonce", "loss.temperature=0.07",
+               "train.log_every=1000"]
 
 _CACHE: dict[str, tuple[Path, Path]] = {}
 

@@ -36,11 +36,11 @@ def test_each_caption_keeps_its_own_att(tmp_path):
     _, samples = build_samples(ds, ds.split("train"))
     assert [s.attributes for s in samples] == [("grey coat", "black pants"), ("white shoes",), ()]
     rng = random.Random(0)
-    first = {level_text("word", samples[0], rng) for _ in range(200)}
+    first = {level_text("word", samples[0], rng)[0] for _ in range(200)}
     assert first == {"grey coat", "black pants", "grey coat,black pants", "black pants,grey coat"}
-    assert {level_text("word", samples[1], rng) for _ in range(20)} == {"white shoes"}
+    assert {level_text("word", samples[1], rng)[0] for _ in range(20)} == {"white shoes"}
     # An empty att falls back to the phrase heuristic, as the official CUHK-PEDES loader does.
-    third = {level_text("word", samples[2], rng) for _ in range(200)}
+    third = {level_text("word", samples[2], rng)[0] for _ in range(200)}
     assert third == set(phrase_candidates(samples[2].caption))
 
 
@@ -52,7 +52,7 @@ def test_without_att_the_word_level_is_a_comma_clause(tmp_path):
     ds = load_dataset(tmp_path)
     _, samples = build_samples(ds, ds.split("train"))
     rng = random.Random(3)
-    drawn = {level_text("word", samples[0], rng) for _ in range(200)}
+    drawn = {level_text("word", samples[0], rng)[0] for _ in range(200)}
     assert drawn == set(comma_clauses(samples[0].caption)) == {
         "a tall man in a dark jacket", "jeans", "carrying a backpack", "he has short hair"}  # " jeans": 6 chars
 

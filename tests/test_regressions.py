@@ -118,8 +118,11 @@ def test_demo_reads_its_recipe_from_configs_demo_yaml(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "train", fake_train)
     monkeypatch.chdir(REPO)
+    from ivt.synth.generate import FORMAT_VERSION
+
     data = write_toy_pedes(tmp_path / "toy")
-    (data / "synthpedes.json").write_text(json.dumps({"num_ids": 3, "seed": 0}))
+    marker = {"version": FORMAT_VERSION, "params": {"num_ids": 3, "seed": 0}}
+    (data / "synthpedes.json").write_text(json.dumps(marker))
     with pytest.raises(KeyboardInterrupt):
         run_demo(data_dir=data, run_dir=tmp_path / "run", ids=3, seed=0)
     recipe = load_config(DEMO_CONFIG).__dict__
