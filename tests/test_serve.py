@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 
 import httpx
 import pytest
@@ -29,6 +30,11 @@ def index_dir(tmp_path_factory):
     write_clip(clip, frames=6)
     add_to_index(out, model, videos=[clip], every=1, detector=ColourDetector(), progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def run_and_data_dir(tmp_path_factory):
+    return tiny_trained_run(tmp_path_factory.getbasetemp())[1]
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +150,20 @@ def test_200_concurrent_queries_on_a_real_server(service):
     assert [r.status_code for r in responses] == [200] * 200
     for i, r in enumerate(responses):
         assert r.json()["results"] == expected[texts[i % 4]]
+
+
+def test_an_image_changed_since_indexing_is_not_served(service, run_and_data_dir, tmp_path):
+    folder = tmp_path / "gallery"
+    shutil.copytree(run_and_data_dir / "imgs" / "test", folder)
+    build_index(tmp_path / "idx", service.model, images=image_source(folder), progress=False)
+    client = TestClient(create_app(tmp_path / "idx", device="cpu"))
+    assert client.get("/api/images/0").status_code == 200
+    victim = folder / client.post("/api/search", json={"text": "a", "k": 8}).json()["results"][0]["provenance"]["path"]
+    victim.write_bytes(b"replaced")
+    answers = [client.get(f"/api/images/{i}") for i in range(8)]
+    assert sorted(r.status_code for r in answers) == [200] * 7 + [410]
+    gone = next(r for r in answers if r.status_code == 410)
+    assert "changed or gone" in gone.json()["error"] and str(tmp_path) not in gone.text
 
 
 def test_default_bind_is_loopback_and_a_foreign_model_is_refused(index_dir, tmp_path):

@@ -14,6 +14,7 @@ Mistakes in a request get a 4xx answer with a one-line ``error``.
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -162,8 +163,9 @@ class SearchService:
     def image(self, item_id: int) -> tuple[bytes, str]:
         try:
             data = self.gallery.read_image(item_id)
-        except IndexStoreError as exc:
-            raise ApiError(410, f"image {item_id} is no longer available as indexed ({exc})") from exc
+        except IndexStoreError as exc:  # the reason names server paths: it stays in the server's log
+            print(f"ivt serve: {exc}", file=sys.stderr)
+            raise ApiError(410, f"image {item_id} has changed or gone since it was indexed") from exc
         suffix = Path(self.gallery.items[item_id].path).suffix.lower()
         return data, _MEDIA.get(suffix, "application/octet-stream")
 
