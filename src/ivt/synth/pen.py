@@ -71,8 +71,11 @@ class Pen:
         """Rectangle with optional rounded corners (radius r) and outline."""
         (a, b), (c, d) = self.pt(min(x0, x1), min(y0, y1)), self.pt(max(x0, x1), max(y0, y1))
         w = max(1, int(width * self.h)) if outline is not None else 0
-        self.draw.rounded_rectangle((a, b, max(c, a + 1), max(d, b + 1)), radius=r * self.h,
-                                    fill=fill, outline=outline, width=w)
+        box = (a, b, max(c, a + 1), max(d, b + 1))
+        if r * self.h < 1.0:  # Pillow's rounded_rectangle fails on sub-pixel radii of tiny boxes
+            self.draw.rectangle(box, fill=fill, outline=outline, width=w)
+        else:
+            self.draw.rounded_rectangle(box, radius=r * self.h, fill=fill, outline=outline, width=w)
 
     def line(self, pts: list[Point], fill, width: float) -> None:
         """Polyline of the given width."""
