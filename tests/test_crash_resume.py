@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import write_toy_pedes
-from ivt.checkpoint import file_sha256
 from ivt.config import load_config
+from ivt.files import file_sha256
 from ivt.train.trainer import train
 
 ARGS = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",

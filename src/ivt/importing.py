@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ivt.checkpoint import file_sha256, save_checkpoint
+from ivt.checkpoint import save_checkpoint
 from ivt.config import Config, save_config
 from ivt.errors import CheckpointError, RunDirError
+from ivt.files import file_sha256
 from ivt.model.config import MODEL_SIZES
 from ivt.model.official import load_official_encoder
 from ivt.text.tokenizer import Tokenizer

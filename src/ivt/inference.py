@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ivt.checkpoint import file_sha256, load_model, load_tokenizer, resolve_checkpoint
+from ivt.checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from ivt.errors import DataError, ImageError
+from ivt.files import file_sha256
 from ivt.runtime import autocast, resolve_device, resolve_precision, to_device
 from ivt.transforms import EvalTransform, load_image, pil_to_tensor
 

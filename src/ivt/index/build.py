@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ivt.errors import DataError, IvtError
+from ivt.files import file_sha256
 from ivt.index.backends import (
     SearchBackend,
     build_backend,
@@ -38,7 +39,6 @@ from ivt.index.store import (
     is_index,
     now_iso,
     sha256_bytes,
-    sha256_file,
 )
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ def _collect_video(collector: _Collector, writer: IndexWriter, path: Path, sourc
     from ivt.video import extract_people, video_info
 
     info = video_info(path)
-    sha = sha256_file(path)
+    sha = file_sha256(path)
     record: dict[str, Any] = {"name": path.name, "frames_read": 0, "crops": 0, "tracks": 0}
     collector.report.videos.append(record)
     if any(s.get("sha256") == sha for s in sources):
