@@ -56,6 +56,15 @@ def test_iou_and_tracker_link_overlapping_boxes():
     assert tracker.update(6, [(3, 0, 10, 20)]) == [3]
 
 
+def test_tracker_follows_a_fast_walker_by_its_velocity():
+    tracker = IoUTracker(iou_threshold=0.3, max_gap=1)
+    xs = [0, 5, 13, 21, 29, 45]          # 5 px, then 8 px per frame, then a missed frame (2 x 8)
+    steps = [0, 1, 2, 3, 4, 6]
+    ids = [tracker.update(s, [(x, 0, 10, 20)])[0] for s, x in zip(steps, xs)]
+    assert ids == [0] * 6
+    assert iou((13, 0, 10, 20), (5, 0, 10, 20)) < 0.3      # without the prediction it would break here
+
+
 def test_crop_box_adds_margin_and_clips():
     assert crop_box((10, 20, 10, 40), 0.1, 100, 100) == (9, 16, 21, 64)
     assert crop_box((0, 0, 10, 40), 0.5, 12, 50) == (0, 0, 12, 50)

@@ -1,12 +1,15 @@
 """Linking detections of the same person across frames into tracks, by box overlap (IoU).
 
-Greedy matching, highest overlap first: enough for a fixed camera at a few frames per second,
-where a person's box in consecutive processed frames overlaps well. A track survives
-``max_gap`` processed frames without a detection (a missed detection or a brief occlusion).
+Each track remembers its last box and its velocity (pixels per processed frame, from its last two
+boxes); a new box joins the track whose predicted box it overlaps most (greedy, highest IoU
+first). The prediction matters when frames are skipped (``--every``): a walker moves a good part
+of their own width between processed frames, and the plain previous box would no longer overlap.
+A track survives ``max_gap`` processed frames without a detection (a miss or a brief occlusion).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 Box = tuple[int, int, int, int]  # x, y, width, height
 
@@ -21,6 +24,18 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+@dataclass
+class _Track:
+    box: Box
+    step: int
+    vx: float = 0.0
+    vy: float = 0.0
+
+    def predicted(self, step: int) -> tuple[float, float, float, float]:
+        gap = step - self.step
+        return self.box[0] + self.vx * gap, self.box[1] + self.vy * gap, self.box[2], self.box[3]
+
+
 class IoUTracker:
     """Assigns a track id to every box of every processed frame (ids 0, 1, 2, ... in order of
     appearance)."""
@@ -32,14 +47,13 @@ class IoUTracker:
             raise ValueError(f"max_gap must be >= 0, got {max_gap}")
         self.iou_threshold = iou_threshold
         self.max_gap = max_gap
-        self._active: dict[int, tuple[Box, int]] = {}   # track -> (last box, last step)
+        self._active: dict[int, _Track] = {}
         self._next = 0
 
     def update(self, step: int, boxes: Sequence[Box]) -> list[int]:
         """Track ids for ``boxes`` of processed frame number ``step`` (steps must increase)."""
-        self._active = {t: (box, last) for t, (box, last) in self._active.items()
-                        if step - last <= self.max_gap + 1}
-        pairs = sorted(((iou(box, b), t, j) for t, (box, _) in self._active.items()
+        self._active = {t: tr for t, tr in self._active.items() if step - tr.step <= self.max_gap + 1}
+        pairs = sorted(((iou(tr.predicted(step), b), t, j) for t, tr in self._active.items()
                         for j, b in enumerate(boxes)), reverse=True)
         assigned: dict[int, int] = {}
         used: set[int] = set()
@@ -51,10 +65,15 @@ class IoUTracker:
             assigned[j] = track
             used.add(track)
         ids = []
-        for j, box in enumerate(boxes):
-            if j not in assigned:
+        for j, raw in enumerate(boxes):
+            box = (int(raw[0]), int(raw[1]), int(raw[2]), int(raw[3]))
+            if j in assigned:
+                old = self._active[assigned[j]]
+                gap = step - old.step
+                self._active[assigned[j]] = _Track(box, step, (box[0] - old.box[0]) / gap, (box[1] - old.box[1]) / gap)
+            else:
                 assigned[j] = self._next
                 self._next += 1
+                self._active[assigned[j]] = _Track(box, step)
             ids.append(assigned[j])
-            self._active[assigned[j]] = ((int(box[0]), int(box[1]), int(box[2]), int(box[3])), step)
         return ids
