@@ -146,21 +146,34 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {sd:.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
-def table(results: list[dict], draws: list[str]) -> str:
-    """Markdown table: one row per (variant, budget), mean ± sd over seeds."""
+def _held_out_r1(run: dict, draws: list[str]) -> float:
+    """Mean R1 over the run's own val split and the held-out sets: what a lever is judged by."""
+    return statistics.mean([run["val"]["R1"]] + [run["fresh"][d]["R1"] for d in draws])
+
+
+def table(results: list[dict], draws: list[str], reference: str | None = None) -> str:
+    """Markdown table: one row per (variant, budget), mean ± sd over seeds; with ``reference``
+    (a variant name) a column of the change in mean R1 (val and held-out sets) against it."""
     head = ["variant", "budget", "steps", "val R1", "val mAP"] + [f"{d} R1 / mAP" for d in draws]
+    if reference:
+        head.append(f"Δ R1 vs {reference}")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         b = r["budget"]
         key = (r["variant"], f"{b['steps']} steps" if "steps" in b else f"{b['minutes']:g} min")
         groups.setdefault(key, []).append(r)
+    base = None
+    if reference:
+        base = statistics.mean(_held_out_r1(r, draws) for r in results if r["variant"] == reference)
     for (name, budget), runs in groups.items():
         cells = [name, budget, f"{statistics.mean(r['steps'] for r in runs):.0f}",
                  mean_sd([r["val"]["R1"] for r in runs]), mean_sd([r["val"]["mAP"] for r in runs])]
         for d in draws:
             r1, ap_ = (mean_sd([r["fresh"][d][k] for r in runs]) for k in ("R1", "mAP"))
             cells.append(f"{r1} / {ap_}")
+        if base is not None:
+            cells.append(f"{statistics.mean(_held_out_r1(r, draws) for r in runs) - base:+.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -205,7 +218,18 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--work", default="runs/learning")
     ap.add_argument("--write", metavar="TAG", help="regenerate this tag's section of RESULTS.md")
+    ap.add_argument("--from", dest="saved", nargs="+", metavar="JSON",
+                    help="no training: tables from saved runs (the results.json of earlier invocations)")
+    ap.add_argument("--title", default="", help="a line above the table (with --write)")
+    ap.add_argument("--reference", help="with --from: the variant the others are compared with")
+    ap.add_argument("--no-curves", action="store_true", help="the table only")
     args = ap.parse_args()
+    if args.saved:
+        results = [r for path in args.saved for r in json.loads(Path(path).read_text()) if "error" not in r]
+        draws = list(dict.fromkeys(d for r in results for d in r["fresh"]))
+        draws = [d for d in draws if all(d in r["fresh"] for r in results)]
+        report(results, draws, args.write, args.title, args.reference, not args.no_curves)
+        return
     if not args.steps and not args.minutes:
         ap.error("give --steps and/or --minutes")
     data = ensure_draw(Path(args.data), args.ids, args.data_seed)
@@ -236,13 +260,25 @@ def main() -> None:
             print(f"{job['variant']:<40} seed {job['seed']} {r['steps']:>5} steps {r['wall_s']:>6.0f} s  "
                   f"val R1 {r['val']['R1']:.1f} mAP {r['val']['mAP']:.1f}  {fr}", flush=True)
     draws = [f"{Path(e.partition(':')[0]).name}:{e.partition(':')[2] or 'test'}" for e in evals]
-    text = table(results, draws) + "\n\nValidation R1 along training (step:R1):\n\n" + curves(results)
-    print(text)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    (Path(args.work) / "results.json").write_text(json.dumps(results, indent=1))
+    report(results, draws, args.write, args.title, args.reference, not args.no_curves)
     print(f"total {(time.perf_counter() - started) / 60:.1f} min")
-    if args.write:
+
+
+def report(results: list[dict], draws: list[str], tag: str | None, title: str = "", reference: str | None = None,
+           with_curves: bool = True) -> None:
+    """Print the table (and the curves); with ``tag``, write them into RESULTS.md."""
+    text = table(results, draws, reference)
+    if with_curves:
+        text += "\n\nValidation R1 along training (step:R1):\n\n" + curves(results)
+    if title:
+        text = f"{title}\n\n{text}"
+    print(text)
+    if tag:
         from results_md import write_section
 
-        write_section(args.write, text, f"Learning speed (`benchmarks/learning.py`, {args.write})")
+        write_section(tag, text, f"Learning speed (`benchmarks/learning.py`, {tag})")
 
 
 if __name__ == "__main__":
