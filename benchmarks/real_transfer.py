@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ivt.evaluate.metrics import chance_ap
+
 REAL = Path(__file__).with_name("real")
 
 
@@ -26,13 +28,6 @@ def average_precision(scores: torch.Tensor, relevant: torch.Tensor) -> float:
     hits = relevant[order].float()
     ranks = torch.nonzero(hits).flatten() + 1
     return float((torch.arange(1, len(ranks) + 1) / ranks).mean())
-
-
-def chance_ap(num_relevant: int, num_gallery: int) -> float:
-    """Expected AP of a uniformly random ranking: (H_N + (R-1)/(N-1) (N - H_N)) / N."""
-    n, r = num_gallery, num_relevant
-    harmonic = sum(1.0 / k for k in range(1, n + 1))
-    return (harmonic + (r - 1) / max(n - 1, 1) * (n - harmonic)) / n
 
 
 def evaluate(run_dir: Path, which: str = "best") -> dict:

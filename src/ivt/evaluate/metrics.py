@@ -169,3 +169,28 @@ def ranking_metrics(
     out["num_gallery"] = num_g
     out["num_skipped_queries"] = skipped
     return out
+
+
+def chance_ap(num_relevant: int, num_gallery: int) -> float:
+    """Expected AP (a fraction) of a uniformly random ranking of ``num_gallery`` items, of which
+    ``num_relevant`` are relevant: (H_N + (R-1)/(N-1) (N - H_N)) / N, with H_N the N-th harmonic
+    number. The yardstick for "beats chance" on small or uneven galleries."""
+    n, r = num_gallery, num_relevant
+    if not 1 <= r <= n:
+        raise ValueError(f"chance_ap: need 1 <= num_relevant <= num_gallery, got {r} of {n}")
+    harmonic = sum(1.0 / k for k in range(1, n + 1))
+    return (harmonic + (r - 1) / max(n - 1, 1) * (n - harmonic)) / n
+
+
+def chance_metrics(query_pids: Sequence[int], gallery_pids: Sequence[int]) -> dict[str, float]:
+    """Expected R1 and mAP (percent) of a random ranking for these queries and this gallery
+    (queries without a relevant image excluded, as in :func:`ranking_metrics`)."""
+    counts: dict[int, int] = {}
+    for pid in gallery_pids:
+        counts[int(pid)] = counts.get(int(pid), 0) + 1
+    n = len(gallery_pids)
+    relevant = [counts[int(p)] for p in query_pids if int(p) in counts]
+    if not relevant:
+        raise ValueError("chance_metrics: no query has a relevant image in the gallery")
+    return {"R1": 100.0 * sum(k / n for k in relevant) / len(relevant),
+            "mAP": 100.0 * sum(chance_ap(k, n) for k in relevant) / len(relevant)}
