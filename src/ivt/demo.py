@@ -114,7 +114,13 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     html = result_html(rows, run_dir / "results.html")
     print(f"[5/6] result grid: {png} (and {html})")
     search_demo(run_dir, data_dir)
-    print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    total = time.perf_counter() - started
+    print(f"total {total / 60:.1f} min")
+    last = json.loads((run_dir / "last.json").read_text())
+    (run_dir / DEMO_MARKER).write_text(json.dumps(
+        {"data": str(data_dir), "ids": ids, "seed": seed, "steps": last["step"], "epochs": last["epoch"],
+         "train_seconds": round(train_seconds, 1), "total_seconds": round(total, 1),
+         "torch_threads": torch.get_num_threads()}, indent=1) + "\n")
     return result
 
 

@@ -1,0 +1,103 @@
+"""What the model `make demo` trained is worth: its time and steps, its validation curve, its test
+split, fresh SynthPedes draws of other seeds (never seen, never used to choose anything) and the
+real crops of benchmarks/real, each against chance.
+
+    make demo && python benchmarks/demo_figures.py --fresh 7001 7002 7003 --write
+
+Run it after `make demo` on an idle machine (the timings are the demo's own, saved in
+``runs/demo/demo.json``); the fresh draws are generated under ``data/fresh/`` when missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from ivt.data import load_dataset
+from ivt.evaluate.metrics import chance_metrics
+from ivt.evaluate.retrieval import evaluate_checkpoint
+from ivt.synth.generate import MARKER, generate_synthpedes
+from real_transfer import evaluate as evaluate_real
+
+
+def fresh_draw(path: Path, ids: int, seed: int) -> Path:
+    """A SynthPedes draw (default image size and splits) at ``path``, generated when missing."""
+    marker = path / MARKER
+    if marker.exists():
+        params = json.loads(marker.read_text())["params"]
+        if params["num_ids"] == ids and params["seed"] == seed:
+            return path
+    generate_synthpedes(path, ids, seed, workers=2)
+    return path
+
+
+def test_figures(run: Path, data: Path) -> dict:
+    """Test-split metrics of ``run`` on ``data`` with the chance figures of the same split."""
+    m = evaluate_checkpoint(run, data, split="test", device="cpu")
+    test = load_dataset(data).split("test")
+    chance = chance_metrics([r.pid for r in test for _ in r.captions], [r.pid for r in test])
+    return {**{k: m[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "num_queries", "num_gallery")},
+            "ids": len({r.pid for r in test}), "chance_R1": chance["R1"], "chance_mAP": chance["mAP"]}
+
+
+def row(label: str, m: dict) -> str:
+    return (f"| {label} | {m['ids']} ids, {m['num_queries']} queries x {m['num_gallery']} images | "
+            f"**{m['R1']:.2f}** | {m['R5']:.2f} | {m['R10']:.2f} | **{m['mAP']:.2f}** | {m['mINP']:.2f} | "
+            f"{m['chance_R1']:.2f} / {m['chance_mAP']:.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, default=Path("runs/demo"))
+    ap.add_argument("--fresh", type=int, nargs="+", default=[7001, 7002, 7003], help="seeds of fresh draws")
+    ap.add_argument("--ids", type=int, default=400, help="identities of each fresh draw")
+    ap.add_argument("--write", action="store_true", help="regenerate the demo section of RESULTS.md")
+    args = ap.parse_args()
+    info = json.loads((args.run / "demo.json").read_text())
+    if "train_seconds" not in info:
+        raise SystemExit(f"{args.run}/demo.json has no timings: run `make demo` to the end first")
+    best = json.loads((args.run / "best.json").read_text())
+    curve = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = [c for c in curve if c.get("kind") == "eval" and c.get("split") == "val"]
+
+    results = {"demo test": test_figures(args.run, Path(info["data"]))}
+    for seed in args.fresh:
+        draw = fresh_draw(Path("data/fresh") / f"seed{seed}-{args.ids}", args.ids, seed)
+        results[f"fresh draw, seed {seed}"] = test_figures(args.run, draw)
+        print(row(f"fresh {seed}", results[f"fresh draw, seed {seed}"]), flush=True)
+    real = evaluate_real(args.run)
+
+    fresh = [m for k, m in results.items() if k.startswith("fresh")]
+    lines = [
+        f"`make demo`: SynthPedes of {info['ids']} identities (seed {info['seed']}), then {info['steps']:,} "
+        f"training steps ({info['epochs']:g} epochs) in {info['train_seconds'] / 60:.1f} min on "
+        f"{info['torch_threads']} threads; the whole demo (generation, training, evaluation, result grids, "
+        f"index and two searches) {info['total_seconds'] / 60:.1f} min. Best checkpoint chosen on the demo "
+        f"draw's val split (step {best['step']}, val R1 {best['metrics']['R1']:.2f}, mAP "
+        f"{best['metrics']['mAP']:.2f}).",
+        "",
+        "| test set | size | R1 | R5 | R10 | mAP | mINP | chance R1 / mAP |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(row(k, m) for k, m in results.items()),
+    ]
+    if len(fresh) > 1:
+        r1, mp = [m["R1"] for m in fresh], [m["mAP"] for m in fresh]
+        lines += ["", f"Fresh draws ({len(fresh)} seeds of {args.ids} identities, test splits): R1 "
+                  f"{statistics.mean(r1):.2f} ± {statistics.stdev(r1):.2f}, mAP {statistics.mean(mp):.2f} ± "
+                  f"{statistics.stdev(mp):.2f} (mean ± std)."]
+    lines += ["", f"Real crops (benchmarks/real, {len(real['queries'])} queries x {real['gallery']} crops of "
+              f"vtest.avi): mAP {real['mAP']:.1f} (chance {real['chance_mAP']:.1f}), R1 {real['R1']:.1f} "
+              f"(chance {real['chance_R1']:.1f}).",
+              "", "Validation R1 / mAP along training (step: R1 / mAP):", "",
+              "  ".join(f"{c['step']}: {c['R1']:.1f} / {c['mAP']:.1f}" for c in curve)]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        from results_md import write_section
+
+        write_section("demo", text, "Demo (`make demo`, `benchmarks/demo_figures.py`)")
+
+
+if __name__ == "__main__":
+    main()
