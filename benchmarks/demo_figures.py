@@ -17,19 +17,8 @@ from pathlib import Path
 from ivt.data import load_dataset
 from ivt.evaluate.metrics import chance_metrics
 from ivt.evaluate.retrieval import evaluate_checkpoint
-from ivt.synth.generate import MARKER, generate_synthpedes
+from learning import ensure_draw
 from real_transfer import evaluate as evaluate_real
-
-
-def fresh_draw(path: Path, ids: int, seed: int) -> Path:
-    """A SynthPedes draw (default image size and splits) at ``path``, generated when missing."""
-    marker = path / MARKER
-    if marker.exists():
-        params = json.loads(marker.read_text())["params"]
-        if params["num_ids"] == ids and params["seed"] == seed:
-            return path
-    generate_synthpedes(path, ids, seed, workers=2)
-    return path
 
 
 def test_figures(run: Path, data: Path) -> dict:
@@ -63,7 +52,7 @@ def main() -> None:
 
     results = {"demo test": test_figures(args.run, Path(info["data"]))}
     for seed in args.fresh:
-        draw = fresh_draw(Path("data/fresh") / f"seed{seed}-{args.ids}", args.ids, seed)
+        draw = ensure_draw(Path("data/fresh") / f"seed{seed}-{args.ids}", args.ids, seed, workers=2)
         results[f"fresh draw, seed {seed}"] = test_figures(args.run, draw)
         print(row(f"fresh {seed}", results[f"fresh draw, seed {seed}"]), flush=True)
     real = evaluate_real(args.run)

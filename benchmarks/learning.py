@@ -44,7 +44,7 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def ensure_draw(path: Path, ids: int, seed: int) -> Path:
+def ensure_draw(path: Path, ids: int, seed: int, workers: int = 1) -> Path:
     """A SynthPedes draw at ``path`` (generated when missing or of other parameters)."""
     from ivt.synth.generate import MARKER, generate_synthpedes
 
@@ -53,7 +53,7 @@ def ensure_draw(path: Path, ids: int, seed: int) -> Path:
         params = json.loads(marker.read_text())["params"]
         if params["num_ids"] == ids and params["seed"] == seed:
             return path
-    generate_synthpedes(path, ids, seed)
+    generate_synthpedes(path, ids, seed, workers=workers)
     return path
 
 
