@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ivt.errors import CheckpointError
-from ivt.files import file_sha256
+from ivt.files import file_sha256, fsync_dir
 from ivt.model import EncoderConfig, load_state_dict_strict
 from ivt.model.factory import ARCHS, Encoder, arch_of, create_encoder
 
@@ -28,14 +28,6 @@ FORMAT_VERSION = 1
 
 JOURNAL = "commit.json"
 _FAULT_DELAY = "IVT_FAULT_INJECT_DELAY"  # crash tests only: seconds to sleep inside a commit
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_tmp(path: Path, data: bytes) -> Path:
@@ -50,7 +42,7 @@ def _write_tmp(path: Path, data: bytes) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so a crash never leaves a half-written file."""
     os.replace(_write_tmp(path, data), path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -91,9 +83,9 @@ def _apply_journal(run_dir: Path, names: list[str]) -> None:
         tmp = run_dir / (name + ".tmp")
         if tmp.exists():
             os.replace(tmp, run_dir / name)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     (run_dir / JOURNAL).unlink(missing_ok=True)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
 
 
 def recover_run_dir(run_dir: Path) -> list[str]:

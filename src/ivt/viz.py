@@ -143,9 +143,10 @@ def result_grid(rows: Sequence[GridRow], out_path: str | Path, *,
     return out
 
 
-def _data_uri(path: Path, max_height: int = 256) -> str:
-    """The image as a base64 JPEG ``data:`` URI (downscaled to ``max_height`` at most)."""
-    with Image.open(path) as img:
+def image_data_uri(source: str | Path | bytes, max_height: int = 256) -> str:
+    """An image (a path or its encoded bytes) as a base64 JPEG ``data:`` URI, downscaled to
+    ``max_height`` at most: self-contained HTML pages (result grids, search results)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
         img = img.convert("RGB")
         if img.height > max_height:
             img = img.resize((max(1, round(img.width * max_height / img.height)), max_height),
@@ -170,11 +171,11 @@ def result_html(rows: Sequence[GridRow], out_path: str | Path, *,
     for row in rows:
         cells = [f"<td class='q'>{html.escape(row.query)}</td>"]
         if row.target is not None:
-            cells.append(f"<td><img class='tgt' src='{_data_uri(row.target)}' alt='target'>"
+            cells.append(f"<td><img class='tgt' src='{image_data_uri(row.target)}' alt='target'>"
                          f"<br>target</td><td class='sep'></td>")
         for k, (path, ok) in enumerate(zip(row.images, row.correct)):
             score = f"<br>{row.scores[k]:.3f}" if row.scores is not None else ""
-            cells.append(f"<td><img class='{'ok' if ok else 'bad'}' src='{_data_uri(path)}' "
+            cells.append(f"<td><img class='{'ok' if ok else 'bad'}' src='{image_data_uri(path)}' "
                          f"alt='{html.escape(path.name)}' title='{html.escape(str(path))}'>"
                          f"<br>#{k + 1}{score}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")

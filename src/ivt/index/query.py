@@ -2,9 +2,7 @@
 data, a terminal table and a self-contained HTML grid. The CLI and the web service share these."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +11,7 @@ import numpy as np
 from ivt.errors import IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.store import IndexStoreError
+from ivt.viz import image_data_uri
 
 if TYPE_CHECKING:
     from ivt.inference import RetrievalModel
@@ -73,18 +72,6 @@ def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery, took
     return "\n".join(lines)
 
 
-def _thumbnail_uri(data: bytes, max_height: int = 256) -> str:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if img.height > max_height:
-            img = img.resize((max(1, round(img.width * max_height / img.height)), max_height), Image.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 _CSS = ("body{font-family:system-ui,sans-serif;margin:24px;color:#111}h1{font-size:1.2rem}"
         ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));gap:14px}"
         "figure{margin:0;border:1px solid #ccc;border-radius:8px;padding:6px;background:#fff}"
@@ -96,7 +83,7 @@ def results_html(text: str, hits: list[dict[str, Any]], gallery: Gallery, out_pa
     """A self-contained HTML page (images embedded) of the ranked hits; returns its path."""
     cards = []
     for h in hits:
-        uri = _thumbnail_uri(gallery.read_image(h["id"]))
+        uri = image_data_uri(gallery.read_image(h["id"]))
         cards.append(f"<figure><img src='{uri}' alt='result {h['rank']}'><figcaption>"
                      f"<span class='s'>#{h['rank']} &nbsp; {h['score']:.3f}</span><br>"
                      f"<span class='p'>{html.escape(describe_short(h['provenance']))}</span></figcaption></figure>")

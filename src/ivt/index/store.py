@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ivt.errors import IvtError
+from ivt.files import fsync_dir
 
 FORMAT = "ivt-index"
 FORMAT_VERSION = 1
@@ -311,14 +312,6 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
 # Writing
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, chunks: Sequence[bytes | memoryview]) -> dict[str, int | str]:
     """Write and fsync a new file; returns its size and sha256 for the manifest."""
     digest = hashlib.sha256()
@@ -350,7 +343,7 @@ def _atomic_pointer(index_dir: Path, version: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, index_dir / CURRENT)
-    _fsync_dir(index_dir)
+    fsync_dir(index_dir)
 
 
 class IndexWriter:
@@ -408,9 +401,9 @@ class IndexWriter:
                                  "count": len(items), "dtype": "float32"}
         manifest.setdefault("created", manifest["updated"])
         _write_file(tmp / MANIFEST, [(json.dumps(manifest, indent=2) + "\n").encode("utf-8")])
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, self.directory / version)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         _atomic_pointer(self.directory, version)
         self._cleanup(version)
         return version
