@@ -200,6 +200,14 @@ CASES = [
     Case("evaluate-tampered-weights", _tamper_weights, "does not match"),
     Case("evaluate-checkpoint-of-another-size", _swap_weights, "shape mismatches"),
     Case("evaluate-unknown-split", _eval("--split", "query"), "no 'query' split"),
+    # --- SynthPedes generation ---
+    Case("synth-too-few-ids", lambda w: ["synth", "--out", str(w["tmp"] / "new"), "--ids", "-1", "--quiet"],
+         "num_ids must be an integer >= 3"),
+    Case("synth-images-per-id-reversed", lambda w: ["synth", "--out", str(w["tmp"] / "new"), "--ids", "3",
+                                                    "--images-per-id", "5", "2", "--quiet"], "images_per_id"),
+    Case("synth-into-a-dataset", lambda w: ["synth", "--out", str(w["data"]), "--ids", "3", "--quiet"],
+         "not a previous SynthPedes output"),
+    Case("demo-images-per-id-reversed", _train("synth.images_per_id=[5, 2]"), "synth.images_per_id"),
 ]
 
 

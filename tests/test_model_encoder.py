@@ -157,6 +157,35 @@ def test_padding_does_not_change_real_tokens(micro: IVTEncoder) -> None:
     assert not torch.allclose(unmasked, ref[:, 0], atol=1e-3)
 
 
+def test_mean_pooling_averages_the_real_tokens_only() -> None:
+    torch.manual_seed(0)
+    model = IVTEncoder(EncoderConfig(**{**MICRO, "pool": "mean"})).eval()
+    ids, mask = _text(2, 6)
+    padded = torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    pmask = torch.cat([mask, torch.zeros(2, 5, dtype=torch.long)], dim=1)
+    images = torch.randn(2, 3, 32, 16)
+    with torch.no_grad():
+        tokens = model.encode_text_tokens(ids, mask)
+        torch.testing.assert_close(model.encode_text(ids, mask), tokens.mean(dim=1))
+        torch.testing.assert_close(model.encode_text(padded, pmask), tokens.mean(dim=1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.encode_image(images), model.encode_image_tokens(images).mean(dim=1))
+        assert not torch.allclose(model.encode_text(ids, mask), tokens[:, 0], atol=1e-3)
+    # Under BMM the pool follows the kept tokens: padding stays out of the mean.
+    model.train()
+    lengths = torch.tensor([[1] * 11, [1] * 4 + [0] * 7])
+    long_ids = torch.cat([ids, ids[:, :5]], dim=1) * lengths
+    model.set_token_drop(0.5, "sample", torch.Generator().manual_seed(1))
+    torch.manual_seed(2)  # drop-path
+    tokens, kept = model._encode_text(long_ids, lengths, None)
+    assert tokens.shape[1] < 11 and kept is not None and (kept == 0).any()
+    model.set_token_drop(0.5, "sample", torch.Generator().manual_seed(1))
+    torch.manual_seed(2)
+    weights = kept.unsqueeze(-1).float()
+    torch.testing.assert_close(model.encode_text(long_ids, lengths), (tokens * weights).sum(1) / weights.sum(1))
+    with pytest.raises(ValueError, match="pool must be one of"):
+        EncoderConfig(**{**MICRO, "pool": "max"})
+
+
 def test_input_errors(micro: IVTEncoder) -> None:
     with pytest.raises(ValueError, match="max_text_len 16"):
         micro.encode_text(*_text(1, 17))

@@ -121,7 +121,7 @@ def test_demo_reads_its_recipe_from_configs_demo_yaml(tmp_path, monkeypatch):
     from ivt.synth.generate import FORMAT_VERSION
 
     data = write_toy_pedes(tmp_path / "toy")
-    marker = {"version": FORMAT_VERSION, "params": {"num_ids": 3, "seed": 0}}
+    marker = {"version": FORMAT_VERSION, "params": {"num_ids": 3, "seed": 0, "images_per_id": [2, 5]}}
     (data / "synthpedes.json").write_text(json.dumps(marker))
     with pytest.raises(KeyboardInterrupt):
         run_demo(data_dir=data, run_dir=tmp_path / "run", ids=3, seed=0)
@@ -130,6 +130,20 @@ def test_demo_reads_its_recipe_from_configs_demo_yaml(tmp_path, monkeypatch):
     for section in ("model", "optim", "loss", "align", "mask", "augment"):
         assert getattr(got, section) == recipe[section], section
     assert got.train.batch_size == recipe["train"].batch_size and got.train.max_minutes == recipe["train"].max_minutes
+
+
+def test_demo_regenerates_its_draw_when_the_recipe_asks_for_other_images_per_id(tmp_path, capsys):
+    from ivt.demo import _ensure_synth
+    from ivt.synth.generate import generate_synthpedes
+
+    data = tmp_path / "synth"
+    generate_synthpedes(data, 3, 0, images_per_id=(1, 1))
+    _ensure_synth(data, 3, 0, images_per_id=(1, 1))
+    assert "reusing it" in capsys.readouterr().out
+    _ensure_synth(data, 3, 0, images_per_id=(3, 3))
+    params = json.loads((data / "synthpedes.json").read_text())["params"]
+    assert params["images_per_id"] == [3, 3]
+    assert len(json.loads((data / "reid_raw.json").read_text())) == 9
 
 
 def test_normalisation_is_part_of_the_checkpoint_and_used_by_inference(tmp_path):

@@ -21,7 +21,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
     if not args.preview_only:
         summary = generate_synthpedes(
-            args.out, args.ids, args.seed, image_size=(args.height, args.width), progress=not args.quiet
+            args.out, args.ids, args.seed, image_size=(args.height, args.width),
+            images_per_id=tuple(args.images_per_id), progress=not args.quiet
         )
         print(f"SynthPedes written to {args.out} in {summary.get('seconds', 0):.1f} s")
         _print_dataset(args.out, "cuhk-pedes", check_images=False)
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=160, help="image height in pixels")
     p.add_argument("--width", type=int, default=80, help="image width in pixels")
+    p.add_argument("--images-per-id", type=int, nargs=2, default=[2, 5], metavar=("MIN", "MAX"),
+                   help="images of each identity, drawn in [MIN, MAX] (default: 2 5)")
     p.add_argument("--preview", metavar="PNG", help="also write a contact sheet of images and captions")
     p.add_argument("--preview-count", type=int, default=12)
     p.add_argument("--preview-only", action="store_true", help="only write the preview of an existing --out")

@@ -28,6 +28,7 @@ STEMS = ("patch", "conv", "hmlp")
 WORD_POSITIVES = ("identity", "attributes")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERPOLATIONS = ("bicubic", "bilinear")
+POOLS = ("cls", "mean")
 
 
 
@@ -55,6 +56,7 @@ class ModelConfig:
     patch_size: int | None = None
     patch_stride: int | None = None
     stem: str | None = None                # patch (one conv, the paper) | conv | hmlp (ivt.model.stem); None: patch
+    pool: str | None = None                # embedding: cls (output token 0, the paper) | mean (of real tokens)
     drop_path: float | None = None
     dropout: float | None = None
     init: str | None = None                # official IVT checkpoint (.pth/.safetensors) to start from
@@ -141,6 +143,7 @@ class SynthConfig:
     """The SynthPedes draw `ivt demo` trains on (generated when ``data.path`` holds another)."""
 
     ids: int = 600                         # identities (70/15/15 % train/val/test)
+    images_per_id: list[int] = field(default_factory=lambda: [2, 5])  # [min, max] images of each identity
     workers: int = 2                       # processes rendering it
 
 
@@ -271,6 +274,8 @@ def validate_config(cfg: Config) -> None:
         ("data.decode_threads", cfg.data.decode_threads >= 1, ">= 1"),
         ("synth.ids", cfg.synth.ids >= 3, ">= 3"),
         ("synth.workers", cfg.synth.workers >= 1, ">= 1"),
+        ("synth.images_per_id", isinstance(cfg.synth.images_per_id, list) and len(cfg.synth.images_per_id) == 2
+         and 1 <= cfg.synth.images_per_id[0] <= cfg.synth.images_per_id[1], "[min, max] with 1 <= min <= max"),
         ("train.similar_group", cfg.train.similar_group >= 1, ">= 1"),
         ("model.patch_size", cfg.model.patch_size is None or cfg.model.patch_size >= 1, ">= 1"),
         ("model.patch_stride", cfg.model.patch_stride is None or cfg.model.patch_stride >= 1, ">= 1"),
@@ -293,6 +298,8 @@ def validate_config(cfg: Config) -> None:
             problems.append(f"model.{key.split('.')[1]}: {value!r} must be 3 numbers (std > 0)")
     if cfg.model.stem not in (None, *STEMS):
         problems.append(f"model.stem: {cfg.model.stem!r} is not one of {', '.join(STEMS)}")
+    if cfg.model.pool not in (None, *POOLS):
+        problems.append(f"model.pool: {cfg.model.pool!r} is not one of {', '.join(POOLS)}")
     if cfg.train.sampler != "random" and cfg.train.batch_size % cfg.train.k_per_id:
         problems.append(f"train.batch_size: {cfg.train.batch_size} must be a multiple of train.k_per_id "
                         f"({cfg.train.k_per_id}) with train.sampler={cfg.train.sampler}")

@@ -22,18 +22,20 @@ DEMO_MARKER = "demo.json"
 DEMO_CONFIG = Path("configs/demo.yaml")
 
 
-def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1) -> None:
+def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1,
+                  images_per_id: tuple[int, int] = (2, 5)) -> None:
     from ivt.synth.generate import FORMAT_VERSION, generate_synthpedes
 
     marker = data_dir / "synthpedes.json"
     if marker.exists():
         found = json.loads(marker.read_text())
         params = found.get("params", {})
-        if found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids and params.get("seed") == seed:
+        if (found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids and params.get("seed") == seed
+                and tuple(params.get("images_per_id", ())) == tuple(images_per_id)):
             print(f"[1/6] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
             return
     t0 = time.perf_counter()
-    generate_synthpedes(data_dir, ids, seed, progress=True, workers=workers)
+    generate_synthpedes(data_dir, ids, seed, images_per_id=tuple(images_per_id), progress=True, workers=workers)
     print(f"[1/6] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -92,7 +94,7 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
         overrides.append(f"synth.ids={ids}")
     cfg = load_config(config, overrides)
     ids = cfg.synth.ids
-    _ensure_synth(data_dir, ids, seed, cfg.synth.workers)
+    _ensure_synth(data_dir, ids, seed, cfg.synth.workers, tuple(cfg.synth.images_per_id))
     dataset = load_dataset(data_dir)
     print("[2/6] dataset check:\n" + format_stats(dataset))
     _prepare_run_dir(run_dir)

@@ -126,7 +126,7 @@ def _subset_embeddings(model: RetrievalModel, x: torch.Tensor, keep: torch.Tenso
     for start in range(0, len(keep), _CHUNK):
         with autocast(model.device, model.dtype):
             tokens = model.encoder.encode_image_subset(x, keep[start:start + _CHUNK].to(model.device))
-        out.append(tokens[:, 0].float())
+        out.append(model.encoder.pool(tokens).float())
     return F.normalize(torch.cat(out), dim=-1).cpu()
 
 

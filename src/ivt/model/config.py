@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ivt.config import INTERPOLATIONS, STEMS
+from ivt.config import INTERPOLATIONS, POOLS, STEMS
 
 __all__ = ["EncoderConfig", "MODEL_SIZES", "model_config", "IMAGENET_MEAN", "IMAGENET_STD", "HALF",
            "INTERPOLATIONS"]
@@ -31,6 +31,7 @@ class EncoderConfig:
     patch_size: int = 16
     patch_stride: int = 16
     stem: str = "patch"
+    pool: str = "cls"                     # retrieval embedding: output token 0 | mean of the real tokens
     in_chans: int = 3
     width: int = 768
     depth: int = 12
@@ -76,6 +77,8 @@ class EncoderConfig:
         elif self.stem == "hmlp" and (self.patch_stride != self.patch_size or self.patch_size not in (4, 8, 16, 32)):
             errors.append(f"stem 'hmlp' needs patch_stride == patch_size in 4, 8, 16, 32, got "
                           f"{self.patch_size} and {self.patch_stride}")
+        if self.pool not in POOLS:
+            errors.append(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.patch_stride > self.patch_size:
             errors.append(
                 f"patch_stride {self.patch_stride} > patch_size {self.patch_size} would skip pixels")

@@ -162,7 +162,9 @@ class IVTEncoder(nn.Module):
         self.token_drop_generator = generator
 
     def _run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, modality: Modality,
-                    token_drop: float | None) -> torch.Tensor:
+                    token_drop: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the blocks; returns the output tokens and their key-padding mask (both shortened
+        when BMM drops tokens)."""
         ratio = self.token_drop_ratio if token_drop is None else token_drop
         if self.training and ratio > 0.0:
             x, mask, _ = drop_tokens(x, mask, ratio, self.token_drop_mode,
@@ -170,7 +172,17 @@ class IVTEncoder(nn.Module):
         attn_mask = key_padding_to_attn_mask(mask)
         for block in self.blocks:
             x = block(x, attn_mask, modality)
-        return self.norm(x)
+        return self.norm(x), mask
+
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Output tokens (B, L, C) -> retrieval embedding (B, C) by ``config.pool``: ``"cls"`` is
+        token 0 (the paper); ``"mean"`` averages the real tokens (``mask`` 1 = real)."""
+        if self.config.pool == "cls":
+            return tokens[:, 0]
+        if mask is None:
+            return tokens.mean(dim=1)
+        weights = mask.to(tokens.dtype).unsqueeze(-1)
+        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1+P, C) input tokens (cls + patches, positions added)."""
@@ -182,7 +194,7 @@ class IVTEncoder(nn.Module):
     def encode_image_tokens(self, images: torch.Tensor, *,
                             token_drop: float | None = None) -> torch.Tensor:
         """All output tokens (B, 1+P, C) of a batch of images (fewer under BMM in training)."""
-        return self._run_blocks(self.embed_image(images), None, "image", token_drop)
+        return self._run_blocks(self.embed_image(images), None, "image", token_drop)[0]
 
     def encode_image_subset(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Output tokens (B, 1+K, C) when only the patches ``keep`` (B, K), indices into the P
@@ -194,12 +206,16 @@ class IVTEncoder(nn.Module):
             x = x.expand(keep.shape[0], -1, -1)
         index = torch.cat([torch.zeros_like(keep[:, :1]), keep + 1], dim=1)
         x = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return self._run_blocks(x, None, "image", 0.0)
+        return self._run_blocks(x, None, "image", 0.0)[0]
 
     def encode_text_tokens(self, input_ids: torch.Tensor,
                            attention_mask: torch.Tensor | None = None, *,
                            token_drop: float | None = None) -> torch.Tensor:
         """All output tokens (B, L, C) of token ids; ``attention_mask`` 1 = real, 0 = padding."""
+        return self._encode_text(input_ids, attention_mask, token_drop)[0]
+
+    def _encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     token_drop: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids "
                              f"shape {tuple(input_ids.shape)}")
@@ -208,13 +224,14 @@ class IVTEncoder(nn.Module):
 
     def encode_image(self, images: torch.Tensor, *,
                      token_drop: float | None = None) -> torch.Tensor:
-        """Retrieval embedding (B, C): output token 0 (not normalised)."""
-        return self.encode_image_tokens(images, token_drop=token_drop)[:, 0]
+        """Retrieval embedding (B, C), pooled by ``config.pool`` (not normalised)."""
+        return self.pool(self.encode_image_tokens(images, token_drop=token_drop))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     *, token_drop: float | None = None) -> torch.Tensor:
-        """Retrieval embedding (B, C): output token 0 (not normalised)."""
-        return self.encode_text_tokens(input_ids, attention_mask, token_drop=token_drop)[:, 0]
+        """Retrieval embedding (B, C), pooled by ``config.pool`` over the real tokens (not
+        normalised)."""
+        return self.pool(*self._encode_text(input_ids, attention_mask, token_drop))
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 modality: Modality = "image") -> torch.Tensor:

@@ -54,6 +54,7 @@ def encoder_config_for(model_cfg: ModelConfig, vocab_size: int, max_text_len: in
     overrides: dict[str, Any] = {
         k: v for k, v in (("image_size", model_cfg.image_size), ("patch_size", model_cfg.patch_size),
                           ("patch_stride", model_cfg.patch_stride), ("stem", model_cfg.stem),
+                          ("pool", model_cfg.pool),
                           ("drop_path", model_cfg.drop_path), ("dropout", model_cfg.dropout),
                           ("text_dropout", model_cfg.text_dropout),
                           ("image_mean", model_cfg.image_mean), ("image_std", model_cfg.image_std),

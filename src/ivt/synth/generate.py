@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ivt.errors import ConfigError
 from ivt.synth.attributes import IdentityEntry, sample_identities
 from ivt.synth.captions import attribute_phrases, captions, tokenize
 from ivt.synth.preview import write_preview
@@ -33,19 +34,19 @@ JPEG_QUALITY = 90
 def _validate(num_ids: int, image_size: tuple[int, int], images_per_id: tuple[int, int],
               split_fractions: tuple[float, float, float], hard_negative_fraction: float) -> None:
     if isinstance(num_ids, bool) or not isinstance(num_ids, int) or num_ids < 3:
-        raise ValueError(f"num_ids must be an integer >= 3 so every split gets an identity, got {num_ids!r}")
+        raise ConfigError(f"num_ids must be an integer >= 3 so every split gets an identity, got {num_ids!r}")
     if len(image_size) != 2 or image_size[0] < 48 or image_size[1] < 16:
-        raise ValueError(f"image_size must be (height, width) with height >= 48 and width >= 16, got {image_size!r}")
+        raise ConfigError(f"image_size must be (height, width) with height >= 48 and width >= 16, got {image_size!r}")
     if image_size[0] < image_size[1]:
-        raise ValueError(f"image_size is (height, width) and pedestrians are tall: got {image_size!r}")
+        raise ConfigError(f"image_size is (height, width) and pedestrians are tall: got {image_size!r}")
     lo, hi = images_per_id
     if not (1 <= lo <= hi):
-        raise ValueError(f"images_per_id must be (min, max) with 1 <= min <= max, got {images_per_id!r}")
+        raise ConfigError(f"images_per_id must be (min, max) with 1 <= min <= max, got {images_per_id!r}")
     if len(split_fractions) != 3 or any(f <= 0 for f in split_fractions) or abs(sum(split_fractions) - 1) > 1e-6:
-        raise ValueError(f"split_fractions must be three positive numbers (train, val, test) summing to 1, "
+        raise ConfigError(f"split_fractions must be three positive numbers (train, val, test) summing to 1, "
                          f"got {split_fractions!r}")
     if not 0.0 <= hard_negative_fraction <= 1.0:
-        raise ValueError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction!r}")
+        raise ConfigError(f"hard_negative_fraction must be in [0, 1], got {hard_negative_fraction!r}")
 
 
 def _is_previous_output(out: Path) -> bool:
@@ -61,10 +62,10 @@ def _is_previous_output(out: Path) -> bool:
 def _prepare(out: Path) -> None:
     """Create ``out`` or clear a previous SynthPedes output in it; refuse anything else."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory")
+        raise ConfigError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         if not _is_previous_output(out):
-            raise ValueError(f"{out} is not empty and is not a previous SynthPedes output "
+            raise ConfigError(f"{out} is not empty and is not a previous SynthPedes output "
                              f"(no {ANNOTATION} + {MARKER}); refusing to write into it. "
                              "Choose an empty or new directory.")
         if (out / IMAGE_DIR).is_dir():
@@ -138,7 +139,7 @@ def generate_synthpedes(out_dir: str | Path, num_ids: int = 600, seed: int = 0, 
     try:
         num_ids = operator.index(num_ids)
     except TypeError:
-        raise ValueError(f"num_ids must be an integer, got {num_ids!r}") from None
+        raise ConfigError(f"num_ids must be an integer, got {num_ids!r}") from None
     image_size = tuple(int(v) for v in image_size)  # type: ignore[assignment]
     images_per_id = tuple(int(v) for v in images_per_id)  # type: ignore[assignment]
     split_fractions = tuple(float(v) for v in split_fractions)  # type: ignore[assignment]
