@@ -274,7 +274,7 @@ def validate_config(cfg: Config) -> None:
         ("data.decode_threads", cfg.data.decode_threads >= 1, ">= 1"),
         ("synth.ids", cfg.synth.ids >= 3, ">= 3"),
         ("synth.workers", cfg.synth.workers >= 1, ">= 1"),
-        ("synth.images_per_id", isinstance(cfg.synth.images_per_id, list) and len(cfg.synth.images_per_id) == 2
+        ("synth.images_per_id", len(cfg.synth.images_per_id) == 2  # a list of ints: the loader checked
          and 1 <= cfg.synth.images_per_id[0] <= cfg.synth.images_per_id[1], "[min, max] with 1 <= min <= max"),
         ("train.similar_group", cfg.train.similar_group >= 1, ">= 1"),
         ("model.patch_size", cfg.model.patch_size is None or cfg.model.patch_size >= 1, ">= 1"),

@@ -22,8 +22,8 @@ DEMO_MARKER = "demo.json"
 DEMO_CONFIG = Path("configs/demo.yaml")
 
 
-def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1,
-                  images_per_id: tuple[int, int] = (2, 5)) -> None:
+def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
+                  images_per_id: tuple[int, int]) -> None:
     from ivt.synth.generate import FORMAT_VERSION, generate_synthpedes
 
     marker = data_dir / "synthpedes.json"
@@ -94,7 +94,7 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
         overrides.append(f"synth.ids={ids}")
     cfg = load_config(config, overrides)
     ids = cfg.synth.ids
-    _ensure_synth(data_dir, ids, seed, cfg.synth.workers, tuple(cfg.synth.images_per_id))
+    _ensure_synth(data_dir, ids, seed, cfg.synth.workers, images_per_id=tuple(cfg.synth.images_per_id))
     dataset = load_dataset(data_dir)
     print("[2/6] dataset check:\n" + format_stats(dataset))
     _prepare_run_dir(run_dir)
