@@ -66,7 +66,7 @@ def test_default_groups_unchanged(model):
 
 def test_paper_schedule_value_by_value(model):
     opt = build_optimizer(PAPER, {"encoder": model})
-    sched = build_schedule(PAPER, opt, epochs=120)
+    sched = build_schedule(PAPER, opt, epochs=120, steps_per_epoch=7)
     assert isinstance(sched, EpochWarmupCosine)
     weight, bias = model.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.bias
     # The first epoch already runs at official epoch 1: 0.01 lr + (base - 0.01 lr) / 5, per group.
@@ -82,7 +82,7 @@ def test_paper_schedule_value_by_value(model):
 
 def test_paper_schedule_changes_once_per_epoch(model):
     opt = build_optimizer(PAPER, {"encoder": model})
-    sched = build_schedule(PAPER, opt, epochs=120)
+    sched = build_schedule(PAPER, opt, epochs=120, steps_per_epoch=7)
     steps = 7  # per epoch
     weight, bias = model.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.bias
     seen: dict[int, set] = {}
@@ -105,16 +105,37 @@ def test_paper_schedule_changes_once_per_epoch(model):
 def test_step_schedule_warmup_start(model):
     cfg = OptimConfig(lr=1e-3, warmup_epochs=2, warmup_start=0.01, min_lr_ratio=0.01)
     opt = build_optimizer(cfg, {"encoder": model})
-    sched = build_schedule(cfg, opt, epochs=10)
+    sched = build_schedule(cfg, opt, epochs=10, steps_per_epoch=5)  # warmup: 10 of 50 steps
     assert isinstance(sched, WarmupCosine)
     assert sched.set_progress(0.0) == pytest.approx(1e-5)
     assert sched.set_progress(0.1) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)
     assert sched.set_progress(0.2) == pytest.approx(1e-3) and sched.set_progress(1.0) == pytest.approx(1e-5)
-    legacy = WarmupCosine(opt, 0.2, 0.01)  # without warmup_start: from 0 (floored), as before
+    legacy = WarmupCosine(opt, 10, 50, 0.01)  # without warmup_start: from 0 (floored), as before
     assert legacy.factor(0.0) == pytest.approx(1e-3) and legacy.factor(0.1) == pytest.approx(0.5)
+
+
+def test_warmup_counts_steps_under_a_time_budget(model):
+    """With a time budget the cosine follows the budget, but the warmup still lasts its epochs of
+    steps: a cap of 150 epochs must not shrink a 2-epoch warmup to 2/150 of the budget."""
+    cfg = OptimConfig(lr=1e-3, warmup_epochs=2, min_lr_ratio=0.01)
+    opt = build_optimizer(cfg, {"encoder": model})
+    sched = build_schedule(cfg, opt, epochs=150, steps_per_epoch=60)  # warmup: 120 steps of 9,000
+    w = 120 / 9000
+
+    def cosine(progress: float) -> float:
+        t = (progress - w) / (1 - w)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+
+    # Step 60 of a budget that ends near step 600: progress 0.1 by time, halfway through the warmup.
+    assert sched.set_progress(0.1, step=60) == pytest.approx(1e-3 * 0.5 * cosine(0.1))
+    assert sched.set_progress(0.3, step=180) == pytest.approx(1e-3 * cosine(0.3))  # after the warmup
+    assert sched.set_progress(1.0, step=90) == pytest.approx(1e-3 * 0.75 * 0.01)  # budget ended in warmup
+    # Without a time budget (progress = step / total) it is warmup then cosine, as before.
+    assert sched.set_progress(60 / 9000, step=60) == pytest.approx(0.5e-3)
+    assert sched.set_progress(0.5, step=4500) == pytest.approx(1e-3 * cosine(0.5))
 
 
 def test_unknown_schedule(model):
     opt = build_optimizer(OptimConfig(), {"encoder": model})
     with pytest.raises(ConfigError, match="optim.schedule"):
-        build_schedule(OptimConfig(schedule="weekly"), opt, 3)
+        build_schedule(OptimConfig(schedule="weekly"), opt, 3, steps_per_epoch=4)

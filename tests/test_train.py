@@ -149,3 +149,25 @@ def test_learning_levers_train_and_resume_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     model, meta = load_model(straight, "last")
     assert meta["encoder"]["stem"] == "hmlp"
+
+
+def test_warmup_lasts_its_epochs_of_steps_under_a_time_budget(tmp_path, monkeypatch):
+    """A time-budgeted run warms up for optim.warmup_epochs epochs of steps: the cap of 100 epochs
+    must not shrink a 1-epoch warmup to 1/100 of the budget (too short a warmup let the demo
+    collapse to one embedding for every input)."""
+    from ivt.train.trainer import Trainer
+
+    # A slow machine: every step uses a tenth of the time budget (deterministic stand-in for the clock).
+    monkeypatch.setattr(Trainer, "progress", lambda self: min(1.0, 0.1 * self.counters["step"]))
+    data = write_toy_pedes(tmp_path / "toy")
+    run = train(_cfg(data, tmp_path / "run", "train.epochs=100", "train.max_minutes=600", "optim.warmup_epochs=1",
+                     "optim.lr=0.001", "optim.min_lr_ratio=0.01", "train.eval_every=0", "train.stop_after_steps=6"))
+    lrs = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    w = 4 / 400  # the warmup's share of the step budget
+
+    def cosine(progress: float) -> float:
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * max(progress - w, 0) / (1 - w)))
+
+    # 4 steps per epoch: step k (1-based) trains at (k - 1) / 4 of the cosine's rate while warming up.
+    ramp = [1e-3, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lrs == [pytest.approx(1e-3 * r * cosine(0.1 * k)) for k, r in enumerate(ramp)]

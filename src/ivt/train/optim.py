@@ -55,34 +55,43 @@ def build_optimizer(cfg: OptimConfig, modules: dict[str, nn.Module]) -> torch.op
 
 
 class WarmupCosine:
-    """Linear warmup then cosine decay to ``min_lr_ratio`` x each group's base rate, per step.
+    """Linear warmup over ``warmup_steps`` steps, then cosine decay to ``min_lr_ratio`` x each
+    group's base rate.
 
-    Progress is steps / total steps; with a time budget the trainer passes the larger of the step
-    and time fractions, so the schedule ends when the budget does. The warmup starts from
+    The cosine runs on the progress the trainer passes: steps / total steps, or with a time budget
+    the larger of the step and time fractions, so the schedule ends when the budget does. The
+    warmup always counts steps: ``optim.warmup_epochs`` epochs of steps, whatever the budget (as a
+    fraction of a time-budgeted run it would depend on the ``train.epochs`` cap, and a short warmup
+    lets contrastive training from scratch collapse to one embedding for every input). The rate is
+    the warmup ramp times the cosine factor, which for a step-budgeted run is exactly warmup then
+    cosine, and for a budget that ends inside the warmup still decays. The warmup starts from
     ``warmup_start`` x the base rate (None: from 0, floored at 1e-3).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup: float, min_lr_ratio: float,
-                 warmup_start: float | None = None) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: float, total_steps: int,
+                 min_lr_ratio: float, warmup_start: float | None = None) -> None:
         self.optimizer = optimizer
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
-        self.warmup = max(0.0, min(warmup, 1.0))
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = max(0.0, min(float(warmup_steps), self.total_steps))
         self.min_ratio = min_lr_ratio
         self.warmup_start = warmup_start
-        self.set_progress(0.0)
+        self.set_progress(0.0, 0)
 
-    def factor(self, progress: float) -> float:
+    def factor(self, progress: float, step: float | None = None) -> float:
+        """The rate factor at ``progress`` (0..1) and ``step`` (None: ``progress`` x total steps)."""
         progress = min(max(progress, 0.0), 1.0)
-        if self.warmup > 0 and progress < self.warmup:
-            if self.warmup_start is None:
-                return max(progress / self.warmup, 1e-3)
-            return self.warmup_start + (1 - self.warmup_start) * progress / self.warmup
-        span = max(1.0 - self.warmup, 1e-12)
-        t = (progress - self.warmup) / span
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        step = progress * self.total_steps if step is None else step
+        ramp = 1.0
+        if step < self.warmup_steps:
+            frac = step / self.warmup_steps
+            ramp = max(frac, 1e-3) if self.warmup_start is None else self.warmup_start + (1 - self.warmup_start) * frac
+        w = self.warmup_steps / self.total_steps
+        t = min(max((progress - w) / max(1.0 - w, 1e-12), 0.0), 1.0)
+        return ramp * (self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
-    def set_progress(self, progress: float) -> float:
-        f = self.factor(progress)
+    def set_progress(self, progress: float, step: float | None = None) -> float:
+        f = self.factor(progress, step)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * f
         return self.optimizer.param_groups[0]["lr"]
@@ -120,17 +129,19 @@ class EpochWarmupCosine:
         """The 1-based epoch that training ``progress`` (0..1) falls in."""
         return min(int(progress * self.epochs + 1e-9), self.epochs - 1) + 1
 
-    def set_progress(self, progress: float) -> float:
+    def set_progress(self, progress: float, step: float | None = None) -> float:
+        """``step`` is not used: this schedule counts epochs of progress."""
         for group, lr in zip(self.optimizer.param_groups, self.lrs_at(self.epoch_of(progress))):
             group["lr"] = lr
         return self.optimizer.param_groups[0]["lr"]
 
 
-def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer,
-                   epochs: int) -> WarmupCosine | EpochWarmupCosine:
-    """The schedule ``optim.schedule`` names; both are driven by ``set_progress(fraction done)``."""
+def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer, epochs: int,
+                   steps_per_epoch: int) -> WarmupCosine | EpochWarmupCosine:
+    """The schedule ``optim.schedule`` names; both are driven by ``set_progress(fraction done, step)``."""
     if cfg.schedule == "epoch":
         return EpochWarmupCosine(optimizer, epochs, cfg.warmup_epochs, cfg.lr, cfg.min_lr_ratio, cfg.warmup_start)
     if cfg.schedule == "step":
-        return WarmupCosine(optimizer, cfg.warmup_epochs / max(epochs, 1), cfg.min_lr_ratio, cfg.warmup_start)
+        return WarmupCosine(optimizer, cfg.warmup_epochs * steps_per_epoch, max(epochs, 1) * steps_per_epoch,
+                            cfg.min_lr_ratio, cfg.warmup_start)
     raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")

@@ -186,7 +186,7 @@ class Trainer:
         self.sampler = EpochSampler([s.pid for s in self.samples], self.global_batch, t.seed, t.sampler, t.k_per_id,
                                     attributes=[s.attributes for s in self.samples], group=t.similar_group)
         self.total_steps = len(self.sampler) * t.epochs
-        self.schedule = build_schedule(cfg.optim, self.optimizer, t.epochs)
+        self.schedule = build_schedule(cfg.optim, self.optimizer, t.epochs, len(self.sampler))
         config = self.model.config
         self.augment = TrainAugment(padding=cfg.augment.padding, flip_p=cfg.augment.flip_p,
                                     erase_p=cfg.augment.erase_p, mean=config.image_mean, std=config.image_std)
@@ -299,7 +299,7 @@ class Trainer:
             paused = False
             while c["batch"] < len(batches):
                 started = time.perf_counter()
-                lr = self.schedule.set_progress(self.progress())
+                lr = self.schedule.set_progress(self.progress(), c["step"])
                 batch = self.make_batch(epoch, c["batch"], batches[c["batch"]])
                 metrics = self.train_step(batch)
                 loss_sum = metrics["loss"] if loss_sum is None else loss_sum + metrics["loss"]
