@@ -14,11 +14,14 @@ import json
 import statistics
 from pathlib import Path
 
+import torch
+
 from ivt.data import load_dataset
 from ivt.evaluate.metrics import chance_metrics
 from ivt.evaluate.retrieval import evaluate_checkpoint
 from learning import ensure_draw
 from real_transfer import evaluate as evaluate_real
+from throughput import matmul_peak
 
 
 def test_figures(run: Path, data: Path) -> dict:
@@ -58,13 +61,15 @@ def main() -> None:
     real = evaluate_real(args.run)
 
     fresh = [m for k, m in results.items() if k.startswith("fresh")]
+    peak = matmul_peak(torch.bfloat16, 2048, 5)
     lines = [
         f"`make demo`: SynthPedes of {info['ids']} identities (seed {info['seed']}), then {info['steps']:,} "
         f"training steps ({info['epochs']:g} epochs) in {info['train_seconds'] / 60:.1f} min on "
         f"{info['torch_threads']} threads; the whole demo (generation, training, evaluation, result grids, "
         f"index and two searches) {info['total_seconds'] / 60:.1f} min. Best checkpoint chosen on the demo "
         f"draw's val split (step {best['step']}, val R1 {best['metrics']['R1']:.2f}, mAP "
-        f"{best['metrics']['mAP']:.2f}).",
+        f"{best['metrics']['mAP']:.2f}). The steps a demo makes scale with the machine: this one's bf16 "
+        f"matmul peak (2048x2048, {torch.get_num_threads()} threads) is {peak:.0f} GFLOP/s.",
         "",
         "| test set | size | R1 | R5 | R10 | mAP | mINP | chance R1 / mAP |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
