@@ -136,6 +136,8 @@ class TrainConfig:
     max_minutes: float | None = None       # time budget: the LR schedule ends with it, training stops
     stop_after_steps: int | None = None    # pause after N steps this invocation (resume later: --resume)
     log_every: int = 20
+    pack_texts: bool = True                # pack a batch's texts into rows without padding while BMM
+                                           #   is off (same numbers, fewer tokens; ivt.model.packing)
 
 
 @dataclass

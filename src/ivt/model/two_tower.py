@@ -14,6 +14,7 @@ from torch import nn
 
 from ivt.model.config import EncoderConfig
 from ivt.model.encoder import IVTEncoder
+from ivt.model.packing import PackedTexts
 
 
 class TwoTowerEncoder(nn.Module):
@@ -38,6 +39,9 @@ class TwoTowerEncoder(nn.Module):
 
     def encode_image_subset(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         return self.image_tower.encode_image_subset(images, keep)
+
+    def encode_packed_text(self, packed: PackedTexts) -> torch.Tensor:
+        return self.text_tower.encode_packed_text(packed)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.text_tower.encode_text(input_ids, attention_mask)

@@ -32,6 +32,7 @@ from ivt.evaluate.retrieval import embed_split, split_metrics
 from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss
 from ivt.model.factory import build_encoder
+from ivt.model.packing import PackedTexts, pack_texts
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
 from ivt.runtime import autocast, resolve_device, resolve_precision, to_device, training_attention
 from ivt.text.tokenizer import Tokenizer
@@ -70,10 +71,13 @@ class PairEncoder(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, images: torch.Tensor, texts: list[tuple[torch.Tensor, torch.Tensor]]
+    def forward(self, images: torch.Tensor, texts: list[tuple[torch.Tensor, torch.Tensor]] | PackedTexts
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``texts``: chunks of (ids, mask), each padded to its own length (one per MLA level:
-        word-level texts are short, sentences long), encoded separately and concatenated."""
+        """``texts``: all texts packed into rows (:mod:`ivt.model.packing`), or chunks of (ids,
+        mask), each padded to its own length (one per MLA level: word-level texts are short,
+        sentences long), encoded separately and concatenated."""
+        if isinstance(texts, PackedTexts):
+            return self.encoder.encode_image(images), self.encoder.encode_packed_text(texts)
         return (self.encoder.encode_image(images),
                 torch.cat([self.encoder.encode_text(ids, mask) for ids, mask in texts]))
 
@@ -176,6 +180,9 @@ class Trainer:
         self.model.set_token_drop(cfg.mask.ratio, cfg.mask.mode)
         self.model.to(self.device).train()
         self.pair_encoder: nn.Module = PairEncoder(self.model)
+        # Packing changes no number (tests/test_packing.py), only the padding computed; BMM drops
+        # tokens of padded rows, so with it on the texts stay padded.
+        self.pack_texts = t.pack_texts and cfg.mask.ratio == 0
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.pair_encoder = nn.parallel.DistributedDataParallel(
@@ -252,7 +259,9 @@ class Trainer:
         self.model.set_token_drop(self.cfg.mask.ratio, self.cfg.mask.mode,
                                   torch_generator(seed, _TOKEN_DROP, step))
         images = self.augment(batch.images, seeds=batch.augment_seeds, device=self.device)
-        texts = [tuple(to_device(t, self.device) for t in self.tokenizer(chunk)) for chunk in level_chunks(batch)]
+        chunks = [self.tokenizer(chunk) for chunk in level_chunks(batch)]
+        texts = (pack_texts(chunks).to(self.device) if self.pack_texts else
+                 [tuple(to_device(t, self.device) for t in chunk) for chunk in chunks])
         labels = to_device(batch.labels, self.device)
         with autocast(self.device, self.amp), training_attention(self.device):
             img, txt = self.pair_encoder(images, texts)
