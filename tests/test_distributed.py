@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -28,12 +29,13 @@ def _torchrun(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
+@pytest.mark.parametrize("mask", ["mask.ratio=0.3", "mask.ratio=0"])  # BMM on: padded texts; off: packed
+def test_two_processes_match_one_process_with_the_global_batch(tmp_path, mask):
     data = write_toy_pedes(tmp_path / "toy", ids_per_split=(8, 3, 3))
-    single = train(load_config(None, COMMON + ["train.batch_size=8", f"data.path={data}",
+    single = train(load_config(None, COMMON + [mask, "train.batch_size=8", f"data.path={data}",
                                                f"train.out_dir={tmp_path / 'one'}"]))
     two = tmp_path / "two"
-    proc = _torchrun(["--set", *COMMON, "train.batch_size=4", f"data.path={data}", "--out", str(two)], 2)
+    proc = _torchrun(["--set", *COMMON, mask, "train.batch_size=4", f"data.path={data}", "--out", str(two)], 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(single / "last.safetensors")), load_file(str(two / "last.safetensors"))
     assert a.keys() == b.keys()
