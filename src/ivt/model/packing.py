@@ -1,12 +1,13 @@
 """Packed text batches: several texts share a row, so no token is padding.
 
-A training batch holds 192 texts padded per MLA level to its longest text; on SynthPedes 38 % of
+A training batch holds 192 texts padded per MLA level to its longest text; on SynthPedes 37 % of
 those tokens are padding, and at the tiny model's width every token costs the same matmuls. Packing
 puts whole texts one after another into rows of ``row_len`` slots (first-fit by decreasing length);
 each token attends only to the tokens of its own text (a block-diagonal attention mask) and keeps
 its position inside that text, so every text's output tokens are those of the padded encoding.
-Nothing in torch or HF tokenizers packs variable-length sequences for a BERT-style encoder with
-per-segment pooling, hence this module.
+(Stochastic depth, which drops a row's residual branch, then drops it for the texts of a row
+together: the same rate for every text, drawn per row.) Nothing in torch or HF tokenizers packs
+variable-length sequences for a BERT-style encoder with per-segment pooling, hence this module.
 """
 from __future__ import annotations
 
