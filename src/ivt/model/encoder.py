@@ -91,7 +91,9 @@ class TextEmbeddings(nn.Module):
                     f"text length {length} exceeds max_text_len {self.max_len}; truncate the tokens")
             pos = self.position_embeddings(torch.arange(length, device=input_ids.device))[None]
         else:
-            longest = int(positions.max()) + 1 if positions.numel() else 0
+            # Only rows wider than max_len can hold a text that is too long; looking at the
+            # positions is a host sync on a GPU, so the usual rows (<= max_len) skip it.
+            longest = int(positions.max()) + 1 if positions.shape[1] > self.max_len else 0
             if longest > self.max_len:
                 raise ValueError(
                     f"text length {longest} exceeds max_text_len {self.max_len}; truncate the tokens")

@@ -15,6 +15,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from ivt.runtime import to_device
+
 __all__ = ["PackedTexts", "pack_texts", "DEFAULT_ROW_LEN"]
 
 DEFAULT_ROW_LEN = 64  # slots per row; rows grow to the longest text when that is longer
@@ -50,7 +52,8 @@ class PackedTexts(NamedTuple):
         return float(self.lengths.sum()) / max(self.input_ids.numel(), 1)
 
     def to(self, device: torch.device | str) -> PackedTexts:
-        return PackedTexts(*(t.to(device) for t in self))
+        """On ``device``, copied as every training input is (:func:`ivt.runtime.to_device`)."""
+        return PackedTexts(*(to_device(t, device) for t in self))
 
 
 def _check_chunk(ids: torch.Tensor, mask: torch.Tensor) -> None:

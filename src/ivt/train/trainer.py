@@ -76,10 +76,10 @@ class PairEncoder(nn.Module):
         """``texts``: all texts packed into rows (:mod:`ivt.model.packing`), or chunks of (ids,
         mask), each padded to its own length (one per MLA level: word-level texts are short,
         sentences long), encoded separately and concatenated."""
-        if isinstance(texts, PackedTexts):
-            return self.encoder.encode_image(images), self.encoder.encode_packed_text(texts)
-        return (self.encoder.encode_image(images),
-                torch.cat([self.encoder.encode_text(ids, mask) for ids, mask in texts]))
+        img = self.encoder.encode_image(images)  # first: the order of dropout's random draws
+        txt = (self.encoder.encode_packed_text(texts) if isinstance(texts, PackedTexts) else
+               torch.cat([self.encoder.encode_text(ids, mask) for ids, mask in texts]))
+        return img, txt
 
 
 def level_chunks(batch: PairBatch) -> list[list[str]]:
