@@ -25,7 +25,7 @@ def run_and_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(run_and_data):
-    return ivt.load(run_and_data[0], device="cpu")
+    return ivt.load(run_and_data[0], device="cpu", precision="fp32")  # fp32 explicitly: the manifest records it
 
 
 def _snapshot(directory):
@@ -53,7 +53,7 @@ def test_build_from_a_folder_skips_unreadable_files(model, run_and_data, tmp_pat
     manifest = stored.manifest
     assert manifest["model"]["fingerprint"] == model.fingerprint
     assert manifest["tokenizer"]["fingerprint"] == model.tokenizer_fingerprint
-    assert manifest["model"]["precision"] == "bf16" and manifest["backend"] == {"name": "exact", "params": {}}
+    assert manifest["model"]["precision"] == "fp32" and manifest["backend"] == {"name": "exact", "params": {}}
     # Every image finds itself first.
     gallery = Gallery.open(tmp_path / "idx")
     for i in range(8):

@@ -365,9 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_choices() -> None:
+    """The library logs the choices it makes for the user (e.g. the precision ``auto`` picked and
+    why) on the ``ivt`` logger; the command line shows them on stderr, once each."""
+    import logging
+
+    logger = logging.getLogger("ivt")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_choices()
     from ivt.errors import USER_ERRORS
 
     try:

@@ -22,7 +22,7 @@ from PIL import Image
 from ivt.checkpoint import load_model, load_tokenizer, resolve_checkpoint
 from ivt.errors import DataError, ImageError
 from ivt.files import file_sha256
-from ivt.runtime import autocast, resolve_device, resolve_precision, to_device
+from ivt.runtime import autocast, precision_name, resolve_device, resolve_precision, to_device
 from ivt.transforms import EvalTransform, load_image, pil_to_tensor
 
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
@@ -57,7 +57,7 @@ class RetrievalModel:
     def __repr__(self) -> str:
         c = self.config
         return (f"RetrievalModel(width={c.width}, depth={c.depth}, image={c.image_size[0]}x{c.image_size[1]}, "
-                f"device={self.device}, precision={self.dtype or 'fp32'}, run={self.run_dir})")
+                f"device={self.device}, precision={precision_name(self.dtype)}, run={self.run_dir})")
 
     # -- images ---------------------------------------------------------------------------
     def preprocess(self, image: ImageInput) -> torch.Tensor:
@@ -140,7 +140,8 @@ def load(run_dir: str | os.PathLike, device: str = "auto", which: str = "best",
     """Load a trained run (or a checkpoint ``.safetensors`` inside one) for inference.
 
     ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. ``precision``:
-    ``auto`` (bf16 autocast on CPU and on CUDA that supports it), ``fp32``, ``bf16`` or ``fp16``.
+    ``auto`` (bf16 autocast on CUDA that supports it, else fp16; on CPU bf16 only where this CPU
+    runs it natively and a short probe measures it faster than fp32), ``fp32``, ``bf16`` or ``fp16``.
     """
     dev = resolve_device(device)
     encoder, meta = load_model(run_dir, which, dev)

@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+import functools
+import logging
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 
 from ivt.config import PRECISIONS
 from ivt.errors import DeviceError
+
+log = logging.getLogger("ivt")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -23,22 +33,203 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). ``auto``: bf16 on CPU (about 4x faster matmuls on current
-    CPUs), bf16 on CUDA where supported, else fp16."""
+@dataclass(frozen=True)
+class CpuInfo:
+    """What decides bf16 speed on this CPU: its name, the ISA flags that matter and what torch makes of them."""
+
+    model: str
+    flags: tuple[str, ...]  # of avx2, avx512f, avx512_bf16, amx_bf16 (Linux /proc/cpuinfo)
+    capability: str         # torch.backends.cpu.get_cpu_capability(): DEFAULT, AVX2, AVX512, ...
+    native_bf16: bool       # oneDNN has bf16 kernels here (AVX-512 BF16 / AMX); without them bf16 is emulated
+
+    def describe(self) -> str:
+        flags = ", ".join(self.flags) or "none of avx2/avx512f/avx512_bf16/amx_bf16"
+        return f"{self.model} ({flags}; torch {self.capability})"
+
+
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """This machine's CPU (read once)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        model = found.group(1).strip() if found else model
+        line = re.search(r"^flags\s*:(.*)$", text, re.M)
+        flags = set(line.group(1).split()) if line else set()
+    except OSError:  # not Linux: the torch capability still tells the vector ISA
+        pass
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = "avx512_bf16" in flags or "amx_bf16" in flags
+    return CpuInfo(model, tuple(f for f in _CPU_FLAGS if f in flags), torch.backends.cpu.get_cpu_capability(), native)
+
+
+@dataclass(frozen=True)
+class PrecisionProbe:
+    """Measured on this CPU at the current thread count: matmul rates (GFLOP/s) and how much faster a
+    transformer MLP block runs under bf16 autocast than in fp32 (fp32 time / bf16 time; 0 = not measured)."""
+
+    threads: int
+    fp32_gflops: float
+    bf16_gflops: float
+    train_speedup: float = 0.0  # forward + backward
+    infer_speedup: float = 0.0  # forward, no grad
+
+
+def _best_seconds(fn: Callable[[], object], reps: int) -> float:
+    fn()  # warm-up: first-call allocation and kernel selection
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _matmul_gflops(dtype: torch.dtype, n: int, reps: int) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n**3 / _best_seconds(lambda: a @ b, reps) / 1e9
+
+
+def _block_speedup(train: bool, tokens: int = 512, width: int = 192, reps: int = 7) -> float:
+    """fp32 time / bf16-autocast time of LayerNorm -> Linear -> GELU -> Linear at the tiny model's width:
+    the shape and mix (casts, norms, matmuls) of real steps, not only the matmul peak. The two are timed
+    in alternation and each keeps its best time, so a burst of load on a shared machine hits both."""
+    gen = torch.Generator().manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, 4 * width), torch.nn.GELU(),
+                                torch.nn.Linear(4 * width, width))
+    x = torch.randn(tokens, width, generator=gen)
+
+    def run(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if train:
+                block(x.requires_grad_(True)).float().square().mean().backward()
+            else:
+                with torch.no_grad():
+                    block(x)
+
+    best = {False: float("inf"), True: float("inf")}
+    for i in range(reps + 2):  # two rounds of warm-up: first-call allocation and oneDNN kernel selection
+        for bf16 in (False, True):
+            start = time.perf_counter()
+            run(bf16)
+            if i >= 2:
+                best[bf16] = min(best[bf16], time.perf_counter() - start)
+    return best[False] / best[True]
+
+
+_PROBES: dict[tuple[int, str], PrecisionProbe] = {}
+
+
+def probe_cpu_precision(purpose: str = "inference") -> PrecisionProbe:
+    """Measure (once per process, thread count and purpose) how fast bf16 runs here against fp32.
+
+    Tens of milliseconds where bf16 is native. Where it is not (AVX2-only CPUs: oneDNN emulates bf16,
+    about 100x slower than fp32) only one small bf16 matmul is timed, for the message: the block probe
+    would itself take seconds there.
+    """
+    threads = torch.get_num_threads()
+    key = (threads, purpose)
+    if key not in _PROBES:
+        with torch.random.fork_rng(devices=[]):  # the probe's random inputs leave the caller's seed alone
+            fp32 = _matmul_gflops(torch.float32, 256, 5)
+            native = cpu_info().native_bf16
+            bf16 = _matmul_gflops(torch.bfloat16, 256 if native else 128, 5 if native else 1)
+            speedup = _block_speedup(train=purpose == "training") if native else 0.0
+        _PROBES[key] = PrecisionProbe(threads, fp32, bf16, *((speedup, 0.0) if purpose == "training"
+                                                            else (0.0, speedup)))
+    return _PROBES[key]
+
+
+#: bf16 must beat fp32 by this factor in the probe: a probe within noise of fp32 keeps fp32's exactness.
+BF16_MIN_SPEEDUP = 1.15
+PURPOSES = ("training", "inference")
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The autocast dtype (None = fp32) picked for ``purpose`` on ``device``, and why."""
+
+    dtype: torch.dtype | None
+    reason: str
+    purpose: str = "inference"
+
+    @property
+    def name(self) -> str:
+        return precision_name(self.dtype)
+
+    def describe(self) -> str:
+        return f"precision: {self.name} for {self.purpose} ({self.reason})"
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``fp32`` / ``bf16`` / ``fp16``: the names the configs and the CLI use."""
+    return {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def choose_cpu_precision(info: CpuInfo, probe: PrecisionProbe, purpose: str) -> PrecisionChoice:
+    """``auto`` on CPU: bf16 only where this CPU runs it natively and the probe measured it faster."""
+    rates = f"bf16 matmul {probe.bf16_gflops:.1f} vs fp32 {probe.fp32_gflops:.1f} GFLOP/s"
+    if not info.native_bf16:
+        return PrecisionChoice(None, f"this CPU has no native bf16: {rates}", purpose)
+    speedup = probe.train_speedup if purpose == "training" else probe.infer_speedup
+    what = "forward+backward" if purpose == "training" else "forward"
+    measured = f"bf16 {what} {speedup:.2f}x fp32's speed in a {probe.threads}-thread probe; {rates}"
+    if speedup >= BF16_MIN_SPEEDUP:
+        return PrecisionChoice(torch.bfloat16, f"this CPU runs bf16 natively: {measured}", purpose)
+    return PrecisionChoice(None, f"bf16 is not faster here: {measured}", purpose)
+
+
+#: Overrides what ``auto`` picks on CPU (fp32 or bf16), e.g. to run as on a CPU without native bf16.
+CPU_PRECISION_ENV = "IVT_CPU_PRECISION"
+
+
+def precision_choice(precision: str, device: torch.device, purpose: str = "inference") -> PrecisionChoice:
+    """What ``precision`` (auto, fp32, bf16, fp16) means on ``device`` for ``purpose`` (training or
+    inference, which can differ on CPU). ``auto``: on CUDA bf16 where supported, else fp16; on CPU
+    by :func:`choose_cpu_precision` (or ``$IVT_CPU_PRECISION``)."""
     if precision not in PRECISIONS:
         raise DeviceError(f"unknown precision '{precision}': use one of {', '.join(PRECISIONS)}")
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     if precision == "fp32":
-        return None
+        return PrecisionChoice(None, "as asked", purpose)
     if precision == "bf16":
-        return torch.bfloat16
+        return PrecisionChoice(torch.bfloat16, "as asked", purpose)
     if precision == "fp16":
         if device.type != "cuda":
             raise DeviceError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
-        return torch.float16
+        return PrecisionChoice(torch.float16, "as asked", purpose)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice(torch.bfloat16, "auto on a CUDA device with bf16", purpose)
+        return PrecisionChoice(torch.float16, "auto on a CUDA device without bf16", purpose)
+    forced = os.environ.get(CPU_PRECISION_ENV, "")
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise DeviceError(f"${CPU_PRECISION_ENV}={forced!r}: use fp32 or bf16 (or unset it to measure)")
+        return PrecisionChoice(torch.bfloat16 if forced == "bf16" else None, f"${CPU_PRECISION_ENV}={forced}",
+                               purpose)
+    return choose_cpu_precision(cpu_info(), probe_cpu_precision(purpose), purpose)
+
+
+_ANNOUNCED: set[tuple[str, str, str]] = set()
+
+
+def resolve_precision(precision: str, device: torch.device, purpose: str = "inference") -> torch.dtype | None:
+    """The autocast dtype (None = fp32) of :func:`precision_choice`; the choice and its reason are
+    logged once per process (logger ``ivt``: the CLI prints it on stderr)."""
+    choice = precision_choice(precision, device, purpose)
+    key = (device.type, purpose, choice.name)
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        log.info(choice.describe())
+    return choice.dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:

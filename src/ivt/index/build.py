@@ -40,6 +40,7 @@ from ivt.index.store import (
     now_iso,
     sha256_bytes,
 )
+from ivt.runtime import precision_name
 
 if TYPE_CHECKING:
     from ivt.inference import RetrievalModel
@@ -121,10 +122,6 @@ def image_source(path: str | Path, split: str | None = None, data_format: str = 
     files = [(Path(r.image).as_posix(), r.raw_pid) for r in records]
     where = f"split {split}" if split else "all splits"
     return ImageSource(root, files, f"{len(files)} images of {dataset.annotation} ({where})")
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
 
 
 def model_manifest(model: RetrievalModel, which: str) -> dict[str, Any]:

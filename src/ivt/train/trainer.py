@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ivt.checkpoint import checkpoint_files, commit_files, load_model, recover_run_dir
+from ivt.checkpoint import checkpoint_files, commit_files, load_model, read_json, recover_run_dir
 from ivt.config import Config, save_config
 from ivt.data import DataError, load_dataset
 from ivt.data.image_bank import ImageBank
@@ -34,7 +34,7 @@ from ivt.losses import RetrievalLoss
 from ivt.model.factory import build_encoder
 from ivt.model.packing import PackedTexts, pack_texts
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
-from ivt.runtime import autocast, resolve_device, resolve_precision, to_device, training_attention
+from ivt.runtime import PrecisionChoice, autocast, precision_choice, resolve_device, to_device, training_attention
 from ivt.text.tokenizer import Tokenizer
 from ivt.train.data import (
     EpochSampler,
@@ -57,7 +57,7 @@ from ivt.train.distributed import (
 )
 from ivt.train.optim import build_optimizer, build_schedule
 from ivt.train.rng import derive_seed, torch_generator
-from ivt.train.state import load_train_state, train_state_files
+from ivt.train.state import STATE_JSON, load_train_state, train_state_files
 from ivt.transforms import TrainAugment
 
 RUN_FILES = ("last.safetensors", "best.safetensors", "last.state.json")
@@ -134,6 +134,17 @@ def format_epoch(epoch: float) -> str:
     return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.2f}"
 
 
+def _training_precision(precision: str, device: torch.device, resume_dir: Path | None) -> PrecisionChoice:
+    """``train.precision`` on ``device``. A resumed ``auto`` run keeps the precision it started with
+    (recorded in its state), so a re-measured probe near the threshold cannot change its numbers."""
+    if precision == "auto" and resume_dir is not None and (resume_dir / STATE_JSON).exists():
+        recorded = read_json(resume_dir / STATE_JSON).get("precision")
+        if recorded in ("fp32", "bf16", "fp16"):
+            choice = precision_choice(recorded, device, "training")
+            return PrecisionChoice(choice.dtype, "auto, as this run started", "training")
+    return precision_choice(precision, device, "training")
+
+
 class Trainer:
     """One training run of ``cfg`` (or its continuation with ``resume=True``)."""
 
@@ -142,7 +153,6 @@ class Trainer:
         t = cfg.train
         self.dist, device_name = init_distributed(t.device)
         self.device = resolve_device(device_name)
-        self.amp = resolve_precision(t.precision, self.device)
         self.levels = enabled_levels(cfg.align)
         self.dataset = load_dataset(cfg.data.path, cfg.data.format, image_root=cfg.data.image_root)
         train_records = self.dataset.split("train")
@@ -162,6 +172,8 @@ class Trainer:
         barrier(self.dist)
         if t.threads:
             torch.set_num_threads(t.threads)
+        self.precision = _training_precision(t.precision, self.device, Path(t.out_dir) if resume else None)
+        self.amp = self.precision.dtype
         torch.manual_seed(t.seed)
 
         paths, self.samples = build_samples(self.dataset, train_records)
@@ -199,13 +211,15 @@ class Trainer:
                                     erase_p=cfg.augment.erase_p, mean=config.image_mean, std=config.image_std)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
         self.counters = {"epoch": 0, "batch": 0, "step": 0, "train_seconds": 0.0, "best_score": None,
-                         "best_epoch": None, "evaluated_epoch": None, "world_size": self.dist.world_size}
+                         "best_epoch": None, "evaluated_epoch": None, "world_size": self.dist.world_size,
+                         "precision": self.precision.name}
         if resume:
             state = load_train_state(self.run_dir, optimizer=self.optimizer, extra_modules={"loss": self.loss_fn})
             if state.get("world_size", 1) != self.dist.world_size:
                 raise RunDirError(f"{self.run_dir} was trained on {state.get('world_size', 1)} process(es); resume it "
                                   f"on as many (now {self.dist.world_size}) so batches stay the same")
             self.counters.update(state)
+            self.counters["precision"] = self.precision.name
         self.bank = ImageBank(paths, tuple(config.image_size), cache=cfg.data.cache_images,
                               threads=cfg.data.decode_threads,
                               entries=[self.dataset.describe_entry(r) for r in train_records])
@@ -219,6 +233,7 @@ class Trainer:
         self.log = _Log(self.run_dir, self.dist.is_main)
         self.budget = t.max_minutes * 60 if t.max_minutes else None
         if self.dist.is_main:
+            tqdm.write(self.precision.describe())
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             if not resume:
@@ -395,7 +410,8 @@ class Trainer:
         """Commit ``last`` weights + resumable state (+ ``best`` when given) in one crash-safe write."""
         if self.dist.is_main:
             c = self.counters
-            meta = {"epoch": c["epoch"], "step": c["step"], "text_max_length": self.tokenizer.max_length}
+            meta = {"epoch": c["epoch"], "step": c["step"], "text_max_length": self.tokenizer.max_length,
+                    "precision": self.precision.name, "precision_reason": self.precision.reason}
             files = checkpoint_files("last", self.model, meta)
             if best_meta is not None:
                 files.update(checkpoint_files("best", self.model, {**meta, **best_meta}))
