@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from ivt.model import IVTEncoder, model_config
+from ivt.runtime import PURPOSES, cpu_info, precision_choice
 from results_md import write_section
 
 aten = torch.ops.aten
@@ -60,15 +60,8 @@ CPU_SDPA_FLOPS = {
 
 
 def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (platform fallback)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """The CPU, as every benchmark names it: model, bf16-relevant ISA flags, torch's capability."""
+    return cpu_info().describe()
 
 
 def autocast(dtype: str, device: str = "cpu") -> contextlib.AbstractContextManager:
@@ -268,8 +261,11 @@ def main() -> None:
     data = synth_draw(work / "synthpedes", args.ids)
 
     where = (f"CUDA: {torch.cuda.get_device_name()}" if dev == "cuda" else
-             f"CPU: {cpu_model()}, {torch.get_num_threads()} threads, ISA {torch.backends.cpu.get_cpu_capability()}")
+             f"CPU: {cpu_info().describe()}, {torch.get_num_threads()} threads")
     print(f"torch {torch.__version__}, {where}")
+    auto = {p: precision_choice("auto", torch.device(dev), p) for p in PURPOSES}
+    for choice in auto.values():
+        print(f"  auto -> {choice.describe()}")
     peak = {}
     lines: list[str] = []
     with section(f"matmul peak ({args.peak_n}x{args.peak_n}, best of {args.peak_repeats})"):
@@ -347,7 +343,15 @@ def main() -> None:
     print(header)
     print("\n".join(rows))
     lines.append(f"torch {torch.__version__}; {where}. Matmul peak measured in the same run "
-                 f"({args.peak_n}x{args.peak_n}): fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f} GFLOP/s.")
+                 f"({args.peak_n}x{args.peak_n}): fp32 {peak['fp32']:.1f}, bf16 {peak['bf16']:.1f} GFLOP/s. "
+                 f"`precision: auto` here: " + "; ".join(f"{c.name} for {c.purpose} ({c.reason})"
+                                                          for c in auto.values()) + ".")
+    for (size, dtype), rate in sorted(train_rates.items()):
+        if dtype == "fp32" and (size, "bf16") in train_rates:
+            faster = "bf16" if train_rates[(size, "bf16")] > rate else "fp32"
+            verdict = "agrees" if faster == auto["training"].name else "DISAGREES"
+            lines.append(f"\n{size} training: fp32 {rate:.1f}, bf16 {train_rates[(size, 'bf16')]:.1f} pairs/s: "
+                         f"{faster} is faster here and auto {verdict}.")
     lines.append("")
     lines.append("| size | task | dtype | batch | rate | GFLOP/step | GFLOP/s | % of dtype peak | target |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
