@@ -1,0 +1,144 @@
+"""Regression tests of input-handling defects found by trying bad inputs: each ends in one clear
+message naming the file/field/value with exit status 2 (or a typed ivt error), and leaves what the
+user already had unchanged."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from ivt.cli import main
+from ivt.errors import ConfigError, RunDirError
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
+         "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.epochs=1"]
+SYNTH = ["--ids", "3", "--height", "48", "--width", "16", "--images-per-id", "1", "1", "--quiet"]
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _error(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    """The CLI's stderr, checked to be one error line of ``command`` (no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith(f"ivt {command}: error: "), err
+    assert err.count("\n") == 1, err
+    return err
+
+
+# --- 1. synth --out on an existing output ------------------------------------------------------
+
+def test_synth_refuses_to_replace_an_existing_output_without_force(tmp_path, capsys):
+    out = tmp_path / "sp"
+    assert main(["synth", "--out", str(out), *SYNTH]) == 0
+    before = _hashes(out)
+    capsys.readouterr()
+    assert main(["synth", "--out", str(out), *SYNTH, "--seed", "5"]) == 2
+    err = _error(capsys, "synth")
+    assert f"{out} already holds a SynthPedes output" in err and "pass --force to replace it" in err
+    assert _hashes(out) == before
+    assert main(["synth", "--out", str(out), *SYNTH, "--seed", "5", "--force"]) == 0
+    marker = json.loads((out / "synthpedes.json").read_text())
+    assert marker["params"]["seed"] == 5 and marker["complete"] is True
+
+
+def test_synth_force_never_replaces_a_directory_that_is_not_an_output(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    (foreign / "imgs").mkdir(parents=True)
+    (foreign / "imgs" / "photo.jpg").write_bytes(b"precious")
+    (foreign / "reid_raw.json").write_text("[]")
+    before = _hashes(foreign)
+    assert main(["synth", "--out", str(foreign), *SYNTH, "--force"]) == 2
+    err = _error(capsys, "synth")
+    assert "is not a previous SynthPedes output" in err and "even with --force" in err
+    assert _hashes(foreign) == before
+
+
+def test_an_unfinished_output_is_not_reused_and_force_replaces_it(tmp_path, capsys):
+    from ivt.demo import _ensure_synth
+
+    out = tmp_path / "sp"
+    assert main(["synth", "--out", str(out), *SYNTH]) == 0
+    (out / "synthpedes.json").write_text(json.dumps({"generator": "synthpedes", "made_by": "demo",
+                                                     "complete": False}))  # as a crash leaves it
+    _ensure_synth(out, 3, 0, images_per_id=(1, 1))
+    assert "generated" in capsys.readouterr().out
+    assert json.loads((out / "synthpedes.json").read_text())["complete"] is True
+
+
+def test_demo_reuses_its_draw_regenerates_only_its_own_and_keeps_other_draws(tmp_path, capsys):
+    from ivt.demo import _ensure_synth
+
+    mine = tmp_path / "synth"
+    assert main(["synth", "--out", str(mine), "--ids", "4", "--images-per-id", "1", "1", "--quiet"]) == 0
+    before = _hashes(mine)
+    with pytest.raises(ConfigError, match="holds a SynthPedes draw that ivt demo did not make"):
+        _ensure_synth(mine, 3, 0, images_per_id=(1, 1))
+    assert _hashes(mine) == before
+    own = tmp_path / "demo-data"
+    _ensure_synth(own, 3, 0, images_per_id=(1, 1))
+    _ensure_synth(own, 3, 0, images_per_id=(1, 1))
+    assert "reusing it" in capsys.readouterr().out
+    _ensure_synth(own, 3, 0, images_per_id=(2, 2))
+    assert len(json.loads((own / "reid_raw.json").read_text())) == 6
+
+
+def test_demo_refuses_a_foreign_run_dir_as_a_user_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError):
+        from ivt.demo import _prepare_run_dir
+
+        _prepare_run_dir(foreign)
+    assert main(["demo", "--data", str(tmp_path / "data"), "--out", str(foreign), "--ids", "3"]) == 2
+    assert "is not a previous demo run" in _error(capsys, "demo")
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+# --- 2. preview arguments ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--preview-only", "--preview", "{tmp}/p.png", "--out", "{tmp}/missing"], "no such dataset directory"),
+    (["--preview", "{tmp}/p.png", "--preview-count", "0"], "--preview-count) must be an integer >= 1, got 0"),
+    (["--preview", "{tmp}/p.png", "--preview-count", "-2"], "must be an integer >= 1, got -2"),
+    (["--preview", "{tmp}"], "is a directory; give the PNG file to write"),
+    (["--preview-only"], "--preview-only writes the preview of an existing --out: give --preview PNG"),
+])
+def test_synth_preview_arguments_are_one_line_errors(tmp_path, capsys, extra, expect):
+    argv = ["synth", "--out", str(tmp_path / "new"), *SYNTH, *(a.format(tmp=tmp_path) for a in extra)]
+    assert main(argv) == 2
+    assert expect in _error(capsys, "synth")
+    assert not (tmp_path / "new").exists()  # refused before generating anything
+    assert not (tmp_path / "p.png").exists()
+
+
+# --- 3. size and count bounds ------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--height", "100000", "--width", "100000"], "height and width must be at most 2048 pixels"),
+    (["--height", "4096", "--width", "64"], "at most 2048 pixels (the renderer needs about 200 bytes"),
+    (["--ids", "1000000"], "5,000,000 images exceeds 1,000,000"),
+    (["--images-per-id", "1", "1000"], "images_per_id: at most 100 images of one identity"),
+    (["--images-per-id", "0", "2"], "images_per_id must be (min, max) with 1 <= min <= max"),
+    (["--images-per-id", "4", "2"], "images_per_id must be (min, max) with 1 <= min <= max"),
+    (["--ids", "0"], "num_ids must be an integer >= 3"),
+])
+def test_synth_sizes_and_counts_are_bounded_before_anything_is_rendered(tmp_path, capsys, monkeypatch,
+                                                                        extra, expect):
+    import ivt.synth.generate as generate
+
+    def started(*args, **kwargs):  # on a regression: fail at once instead of exhausting memory
+        raise AssertionError("generation started")
+
+    monkeypatch.setattr(generate, "_prepare", started)
+    monkeypatch.setattr(generate, "sample_identities", started)
+    assert main(["synth", "--out", str(tmp_path / "new"), "--quiet", *extra]) == 2
+    assert expect in _error(capsys, "synth")
+    assert not (tmp_path / "new").exists()
