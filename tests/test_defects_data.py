@@ -142,3 +142,40 @@ def test_synth_sizes_and_counts_are_bounded_before_anything_is_rendered(tmp_path
     assert main(["synth", "--out", str(tmp_path / "new"), "--quiet", *extra]) == 2
     assert expect in _error(capsys, "synth")
     assert not (tmp_path / "new").exists()
+
+
+# --- 4. scientific notation ---------------------------------------------------------------------
+
+def test_scientific_notation_is_a_float_in_files_and_overrides(tmp_path):
+    from ivt.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n  weight_decay: 5E-3\n  clip_grad: 1.0e+3\nloss:\n  temperature: .5\n"
+                    "data:\n  tokenizer: 1e-4\n")
+    cfg = load_config(path, ["optim.warmup_epochs=2", "optim.min_lr_ratio=2.5e-1", "model.image_mean=[5e-1, .5, 1]"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_grad) == (1e-4, 5e-3, 1000.0)
+    assert cfg.loss.temperature == 0.5 and cfg.optim.warmup_epochs == 2.0 and cfg.optim.min_lr_ratio == 0.25
+    assert cfg.model.image_mean == [0.5, 0.5, 1.0]
+    assert cfg.data.tokenizer == "1e-4"  # a string field keeps the text
+    assert load_config(None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    with pytest.raises(ConfigError, match="optim.lr: -300.0 must be >= 0"):
+        load_config(None, ["optim.lr=-3e2"])
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer, got '1e3'"):
+        load_config(None, ["train.epochs=1e3"])
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer, got 2.5"):
+        load_config(None, ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match="optim.lr: expected a number, got '1e'"):
+        load_config(None, ["optim.lr=1e"])
+
+
+# --- 5. YAML syntax errors ----------------------------------------------------------------------
+
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1e-4\ntrain:\n  epochs: 2\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = _error(capsys, "train")
+    assert f"{bad}: not valid YAML: line 3, column 6: expected ',' or ']', but got ':'" in err
+    assert main(["train", "--set", "optim.lr=[1", "--out", str(tmp_path / "run")]) == 2
+    assert "override 'optim.lr=[1': value is not valid YAML (line 1, column 3:" in _error(capsys, "train")
+    assert not (tmp_path / "run").exists()
