@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from helpers import write_toy_pedes
 from ivt.cli import main
 from ivt.errors import ConfigError, RunDirError
 
@@ -29,6 +31,16 @@ def _error(capsys: pytest.CaptureFixture[str], command: str) -> str:
     assert "Traceback" not in err and err.startswith(f"ivt {command}: error: "), err
     assert err.count("\n") == 1, err
     return err
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    """A toy dataset and a run trained on it (tiny settings, a few seconds)."""
+    root = tmp_path_factory.mktemp("toy")
+    data = write_toy_pedes(root / "toy")
+    run = root / "run"
+    assert main(["train", "--set", *TRAIN, f"data.path={data}", "--out", str(run)]) == 0
+    return {"data": data, "run": run}
 
 
 # --- 1. synth --out on an existing output ------------------------------------------------------
@@ -179,3 +191,25 @@ def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, c
     assert main(["train", "--set", "optim.lr=[1", "--out", str(tmp_path / "run")]) == 2
     assert "override 'optim.lr=[1': value is not valid YAML (line 1, column 3:" in _error(capsys, "train")
     assert not (tmp_path / "run").exists()
+
+
+# --- 6. a diverging loss ------------------------------------------------------------------------
+
+def test_a_diverging_loss_is_a_user_error_and_keeps_the_checkpoints(toy, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(toy["run"], run)
+    saved = {k: v for k, v in _hashes(run).items() if "safetensors" in k or k.endswith(".json")}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "optim.lr=100000.0",
+                 "train.log_every=1"]) == 2
+    err = _error(capsys, "train")
+    assert "training diverged: the loss became nan by step 7 (epoch 2) with optim.lr=100000" in err
+    assert "lower optim.lr (e.g. --set optim.lr=10000)" in err and "its checkpoints are unchanged" in err
+    assert {k: v for k, v in _hashes(run).items() if k in saved} == saved
+    fresh = tmp_path / "fresh"  # fewer steps than log_every: caught before the end-of-epoch save
+    assert main(["train", "--set", *TRAIN, f"data.path={toy['data']}", "optim.lr=100000.0",
+                 "--out", str(fresh)]) == 2
+    err = _error(capsys, "train")
+    assert "training diverged: the loss became nan by step 4 (epoch 1) with optim.lr=100000" in err
+    assert "no checkpoint was written" in err
+    assert not (fresh / "last.safetensors").exists()
