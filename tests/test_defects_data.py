@@ -213,3 +213,25 @@ def test_a_diverging_loss_is_a_user_error_and_keeps_the_checkpoints(toy, tmp_pat
     assert "training diverged: the loss became nan by step 4 (epoch 1) with optim.lr=100000" in err
     assert "no checkpoint was written" in err
     assert not (fresh / "last.safetensors").exists()
+
+
+# --- 7. model.init that is missing or a directory ------------------------------------------------
+
+@pytest.mark.parametrize("init, expect", [
+    ("missing.pth", "model.init: checkpoint not found: missing.pth"),
+    ("{tmp}", "model.init: {tmp} is a directory, not a checkpoint file"),
+])
+def test_a_missing_init_file_is_a_checkpoint_error(toy, tmp_path, capsys, init, expect):
+    from ivt.config import load_config
+    from ivt.errors import CheckpointError
+    from ivt.model.factory import build_encoder
+
+    init = init.format(tmp=tmp_path)
+    cfg = load_config(None, [*TRAIN, f"model.init={init}"])
+    with pytest.raises(CheckpointError, match="model.init: "):
+        build_encoder(cfg.model, 200, 24)
+    out = tmp_path / "run"
+    assert main(["train", "--set", *TRAIN, f"data.path={toy['data']}", f"model.init={init}",
+                 "--out", str(out)]) == 2
+    assert expect.format(tmp=tmp_path) in _error(capsys, "train")
+    assert not out.exists()
