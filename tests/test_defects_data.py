@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from helpers import write_toy_pedes
 from ivt.cli import main
@@ -235,3 +236,51 @@ def test_a_missing_init_file_is_a_checkpoint_error(toy, tmp_path, capsys, init, 
                  "--out", str(out)]) == 2
     assert expect.format(tmp=tmp_path) in _error(capsys, "train")
     assert not out.exists()
+
+
+# --- 8. file_path values that escape the image root ------------------------------------------------
+
+def _escape_link(data: Path) -> str:
+    outside = data.parent / "outside.jpg"
+    Image.new("RGB", (16, 32)).save(outside)
+    (data / "imgs" / "train" / "link.jpg").symlink_to(outside)
+    return "train/link.jpg"
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda data: "../../../x.jpg", "(it goes up with '..')"),
+    (lambda data: "train/../../imgs/train/0001_0.jpg", "(it goes up with '..')"),
+    (lambda data: str(data / "imgs" / "train" / "0001_0.jpg"), "(it is an absolute path)"),
+    (_escape_link, "through a symbolic link"),
+])
+def test_image_paths_outside_the_root_are_refused_when_loading(toy, tmp_path, capsys, make, expect):
+    data = write_toy_pedes(tmp_path / "toy")
+    entries = json.loads((data / "reid_raw.json").read_text())
+    entries[2]["file_path"] = make(data)
+    (data / "reid_raw.json").write_text(json.dumps(entries))
+    before = _hashes(tmp_path)
+    assert main(["data", "check", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = f"entry [2] ({entries[2]['file_path']}): field 'file_path': {entries[2]['file_path']!r} must be relative"
+    assert line in err and expect in err, err
+    assert main(["index", "build", "--checkpoint", str(toy["run"]), "--images", str(data / "reid_raw.json"),
+                 "--out", str(tmp_path / "index"), "--quiet"]) == 2
+    assert line in capsys.readouterr().err
+    assert not (tmp_path / "index").exists()
+    assert _hashes(tmp_path) == before
+
+
+def test_search_and_data_loading_share_one_rule(tmp_path):
+    """The index store and the gallery judge item paths with the rule data loading uses."""
+    from ivt.files import ConfinedRoot, relative_path_problem
+    from ivt.index import gallery, store
+
+    assert gallery.ConfinedRoot is ConfinedRoot and store.relative_path_problem is relative_path_problem
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "in.jpg").write_bytes(b"x")
+    (root / "a" / "out.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    confined = ConfinedRoot(root)
+    assert confined.resolve("a/in.jpg") == (root / "a" / "in.jpg").resolve()
+    assert [confined.resolve(p) for p in ("a/out.jpg", "../x", "/etc/passwd", "a\\b", "")] == [None] * 5
