@@ -284,3 +284,29 @@ def test_search_and_data_loading_share_one_rule(tmp_path):
     confined = ConfinedRoot(root)
     assert confined.resolve("a/in.jpg") == (root / "a" / "in.jpg").resolve()
     assert [confined.resolve(p) for p in ("a/out.jpg", "../x", "/etc/passwd", "a\\b", "")] == [None] * 5
+
+
+# --- 9. GIFs and other image-like files in a gallery folder ---------------------------------------
+
+def test_a_gallery_folder_indexes_gifs_and_lists_what_it_skips(toy, tmp_path, capsys):
+    gallery = tmp_path / "gallery"
+    (gallery / "sub").mkdir(parents=True)
+    src = toy["data"] / "imgs" / "train"
+    Image.open(src / "0001_0.jpg").save(gallery / "a.jpg")
+    Image.open(src / "0001_1.jpg").save(gallery / "b.gif")
+    frames = [Image.new("RGB", (16, 32), (80 * i, 20, 20)) for i in range(3)]
+    frames[0].save(gallery / "sub" / "moving.gif", save_all=True, append_images=frames[1:])
+    (gallery / "c.heic").write_bytes(b"not read")
+    (gallery / "notes.txt").write_text("not an image")
+    (gallery / "link.jpg").symlink_to(src / "0002_0.jpg")
+    index = tmp_path / "index"
+    assert main(["index", "build", "--checkpoint", str(toy["run"]), "--images", str(gallery),
+                 "--out", str(index), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "3 new item(s), 3 in total" in out
+    assert "2 file(s) not indexed:" in out
+    assert f"{gallery / 'c.heic'}: .heic images are not indexed (indexed: " in out
+    assert f"{gallery / 'link.jpg'}: outside {gallery} (it resolves to " in out
+    assert "notes.txt" not in out
+    items = [json.loads(line)["path"] for v in sorted(index.glob("v*")) for line in (v / "items.jsonl").open()]
+    assert sorted(items) == ["a.jpg", "b.gif", "sub/moving.gif"]
