@@ -50,10 +50,10 @@ def ensure_draw(path: Path, ids: int, seed: int, workers: int = 1) -> Path:
 
     marker = path / MARKER
     if marker.exists():
-        params = json.loads(marker.read_text())["params"]
-        if params["num_ids"] == ids and params["seed"] == seed:
+        params = json.loads(marker.read_text()).get("params", {})
+        if params.get("num_ids") == ids and params.get("seed") == seed:
             return path
-    generate_synthpedes(path, ids, seed, workers=workers)
+    generate_synthpedes(path, ids, seed, workers=workers, force=True)  # the benchmark's own draw
     return path
 
 

@@ -134,10 +134,9 @@ def test_demo_reads_its_recipe_from_configs_demo_yaml(tmp_path, monkeypatch):
 
 def test_demo_regenerates_its_draw_when_the_recipe_asks_for_other_images_per_id(tmp_path, capsys):
     from ivt.demo import _ensure_synth
-    from ivt.synth.generate import generate_synthpedes
 
     data = tmp_path / "synth"
-    generate_synthpedes(data, 3, 0, images_per_id=(1, 1))
+    _ensure_synth(data, 3, 0, images_per_id=(1, 1))
     _ensure_synth(data, 3, 0, images_per_id=(1, 1))
     assert "reusing it" in capsys.readouterr().out
     _ensure_synth(data, 3, 0, images_per_id=(3, 3))

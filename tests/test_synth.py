@@ -228,7 +228,7 @@ def test_regenerates_previous_output_cleanly(tmp_path):
     stale = out / "imgs" / "train" / "stale.jpg"
     stale.write_bytes(b"x")
     (out / "notes.txt").write_text("mine")
-    generate_synthpedes(out, 4, 1, image_size=SIZE, images_per_id=(1, 1))
+    generate_synthpedes(out, 4, 1, image_size=SIZE, images_per_id=(1, 1), force=True)
     assert not stale.exists()
     assert (out / "notes.txt").read_text() == "mine"
     rows = _rows(out)

@@ -17,12 +17,18 @@ FORMAT_HELP = "dataset format (default: auto-detect from the file name and conte
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
+    from ivt.errors import ConfigError
     from ivt.synth.generate import generate_synthpedes, write_preview
+    from ivt.synth.preview import check_preview_target
 
+    if args.preview_only and not args.preview:
+        raise ConfigError("--preview-only writes the preview of an existing --out: give --preview PNG")
+    if args.preview:
+        check_preview_target(args.preview, args.preview_count)  # before a long generation, not after
     if not args.preview_only:
         summary = generate_synthpedes(
             args.out, args.ids, args.seed, image_size=(args.height, args.width),
-            images_per_id=tuple(args.images_per_id), progress=not args.quiet
+            images_per_id=tuple(args.images_per_id), progress=not args.quiet, force=args.force
         )
         print(f"SynthPedes written to {args.out} in {summary.get('seconds', 0):.1f} s")
         _print_dataset(args.out, "cuhk-pedes", check_images=False)
@@ -306,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", metavar="PNG", help="also write a contact sheet of images and captions")
     p.add_argument("--preview-count", type=int, default=12)
     p.add_argument("--preview-only", action="store_true", help="only write the preview of an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="replace a previous SynthPedes output in --out (runs and indexes built on it lose their "
+                   "images); never touches a directory that is not one")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
 

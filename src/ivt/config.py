@@ -6,6 +6,7 @@ directory alone says how it was made.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERPOLATIONS = ("bicubic", "bilinear")
 POOLS = ("cls", "mean")
 
-
+#: A decimal number as YAML 1.2 writes it. PyYAML reads YAML 1.1, where ``1e-4`` and ``5E-3``
+#: (no dot, or no signed exponent) are strings; a float field accepts them as numbers.
+_FLOAT_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 @dataclass
@@ -194,6 +197,8 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -332,11 +337,20 @@ def parse_override(text: str) -> dict:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"override '{text}': value is not valid YAML ({_yaml_problem(exc)})") from None
     out: dict = value
     for part in reversed(parts):
         out = {part: out}
     return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line report as one line: where (line, column, 1-based) and what."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    what = f"{problem} ({' '.join(context.split())})" if context else problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else what
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -356,7 +370,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         try:
             values = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+            raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, train, ...)")
     for text in overrides:

@@ -15,6 +15,7 @@ import torch
 
 from ivt.config import load_config
 from ivt.data import format_stats, load_dataset
+from ivt.errors import ConfigError, RunDirError
 from ivt.evaluate.metrics import chance_metrics
 
 DEMO_MARKER = "demo.json"
@@ -24,31 +25,44 @@ DEMO_CONFIG = Path("configs/demo.yaml")
 
 def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
                   images_per_id: tuple[int, int]) -> None:
-    from ivt.synth.generate import FORMAT_VERSION, generate_synthpedes
+    """Reuse the draw in ``data_dir`` when it is the one asked for; else draw it, replacing only a
+    draw the demo made itself (a dataset from `ivt synth` may have runs and indexes built on it)."""
+    from ivt.synth.generate import FORMAT_VERSION, MARKER, generate_synthpedes
 
-    marker = data_dir / "synthpedes.json"
-    if marker.exists():
-        found = json.loads(marker.read_text())
-        params = found.get("params", {})
-        if (found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids and params.get("seed") == seed
-                and tuple(params.get("images_per_id", ())) == tuple(images_per_id)):
-            print(f"[1/6] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
-            return
+    try:
+        found = json.loads((data_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        found = {}
+    found = found if isinstance(found, dict) else {}
+    params = found.get("params", {})
+    if (found.get("complete", True) and found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids
+            and params.get("seed") == seed and tuple(params.get("images_per_id", ())) == tuple(images_per_id)):
+        print(f"[1/6] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
+        return
+    own = found.get("made_by") == "demo"
+    if found.get("generator") == "synthpedes" and not own:
+        what = (f"{params.get('num_ids')} ids, seed {params.get('seed')}, images per id {params.get('images_per_id')}"
+                if params else "unfinished")
+        raise ConfigError(f"{data_dir} holds a SynthPedes draw that ivt demo did not make ({what}); the demo "
+                          f"needs {ids} ids, seed {seed}, images per id {list(images_per_id)} and replaces only its "
+                          f"own draws: pass --data ANOTHER_DIR, or delete {data_dir} (nothing was changed)")
     t0 = time.perf_counter()
-    generate_synthpedes(data_dir, ids, seed, images_per_id=tuple(images_per_id), progress=True, workers=workers)
+    generate_synthpedes(data_dir, ids, seed, images_per_id=tuple(images_per_id), progress=True, workers=workers,
+                        force=own, made_by="demo")
     print(f"[1/6] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
 
 
-def _prepare_run_dir(run_dir: Path) -> None:
-    """Replace a previous demo run; refuse to touch anything else."""
+def _prepare_run_dir(run_dir: Path, replace: bool = True) -> None:
+    """Replace a previous demo run (with ``replace``); refuse to touch anything else."""
     if not run_dir.exists():
         return
     if (run_dir / DEMO_MARKER).exists():
-        shutil.rmtree(run_dir)
+        if replace:
+            shutil.rmtree(run_dir)
         return
     if any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} exists and is not a previous demo run; choose another --out "
-                              f"(nothing was changed)")
+        raise RunDirError(f"{run_dir} exists and is not a previous demo run; choose another --out "
+                          f"(nothing was changed)")
 
 
 def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0) -> list:
@@ -94,6 +108,7 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
         overrides.append(f"synth.ids={ids}")
     cfg = load_config(config, overrides)
     ids = cfg.synth.ids
+    _prepare_run_dir(run_dir, replace=False)  # refuse a foreign --out before spending minutes on the data
     _ensure_synth(data_dir, ids, seed, cfg.synth.workers, images_per_id=tuple(cfg.synth.images_per_id))
     dataset = load_dataset(data_dir)
     print("[2/6] dataset check:\n" + format_stats(dataset))

@@ -38,6 +38,10 @@ class TokenizerError(IvtError, ValueError):
     """A tokenizer file that cannot be read, or that lacks what the model needs."""
 
 
+class TrainingDivergedError(ConfigError, FloatingPointError):
+    """Training that diverged (a non-finite loss): the settings (learning rate, precision) do not fit."""
+
+
 class DeviceError(IvtError, ValueError):
     """A device or precision that this machine cannot provide."""
 

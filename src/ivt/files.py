@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -22,3 +22,64 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def relative_path_problem(path: object) -> str | None:
+    """Why ``path`` cannot name a file under a root by its text alone, or None: it must be a
+    non-empty POSIX relative path without ``..``, backslashes, NUL or a leading ``~``. Indexes
+    store item paths only in this form, so data that passes here is data an index can hold."""
+    if not isinstance(path, str) or not path:
+        return "it is not a non-empty path string"
+    if "\x00" in path:
+        return "it contains a NUL character"
+    if "\\" in path:
+        return "it contains a backslash; separate folders with '/'"
+    parts = PurePosixPath(path)
+    if parts.is_absolute():
+        return "it is an absolute path"
+    if ".." in parts.parts:
+        return "it goes up with '..'"
+    if path.startswith("~"):
+        return "it starts with '~'"
+    return None
+
+
+class ConfinedRoot:
+    """The one rule for a file named relative to a root (a dataset's image root, an index's root):
+    its path must pass :func:`relative_path_problem` and resolve inside the root, so a symbolic
+    link pointing elsewhere leads outside too. Data loading and index search/serve judge paths
+    here, so an annotation that ``ivt data check`` accepts never gives an index that ``search``
+    refuses.
+
+    Each directory is resolved once (a dataset has few directories and many files), so checking
+    every entry of a large annotation costs about one ``lstat`` per file.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.base = os.path.realpath(root)
+        self._dirs: dict[str, str] = {}
+
+    def problem(self, relative: str) -> str | None:
+        """Why ``relative`` does not name a file inside the root, or None."""
+        problem = relative_path_problem(relative)
+        if problem is None and self._resolve(relative) is None:
+            problem = f"it resolves to {os.path.realpath(os.path.join(self.base, relative))} through a symbolic link"
+        return problem
+
+    def resolve(self, relative: str) -> Path | None:
+        """The file ``relative`` names, links followed, or None when it leads outside the root."""
+        if relative_path_problem(relative) is not None:
+            return None
+        path = self._resolve(relative)
+        return Path(path) if path is not None else None
+
+    def _resolve(self, relative: str) -> str | None:
+        head, name = os.path.split(relative)
+        folder = self._dirs.get(head)
+        if folder is None:
+            folder = self._dirs[head] = os.path.realpath(os.path.join(self.base, head))
+        path = os.path.join(folder, name)
+        if name in ("", ".") or os.path.islink(path):
+            path = os.path.realpath(path)
+        inside = path == self.base or path.startswith(self.base.rstrip(os.sep) + os.sep)
+        return path if inside else None

@@ -66,7 +66,7 @@ def _missing(key: str) -> str:
 
 
 def _field_image(obj: dict, key: str, where: str, problems: Problems) -> str | None:
-    """The image path: a non-empty string relative to the image root."""
+    """The image path: a non-empty string (relative to the image root)."""
     if key not in obj:
         problems.add(where, _missing(key))
         return None
@@ -75,10 +75,7 @@ def _field_image(obj: dict, key: str, where: str, problems: Problems) -> str | N
         problems.add(where, f"field {key!r}: expected a non-empty path string, "
                             f"got {describe(value)}")
         return None
-    if value.startswith(("/", "\\")) or (len(value) > 1 and value[1] == ":"):
-        problems.add(where, f"field {key!r}: {value!r} must be relative to the image root")
-        return None
-    return value
+    return value  # where it leads is judged against the image root (readers._check_inside_root)
 
 
 def _field_id(obj: dict, where: str, problems: Problems) -> int | None:

@@ -55,6 +55,7 @@ from typing import Any
 from ivt.data.entries import Entry, Spec, json_kind, parse_entry
 from ivt.data.problems import Problems
 from ivt.data.records import SPLITS, DataError, PedesDataset, Record
+from ivt.files import ConfinedRoot
 
 FORMATS = ("cuhk-pedes", "icfg-pedes", "rstpreid", "ivt-cuhk", "ivt-icfg", "ivt-rstp", "jsonl")
 
@@ -134,11 +135,12 @@ def load_dataset(path: str | Path, format: str = "auto",
             hint = (f" (format {format} was chosen from the file name; pass format= if the file is "
                     "in another format)")
         entries = _read_json(data, spec, problems, str(path), hint)
+    root = Path(image_root) if image_root is not None else path.parent / "imgs"
+    _check_inside_root(entries, spec, root, problems)
     records, pid_map = _build(entries, spec, problems)
     problems.raise_if_any(f"in the {format} annotation")
     if not records:
         raise DataError(f"{path}: the {format} annotation has no entries")
-    root = Path(image_root) if image_root is not None else path.parent / "imgs"
     return PedesDataset(format=format, annotation=path, image_root=root, records=records,
                         train_pid_map=pid_map)
 
@@ -258,6 +260,21 @@ def _read_lines(text: str, spec: Spec, problems: Problems) -> list[Entry]:
         if entry is not None:
             entries.append(entry)
     return entries
+
+
+def _check_inside_root(entries: list[Entry], spec: Spec, root: Path, problems: Problems) -> None:
+    """Every image must lie under the image root: training, evaluation and the indexes built from
+    a dataset read (and serve) only files there, judged by the one rule of ``ConfinedRoot``."""
+    confined = ConfinedRoot(root)
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.image in seen:
+            continue
+        seen.add(entry.image)
+        problem = confined.problem(entry.image)
+        if problem is not None:
+            problems.add(entry.where, f"field {spec.image_key!r}: {entry.image!r} must be relative to the image root "
+                                      f"{confined.base} and stay inside it ({problem})")
 
 
 def _build(entries: list[Entry], spec: Spec,

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ivt.errors import DataError, IvtError
-from ivt.files import file_sha256
+from ivt.files import ConfinedRoot, file_sha256
 from ivt.index.backends import (
     SearchBackend,
     build_backend,
@@ -46,7 +46,15 @@ if TYPE_CHECKING:
     from ivt.inference import RetrievalModel
     from ivt.video.detect import Detector
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# GIFs are indexed by their first frame: a GIF in a gallery folder is a picture its owner wants
+# found (Pillow decodes it like any still image), and the first frame is what a viewer shows
+# before playing; skipping them would drop pictures that the user sees in the folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+#: Image-like extensions that are not indexed; files with them are listed in the report as
+#: skipped, so nothing in a gallery folder is left out silently.
+OTHER_IMAGE_SUFFIXES = frozenset({
+    ".apng", ".avif", ".heic", ".heif", ".jxl", ".svg", ".ico", ".jfif", ".jpe", ".jp2", ".j2k", ".pbm", ".pgm",
+    ".ppm", ".pnm", ".psd", ".tga", ".xcf", ".qoi", ".pcx", ".dng", ".cr2", ".nef", ".arw", ".raw"})
 CROP_QUALITY = 92   # JPEG quality of stored video crops
 _CHUNK = 256        # files decoded per step (bounded memory for any gallery size)
 
@@ -58,6 +66,7 @@ class ImageSource:
     root: Path
     files: list[tuple[str, int | None]]
     description: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, why it is not indexed)
 
 
 @dataclass
@@ -71,6 +80,7 @@ class BuildReport:
     already_indexed: int = 0
     duplicates: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # files of the input not indexed, and why
     videos: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -87,11 +97,13 @@ class BuildReport:
             lines.append(f"  video {video['name']}: {video['frames_read']} frames read, {video['crops']} people "
                          f"crops in {video['tracks']} tracks" if not video.get("skipped")
                          else f"  video {video['name']}: already in the index, skipped")
-        if self.unreadable:
-            lines.append(f"  {len(self.unreadable)} unreadable file(s) skipped:")
-            lines += [f"    {path}: {reason}" for path, reason in self.unreadable[:max_listed]]
-            if len(self.unreadable) > max_listed:
-                lines.append(f"    ... and {len(self.unreadable) - max_listed} more")
+        for title, listed in ((f"{len(self.unreadable)} unreadable file(s) skipped:", self.unreadable),
+                              (f"{len(self.skipped)} file(s) not indexed:", self.skipped)):
+            if listed:
+                lines.append(f"  {title}")
+                lines += [f"    {path}: {reason}" for path, reason in listed[:max_listed]]
+                if len(listed) > max_listed:
+                    lines.append(f"    ... and {len(listed) - max_listed} more")
         return "\n".join(lines)
 
 
@@ -108,12 +120,7 @@ def image_source(path: str | Path, split: str | None = None, data_format: str = 
     is_dataset = p.is_file() or split is not None or data_format != "auto" or any(
         c.is_file() and (c.name.lower() in FILE_NAMES or c.suffix.lower() == ".jsonl") for c in p.iterdir())
     if not is_dataset:
-        root = p.resolve()
-        files = sorted(f.relative_to(root).as_posix() for f in root.rglob("*")
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"--images {p}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
-        return ImageSource(root, [(f, None) for f in files], f"{len(files)} image files under {root}")
+        return _folder_source(p)
     dataset = load_dataset(p, data_format)
     records = dataset.records if split is None else dataset.split(split)
     if not records:
@@ -122,6 +129,32 @@ def image_source(path: str | Path, split: str | None = None, data_format: str = 
     files = [(Path(r.image).as_posix(), r.raw_pid) for r in records]
     where = f"split {split}" if split else "all splits"
     return ImageSource(root, files, f"{len(files)} images of {dataset.annotation} ({where})")
+
+
+def _folder_source(folder: Path) -> ImageSource:
+    """The image files under ``folder``; other image-like files, and files that lead outside it
+    (search would refuse to serve them), are listed as skipped."""
+    root = folder.resolve()
+    confined = ConfinedRoot(root)
+    files: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for f in sorted(root.rglob("*")):
+        suffix = f.suffix.lower()
+        if not f.is_file() or (suffix not in IMAGE_SUFFIXES and suffix not in OTHER_IMAGE_SUFFIXES):
+            continue
+        rel = f.relative_to(root).as_posix()
+        problem = confined.problem(rel)
+        if problem is not None:
+            skipped.append((rel, f"outside {root} ({problem})"))
+        elif suffix in OTHER_IMAGE_SUFFIXES:
+            skipped.append((rel, f"{suffix} images are not indexed (indexed: {', '.join(IMAGE_SUFFIXES)})"))
+        else:
+            files.append(rel)
+    if not files:
+        example = f"; {len(skipped)} file(s) not indexed, e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise DataError(f"--images {folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory"
+                        f"{example}")
+    return ImageSource(root, [(f, None) for f in files], f"{len(files)} image files under {root}", skipped)
 
 
 def model_manifest(model: RetrievalModel, which: str) -> dict[str, Any]:
@@ -311,6 +344,7 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
             if root not in manifest["roots"]:
                 manifest["roots"].append(root)
             _collect_images(collector, images, manifest["roots"].index(root), progress)
+            report.skipped.extend((str(images.root / rel), why) for rel, why in images.skipped)
         if video_paths:
             from ivt.video.detect import HOGDetector
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ivt.files import ConfinedRoot
 from ivt.index.backends import SEARCH_PARAMS, SearchBackend, load_backend
 from ivt.index.store import (
     IndexStoreError,
@@ -128,10 +129,10 @@ class Gallery:
         ever part of the path: only the index's own records)."""
         item = self._item(item_id)
         root = self.directory if item.root is None else Path(self.manifest["roots"][item.root])
-        base = root.resolve()
-        path = (base / item.path).resolve()
-        if not path.is_relative_to(base):
-            raise IndexStoreError(f"item {item_id}: {item.path} leads outside its root {base}")
+        confined = ConfinedRoot(root)
+        path = confined.resolve(item.path)
+        if path is None:
+            raise IndexStoreError(f"item {item_id}: {item.path} leads outside its root {confined.base}")
         return path
 
     def read_image(self, item_id: int) -> bytes:

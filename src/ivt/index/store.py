@@ -28,13 +28,13 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ivt.errors import IvtError
-from ivt.files import fsync_dir
+from ivt.files import fsync_dir, relative_path_problem
 
 FORMAT = "ivt-index"
 FORMAT_VERSION = 1
@@ -220,20 +220,13 @@ def _parse_npy(data: bytearray, index_dir: Path) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape)
 
 
-def _safe_relative(path: Any) -> bool:
-    if not isinstance(path, str) or not path or "\\" in path or "\x00" in path:
-        return False
-    p = PurePosixPath(path)
-    return not p.is_absolute() and ".." not in p.parts and not path.startswith("~")
-
-
 def parse_item(line: str, where: str, num_roots: int, num_sources: int) -> Item:
     """One ``items.jsonl`` line -> :class:`Item`, or ValueError naming what is wrong."""
     data = json.loads(line)
     if not isinstance(data, dict):
         raise TypeError(f"{where}: not a JSON object")
     path, sha = data.get("path"), data.get("sha256")
-    if not _safe_relative(path):
+    if relative_path_problem(path) is not None:
         raise ValueError(f"{where}: path {path!r} must be relative and inside its root")
     if not isinstance(sha, str) or not _SHA_RE.match(sha):
         raise ValueError(f"{where}: sha256 {sha!r} is not a hex sha256")

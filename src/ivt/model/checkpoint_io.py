@@ -12,7 +12,7 @@ from torch import nn
 from ivt.errors import CheckpointError
 
 __all__ = [
-    "CheckpointError", "StateDictSource", "read_state_dict", "unwrap_state_dict",
+    "CheckpointError", "CheckpointNotFoundError", "StateDictSource", "read_state_dict", "unwrap_state_dict",
     "state_dict_problems", "check_state_dict", "load_state_dict_strict",
 ]
 
@@ -21,6 +21,8 @@ _WRAPPER_KEYS = ("state_dict", "model", "module")
 _MAX_LISTED = 40
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A weight file that is missing (or a directory): a user error, still a FileNotFoundError."""
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -49,12 +51,18 @@ def read_state_dict(source: StateDictSource) -> dict[str, torch.Tensor]:
     if isinstance(source, Mapping):
         return unwrap_state_dict(source, "state dict")
     path = Path(source)
+    if path.is_dir():
+        raise CheckpointNotFoundError(f"{path} is a directory, not a checkpoint file (.pth, .pt, .bin or "
+                                      f".safetensors)")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; re-raised with context
+            raise CheckpointError(f"{path}: cannot read as a safetensors file: {exc}") from exc
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with context

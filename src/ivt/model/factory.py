@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ivt.config import ARCHS
-from ivt.errors import ConfigError
+from ivt.errors import CheckpointError, ConfigError
 from ivt.model.config import EncoderConfig, model_config
 from ivt.model.encoder import IVTEncoder
 from ivt.model.two_tower import TwoTowerEncoder
@@ -97,7 +97,11 @@ def build_encoder(model_cfg: ModelConfig, vocab_size: int, max_text_len: int) ->
     if model_cfg.arch != "ivt":
         raise ConfigError(f"model.init loads IVT weights but model.arch is {model_cfg.arch!r}; "
                           f"set model.arch=ivt (or drop model.init)")
-    weights, _ = convert_official_state_dict(read_state_dict(model_cfg.init))
+    try:
+        raw = read_state_dict(model_cfg.init)
+    except CheckpointError as exc:
+        raise CheckpointError(f"model.init: {exc}") from None
+    weights, _ = convert_official_state_dict(raw)
     found = {"width": int(weights["cls_token"].shape[-1]) if "cls_token" in weights else None,
              "depth": len({k.split(".")[1] for k in weights if k.startswith("blocks.")})}
     clashes = [f"{k}: model.size={model_cfg.size} has {getattr(config, k)}, the weights have {v}"

@@ -40,7 +40,7 @@ MAX_K = 100
 MAX_BODY = 16 * 1024   # bytes; a query is a sentence
 EXPLAIN_CACHE = 64
 _MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
-          ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff"}
+          ".webp": "image/webp", ".tif": "image/tiff", ".tiff": "image/tiff", ".gif": "image/gif"}
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

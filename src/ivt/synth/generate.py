@@ -29,6 +29,13 @@ NUM_CAMERAS = 6
 SPLITS = ("train", "val", "test")
 P_POLE, P_CAR = 0.07, 0.08
 JPEG_QUALITY = 90
+#: Largest image side: the renderer keeps several float copies of an image (about 200 bytes per
+#: pixel, ~0.9 GB per worker at 2048x2048), so larger sizes exhaust memory.
+MAX_SIDE = 2048
+MAX_IMAGES_PER_ID = 100
+#: Largest draw (num_ids x the most images of an id): every image's annotation (~8 KB in memory)
+#: is held until the annotation files are written at the end.
+MAX_IMAGES = 1_000_000
 
 
 def _validate(num_ids: int, image_size: tuple[int, int], images_per_id: tuple[int, int],
@@ -39,9 +46,19 @@ def _validate(num_ids: int, image_size: tuple[int, int], images_per_id: tuple[in
         raise ConfigError(f"image_size must be (height, width) with height >= 48 and width >= 16, got {image_size!r}")
     if image_size[0] < image_size[1]:
         raise ConfigError(f"image_size is (height, width) and pedestrians are tall: got {image_size!r}")
+    if max(image_size) > MAX_SIDE:
+        raise ConfigError(f"image_size: height and width must be at most {MAX_SIDE} pixels (the renderer needs "
+                          f"about 200 bytes of memory per pixel, ~0.9 GB per image at {MAX_SIDE}x{MAX_SIDE}), "
+                          f"got {image_size!r}")
     lo, hi = images_per_id
     if not (1 <= lo <= hi):
         raise ConfigError(f"images_per_id must be (min, max) with 1 <= min <= max, got {images_per_id!r}")
+    if hi > MAX_IMAGES_PER_ID:
+        raise ConfigError(f"images_per_id: at most {MAX_IMAGES_PER_ID} images of one identity, got {images_per_id!r}")
+    if num_ids * hi > MAX_IMAGES:
+        raise ConfigError(f"num_ids x images_per_id max = {num_ids * hi:,} images exceeds {MAX_IMAGES:,} (the "
+                          f"annotation of every image, ~8 KB, is held in memory until it is written); "
+                          f"ask for fewer ids or images per id")
     if len(split_fractions) != 3 or any(f <= 0 for f in split_fractions) or abs(sum(split_fractions) - 1) > 1e-6:
         raise ConfigError(f"split_fractions must be three positive numbers (train, val, test) summing to 1, "
                          f"got {split_fractions!r}")
@@ -50,27 +67,35 @@ def _validate(num_ids: int, image_size: tuple[int, int], images_per_id: tuple[in
 
 
 def _is_previous_output(out: Path) -> bool:
-    marker = out / MARKER
-    if not (marker.is_file() and (out / ANNOTATION).is_file()):
-        return False
+    """Whether ``out`` holds ivt's SynthPedes marker (written when a generation starts)."""
     try:
-        return json.loads(marker.read_text()).get("generator") == "synthpedes"
+        return json.loads((out / MARKER).read_text()).get("generator") == "synthpedes"
     except (OSError, ValueError, AttributeError):
         return False
 
 
-def _prepare(out: Path) -> None:
-    """Create ``out`` or clear a previous SynthPedes output in it; refuse anything else."""
+def _prepare(out: Path, force: bool, made_by: str) -> None:
+    """Create ``out``, or replace a previous SynthPedes output in it with ``force``; refuse anything else.
+
+    The marker is rewritten as unfinished before anything is deleted, so an output that a
+    crash leaves half-written is never mistaken for a complete draw (and ``force`` can replace it).
+    """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         if not _is_previous_output(out):
             raise ConfigError(f"{out} is not empty and is not a previous SynthPedes output "
-                             f"(no {ANNOTATION} + {MARKER}); refusing to write into it. "
+                             f"(no {MARKER} written by ivt); refusing to write into it, even with --force. "
                              "Choose an empty or new directory.")
-        if (out / IMAGE_DIR).is_dir():
-            shutil.rmtree(out / IMAGE_DIR)
-    (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
+        if not force:
+            raise ConfigError(f"{out} already holds a SynthPedes output (runs and indexes built on it use its "
+                             f"images); pass --force to replace it, or choose another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"generator": "synthpedes", "made_by": made_by, "complete": False}),
+                              encoding="utf-8")
+    if (out / IMAGE_DIR).is_dir():
+        shutil.rmtree(out / IMAGE_DIR)
+    (out / IMAGE_DIR).mkdir()
 
 
 def split_counts(num_ids: int, fractions: tuple[float, float, float]) -> dict[str, int]:
@@ -127,13 +152,15 @@ def generate_synthpedes(out_dir: str | Path, num_ids: int = 600, seed: int = 0, 
                         images_per_id: tuple[int, int] = (2, 5),
                         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
                         hard_negative_fraction: float = 0.5,
-                        progress: bool = False, workers: int = 1) -> dict:
+                        progress: bool = False, workers: int = 1, force: bool = False,
+                        made_by: str = "synth") -> dict:
     """Generate SynthPedes into ``out_dir`` and return a summary (ids/images/captions per split, seconds).
 
     Same arguments give byte-identical files, whatever ``workers`` (processes rendering
     identities in parallel: every identity draws from its own seeded generator).
     ``image_size`` is (height, width). A non-empty ``out_dir`` is only accepted when it holds a
-    previous SynthPedes output, whose ``imgs/`` is then replaced.
+    previous SynthPedes output and ``force`` is given: its ``imgs/`` is then replaced (other files
+    stay). ``made_by`` is recorded in the marker (``ivt demo`` regenerates only its own draws).
     """
     start = time.perf_counter()
     try:
@@ -145,7 +172,7 @@ def generate_synthpedes(out_dir: str | Path, num_ids: int = 600, seed: int = 0, 
     split_fractions = tuple(float(v) for v in split_fractions)  # type: ignore[assignment]
     _validate(num_ids, image_size, images_per_id, split_fractions, hard_negative_fraction)
     out = Path(out_dir)
-    _prepare(out)
+    _prepare(out, force, made_by)
     counts = split_counts(num_ids, split_fractions)
     entries = sample_identities(counts, hard_negative_fraction, random.Random(f"synthpedes/{seed}/ids"))
     cams = make_cameras(random.Random(f"synthpedes/{seed}/cameras"), NUM_CAMERAS)
@@ -182,7 +209,8 @@ def generate_synthpedes(out_dir: str | Path, num_ids: int = 600, seed: int = 0, 
         "captions": {s: sum(len(r["captions"]) for r in rows if r["split"] == s) for s in SPLITS},
         "hard_negatives": sum(e.derived_from is not None for e in entries),
     }
-    marker = {"generator": "synthpedes", "version": FORMAT_VERSION, "params": params, "summary": summary,
+    marker = {"generator": "synthpedes", "made_by": made_by, "complete": True, "version": FORMAT_VERSION,
+              "params": params, "summary": summary,
               "cameras": [c.to_dict() for c in cams]}
     (out / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     return {**summary, "out_dir": str(out), "seconds": round(time.perf_counter() - start, 3)}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ivt.errors import ConfigError, DataError, ImageError
+
 _TEXT_W, _PAD, _ZOOM, _WRAP = 340, 10, 2, 50
 
 
@@ -37,20 +39,36 @@ def _pick(rows: list[dict], attrs: dict, n: int, rng: random.Random) -> list[dic
     return chosen[:n]
 
 
+def check_preview_target(png_path: str | Path, num_images: int) -> Path:
+    """The preview's path once checked, so the CLI can refuse a bad ``--preview`` before generating."""
+    out = Path(png_path)
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise ConfigError(f"preview count (--preview-count) must be an integer >= 1, got {num_images!r}")
+    if out.is_dir():
+        raise ConfigError(f"preview {out} is a directory; give the PNG file to write, e.g. {out / 'preview.png'}")
+    return out
+
+
 def write_preview(dataset_dir: str | Path, png_path: str | Path, num_images: int = 12, seed: int = 0) -> Path:
     """Write a PNG contact sheet of ``num_images`` images with id, view, captions and attribute phrases."""
+    out = check_preview_target(png_path, num_images)
     root = Path(dataset_dir)
     ann = root / "reid_raw.json"
+    if not root.is_dir():
+        raise DataError(f"{root}: no such dataset directory, nothing to preview")
     if not ann.is_file():
-        raise ValueError(f"{root} has no reid_raw.json; is it a SynthPedes/CUHK-PEDES directory?")
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    rows = json.loads(ann.read_text(encoding="utf-8"))
-    attrs_file = root / "attributes.json"
-    attrs = json.loads(attrs_file.read_text(encoding="utf-8")) if attrs_file.is_file() else {}
+        raise DataError(f"{root} has no reid_raw.json; is it a SynthPedes/CUHK-PEDES directory?")
+    try:
+        rows = json.loads(ann.read_text(encoding="utf-8"))
+        attrs_file = root / "attributes.json"
+        attrs = json.loads(attrs_file.read_text(encoding="utf-8")) if attrs_file.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{root}: cannot read its annotation for a preview ({exc})") from None
+    if not isinstance(rows, list) or not rows or not isinstance(attrs, dict):
+        raise DataError(f"{ann}: no entries to preview (expected a non-empty JSON array)")
     views = {m["file_path"]: m for rec in attrs.values() for m in rec.get("images", [])}
     picked = _pick(rows, attrs, num_images, random.Random(seed))
-    thumbs = [Image.open(root / "imgs" / r["file_path"]).convert("RGB") for r in picked]
+    thumbs = [_thumb(root / "imgs" / r["file_path"]) for r in picked]
     tw, th = max(t.width for t in thumbs) * _ZOOM, max(t.height for t in thumbs) * _ZOOM
     cols = min(4, len(picked))
     rows_n = (len(picked) + cols - 1) // cols
@@ -80,7 +98,18 @@ def write_preview(dataset_dir: str | Path, png_path: str | Path, num_images: int
                       font=bold if k == 0 else font)
             ty += 17
         draw.line((x - _PAD, y + cell_h - _PAD, x + cell_w, y + cell_h - _PAD), fill=(200, 200, 200))
-    out = Path(png_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, "PNG")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(out, "PNG")
+    except OSError as exc:
+        raise ConfigError(f"preview {out}: cannot write it ({exc.strerror or exc})") from None
     return out
+
+
+def _thumb(path: Path) -> Image.Image:
+    """An image of the sheet, decoded now so a missing or broken file is named, not a traceback."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read this image for the preview ({exc})") from None

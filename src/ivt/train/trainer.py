@@ -15,6 +15,7 @@ validation + checkpointing. ``train(cfg)`` is what ``ivt train`` runs.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ivt.checkpoint import checkpoint_files, commit_files, load_model, read_json
 from ivt.config import Config, save_config
 from ivt.data import DataError, load_dataset
 from ivt.data.image_bank import ImageBank
-from ivt.errors import RunDirError
+from ivt.errors import RunDirError, TrainingDivergedError
 from ivt.evaluate.metrics import METRIC_KEYS
 from ivt.evaluate.retrieval import embed_split, split_metrics
 from ivt.inference import RetrievalModel
@@ -336,9 +337,7 @@ class Trainer:
                 bar.update(1)
                 if c["step"] % t.log_every == 0:
                     mean_loss = (loss_sum / loss_count).item()  # the one host sync per log window
-                    if mean_loss != mean_loss or abs(mean_loss) == float("inf"):
-                        raise FloatingPointError(f"loss became {mean_loss} by step {c['step']}; lower optim.lr or "
-                                                 f"use train.precision=fp32")
+                    self._check_loss(mean_loss)
                     now = time.perf_counter()
                     record = {"kind": "train", "epoch": epoch, "step": c["step"], "loss": round(mean_loss, 5),
                               "lr": lr, "pairs_per_s": round(window_pairs / (now - window_start), 2)}
@@ -355,6 +354,9 @@ class Trainer:
                     paused = True
                     break
             bar.close()
+            if loss_count:  # steps since the last log point: never commit weights of a diverged loss
+                self._check_loss((loss_sum / loss_count).item())
+            self._check_weights()
             if out_of_time:
                 fraction = round(epoch + c["batch"] / len(batches), 2)
                 self.end_epoch(fraction, validate=bool(self.eval_records))
@@ -375,6 +377,30 @@ class Trainer:
             self.save(best_meta={"selected_on": None})
         return self.run_dir
 
+    def _check_loss(self, mean_loss: float) -> None:
+        """Stop at a non-finite loss (see :meth:`_diverged`)."""
+        if not math.isfinite(mean_loss):
+            self._diverged(f"the loss became {mean_loss}")
+
+    def _check_weights(self) -> None:
+        """Stop before validating or saving weights that are no longer finite: a huge step can
+        leave a finite loss and weights at inf/nan (one host sync per epoch or pause)."""
+        params = [p for module in (self.model, self.loss_fn) for p in module.parameters()]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            self._diverged("the weights became inf/nan")
+
+    def _diverged(self, what: str) -> None:
+        """Raise the user error of a diverged run before anything is saved: the run directory keeps
+        the checkpoints it had (the last commit, which ``--resume`` would continue from)."""
+        c = self.counters
+        saved = ("its checkpoints are unchanged" if (self.run_dir / "last.json").is_file()
+                 else "no checkpoint was written")
+        fp32 = "" if self.amp is None else " or train.precision=fp32"
+        raise TrainingDivergedError(
+            f"training diverged: {what} by step {c['step']} (epoch {max(1, c['epoch'] + bool(c['batch']))}) with "
+            f"optim.lr={self.cfg.optim.lr:g}; lower optim.lr (e.g. --set optim.lr={self.cfg.optim.lr / 10:g}){fp32} "
+            f"and train again; {self.run_dir}: {saved}")
+
     # -- validation and checkpoints ------------------------------------------------------
     def validate(self, epoch: float) -> dict:
         """Retrieval metrics on the validation split (rank 0 embeds the whole split, so the numbers
@@ -383,6 +409,8 @@ class Trainer:
         live = RetrievalModel(self.model, self.tokenizer, {}, device=self.device, dtype=self.amp)
         emb = embed_split(live, self.dataset, self.eval_records, images=self.eval_images)
         self.model.train()
+        if not (bool(torch.isfinite(emb.image).all()) and bool(torch.isfinite(emb.text).all())):
+            self._diverged("the validation embeddings became inf/nan")
         m = split_metrics(emb)
         record = {"kind": "eval", "epoch": epoch, "step": self.counters["step"], "split": t.eval_split,
                   **{k: round(float(m[k]), 4) for k in METRIC_KEYS}}
