@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save
 import ivt
 from helpers import write_toy_pedes
 from ivt.cli import main
+from ivt.errors import CheckpointError
 from ivt.index.build import build_index, image_source
 
 TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
@@ -87,3 +88,54 @@ def test_resume_refuses_a_non_finite_state_naming_file_and_tensor(base, tmp_path
     err = _error(capsys)
     assert f"{state}: tensor {name} holds NaN or infinite values" in err and "cannot be resumed" in err
     assert _hashes(run) == before
+
+
+# -- 2. the preprocessing is covered by the weights' checksum and the index fingerprint -----------
+
+
+def _edit_mean(run: Path, name: str = "best", mean: tuple[float, ...] = (0.5, 0.5, 0.5)) -> None:
+    path = run / f"{name}.json"
+    meta = json.loads(path.read_text())
+    meta["encoder"]["image_mean"] = list(mean)
+    path.write_text(json.dumps(meta))
+
+
+def test_an_edited_preprocessing_in_best_json_is_refused_at_load(base, tmp_path, capsys):
+    run = shutil.copytree(base["run"], tmp_path / "run")
+    _edit_mean(run)
+    with pytest.raises(CheckpointError, match=r"image preprocessing differs from the one saved in best\.safetensors"):
+        ivt.load(run, device="cpu")
+    assert main(["index", "build", "--checkpoint", str(run), "--images", str(base["data"]), "--split", "test",
+                 "--out", str(tmp_path / "idx"), "--quiet"]) == 2
+    err = _error(capsys)
+    assert (f"{run / 'best.json'}: image preprocessing differs from the one saved in best.safetensors: "
+            f"image_mean [0.5, 0.5, 0.5] (saved with the weights: [0.485, 0.456, 0.406])") in err
+    assert not (tmp_path / "idx").exists()
+
+
+def _as_legacy(run: Path, name: str = "best") -> None:
+    """A checkpoint as this version wrote it before the preprocessing went into the weights' header."""
+    weights = run / f"{name}.safetensors"
+    data = save(load_file(str(weights)), metadata={"format": "ivt-checkpoint"})
+    weights.write_bytes(data)
+    meta = json.loads((run / f"{name}.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    (run / f"{name}.json").write_text(json.dumps(meta))
+
+
+def test_index_add_refuses_a_model_whose_preprocessing_differs_naming_both(base, tmp_path, capsys):
+    run = shutil.copytree(base["run"], tmp_path / "run")
+    _as_legacy(run)                      # old runs stay readable; their json is not covered by a checksum
+    idx = tmp_path / "idx"
+    assert main(["index", "build", "--checkpoint", str(run), "--images", str(base["data"]), "--split", "test",
+                 "--out", str(idx), "--quiet"]) == 0
+    _edit_mean(run)
+    before = _hashes(idx)
+    assert main(["index", "add", "--index", str(idx), "--images", str(base["data"]), "--split", "val",
+                 "--quiet"]) == 2
+    err = _error(capsys)
+    assert (f"index {idx} was built with another image preprocessing than checkpoint {run} has "
+            f"(image_mean [0.485, 0.456, 0.406] vs [0.5, 0.5, 0.5]; index vs model)") in err
+    assert _hashes(idx) == before
+    assert main(["search", "--index", str(idx), QUERY]) == 2
+    assert "another image preprocessing" in _error(capsys)

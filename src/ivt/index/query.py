@@ -32,7 +32,8 @@ def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None,
     except IvtError as exc:
         raise IndexStoreError(f"index {gallery.directory}: cannot load its model from {run} ({exc}); "
                               f"pass --checkpoint if the run directory has moved") from exc
-    gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {run}")
+    gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {run}",
+                        model.config.preprocessing())
     return gallery, model
 
 
