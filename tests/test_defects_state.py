@@ -9,8 +9,10 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save
 
 import ivt
@@ -18,6 +20,7 @@ from helpers import write_toy_pedes
 from ivt.cli import main
 from ivt.errors import CheckpointError
 from ivt.index.build import build_index, image_source
+from ivt.serve import create_app, load_service
 
 TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
          "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.epochs=1"]
@@ -139,3 +142,53 @@ def test_index_add_refuses_a_model_whose_preprocessing_differs_naming_both(base,
     assert _hashes(idx) == before
     assert main(["search", "--index", str(idx), QUERY]) == 2
     assert "another image preprocessing" in _error(capsys)
+
+
+# -- 3. index values are checked; JSON output is always valid JSON --------------------------------
+
+
+def _tamper_embeddings(index: Path, change) -> None:
+    """Change the embeddings and re-record their size and sha256, as a consistent tampering would."""
+    version = index / (index / "CURRENT").read_text().strip()
+    path = version / "embeddings.npy"
+    emb = np.load(path)
+    change(emb)
+    path.unlink()
+    np.save(path, emb)
+    manifest = json.loads((version / "manifest.json").read_text())
+    data = path.read_bytes()
+    manifest["files"]["embeddings.npy"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _strict_json(text: str):
+    def refuse(name: str):
+        raise AssertionError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda e: e.__setitem__(1, np.nan), "embeddings.npy row 1 holds NaN or infinite values"),
+    (lambda e: e.__setitem__(2, e[2] * 2),
+     "embeddings.npy row 2 has norm 2, not 1 (within 0.001): embeddings must be L2-normalised"),
+])
+def test_an_index_with_non_finite_or_non_unit_embeddings_is_refused(base, tmp_path, capsys, change, expected):
+    idx = shutil.copytree(base["index"], tmp_path / "idx")
+    _tamper_embeddings(idx, change)
+    assert main(["search", "--index", str(idx), QUERY, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"index {idx}: {expected}; the index was not modified" in captured.err
+
+
+def test_search_json_is_strict_json(base, capsys):
+    assert main(["search", "--index", str(base["index"]), QUERY, "--json"]) == 0
+    hits = _strict_json(capsys.readouterr().out)["results"]
+    assert len(hits) == 6 and all(-1 <= h["score"] <= 1 for h in hits)
+
+
+def test_a_model_giving_nan_gets_a_json_error_from_the_server(base, monkeypatch):
+    service = load_service(base["index"], device="cpu")
+    client = TestClient(create_app(service=service))
+    monkeypatch.setattr(service.model, "encode_texts", lambda texts: torch.full((len(texts), 192), math.nan))
+    r = client.post("/api/search", json={"text": QUERY})
+    assert r.status_code == 500 and "no finite scores" in _strict_json(r.text)["error"]

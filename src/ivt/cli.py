@@ -183,7 +183,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     took = 1000 * (time.perf_counter() - start)
     if args.json:
         print(json.dumps({"text": text, "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
-                          "took_ms": round(took, 2), "results": hits}, indent=2))
+                          "took_ms": round(took, 2), "results": hits}, indent=2, allow_nan=False))
     else:
         print(format_results(text, hits, gallery, took))
     if args.html:

@@ -46,6 +46,7 @@ EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.jsonl"
 ANN = "ann.faiss"
 TMP_PREFIX = ".tmp-"
+NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for a stored embedding (float32 normalisation is ~1e-7)
 _VERSION_RE = re.compile(r"^v(\d{6})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED_KEYS = ("format", "version", "created", "updated", "model", "tokenizer", "embedding",
@@ -220,6 +221,21 @@ def _parse_npy(data: bytearray, index_dir: Path) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape)
 
 
+def _check_values(embeddings: np.ndarray, index_dir: Path) -> None:
+    """Refuse embeddings that are not finite or not unit-norm: a matching sha256 only says the
+    file is what was written, and such rows give NaN or meaningless scores."""
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise _fail(index_dir, f"{EMBEDDINGS} row {row} holds NaN or infinite values")
+    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    bad = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise _fail(index_dir, f"{EMBEDDINGS} row {row} has norm {norms[row]:.6g}, not 1 (within "
+                               f"{NORM_TOLERANCE:g}): embeddings must be L2-normalised")
+
+
 def _safe_relative(path: Any) -> bool:
     if not isinstance(path, str) or not path or "\\" in path or "\x00" in path:
         return False
@@ -299,6 +315,7 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
     count, dim = manifest["embedding"]["count"], manifest["embedding"]["dim"]
     if embeddings.shape != (count, dim):
         raise _fail(index_dir, f"{EMBEDDINGS} has shape {embeddings.shape}, the manifest says ({count}, {dim})")
+    _check_values(embeddings, index_dir)
     try:
         items = read_items(vdir / ITEMS, len(manifest["roots"]), len(manifest["sources"]), items_bytes)
     except (TypeError, ValueError) as exc:  # json and UnicodeDecodeError are ValueErrors

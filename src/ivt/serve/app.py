@@ -28,6 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
+from ivt.errors import IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.query import open_for_search, results
 from ivt.index.store import IndexStoreError
@@ -156,7 +157,12 @@ class SearchService:
         start = time.perf_counter()
         with self._model_lock:
             query = self.model.encode_texts([text])[0].numpy()
-        hits = results(self.gallery, query, k, per_track)
+        try:
+            hits = results(self.gallery, query, k, per_track)
+        except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
+            print(f"ivt serve: {exc}", file=sys.stderr)
+            raise ApiError(500, "the search gave no finite scores (damaged model or index); see the server log") \
+                from exc
         return {"text": text, "k": k, "per_track": per_track, "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "results": hits}
 
@@ -236,6 +242,10 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
 
     @app.get("/", response_class=HTMLResponse)
     def index_page() -> HTMLResponse:
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, _exc: Exception) -> JSONResponse:
+        return _error(500, "internal error; see the server log")
+
         return HTMLResponse(page)
 
     @app.get("/favicon.ico")
