@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 from safetensors.torch import load_file, save
 
 import ivt
 from helpers import write_toy_pedes
 from ivt.cli import main
-from ivt.errors import CheckpointError
+from ivt.errors import CheckpointError, ConfigError, DataError, ImageError
 from ivt.index.build import build_index, image_source
 from ivt.serve import create_app, load_service
 
@@ -192,3 +193,47 @@ def test_a_model_giving_nan_gets_a_json_error_from_the_server(base, monkeypatch)
     monkeypatch.setattr(service.model, "encode_texts", lambda texts: torch.full((len(texts), 192), math.nan))
     r = client.post("/api/search", json={"text": QUERY})
     assert r.status_code == 500 and "no finite scores" in _strict_json(r.text)["error"]
+
+
+# -- 4. the Python API refuses inputs that would give silent wrong results ------------------------
+
+
+def test_api_refuses_bad_batch_sizes(model):
+    batch = torch.zeros(2, 3, 32, 16, dtype=torch.uint8)
+    for bad in (-1, 0, True, 2.5):
+        with pytest.raises(ConfigError, match=f"batch_size must be a positive integer, got {bad!r}"):
+            model.encode_images(batch, batch_size=bad)
+        with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+            model.encode_images([batch[0]], batch_size=bad)
+        with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+            model.encode_texts(["a man"], batch_size=bad)
+    assert model.encode_images(batch, batch_size=1).shape == (2, 192)
+
+
+def test_api_refuses_empty_images_naming_their_position_and_size(model):
+    ok = torch.zeros(3, 32, 16, dtype=torch.uint8)
+    with pytest.raises(ImageError, match=r"images\[1\] is empty \(Tensor of size \(3, 0, 0\)\)"):
+        model.encode_images([ok, torch.zeros(3, 0, 0, dtype=torch.uint8)])
+    with pytest.raises(ImageError, match=r"images\[0\] is empty \(Image of size 0x0\)"):
+        model.encode_images([Image.new("RGB", (0, 0)), ok])
+    with pytest.raises(ImageError, match=r"images\[1\]: .*nope\.jpg"):
+        model.encode_images([ok, "nope.jpg"])
+
+
+def test_api_refuses_a_bare_string_or_image_where_a_list_is_expected(model, base):
+    image = next((base["data"] / "imgs" / "test").iterdir())
+    with pytest.raises(DataError, match=r"texts must be a list, got a single str: pass \[text\] for one"):
+        model.encode_texts("a bare string")
+    for single in (str(image), image, Image.open(image), torch.zeros(3, 32, 16, dtype=torch.uint8)):
+        with pytest.raises(DataError, match=r"images must be a list, got a single \w+: pass \[image\] for one"):
+            model.encode_images(single)
+    with pytest.raises(DataError, match="texts must be a list"):
+        model.similarity("a man", [image])
+    assert model.similarity(["a man"], [image]).shape == (1, 1)
+
+
+def test_load_refuses_bad_arguments(base):
+    with pytest.raises(CheckpointError, match="which must be 'best' or 'last', got 'bogus'"):
+        ivt.load(base["run"], which="bogus")
+    with pytest.raises(CheckpointError, match="run_dir must be a path .*got NoneType"):
+        ivt.load(None)

@@ -189,6 +189,8 @@ def similarity_without(model: RetrievalModel, image: ImageInput, texts: Sequence
 
 @dataclass
 class Faithfulness:
+    if isinstance(texts, str):
+        raise DataError(f"texts must be a list of strings, got a single str: pass [{texts[:40]!r}] for one")
     """Similarity of one text and image: intact, without the top-ranked patches, and without as
     many random patches (mean over draws)."""
 
