@@ -237,3 +237,28 @@ def test_load_refuses_bad_arguments(base):
         ivt.load(base["run"], which="bogus")
     with pytest.raises(CheckpointError, match="run_dir must be a path .*got NoneType"):
         ivt.load(None)
+
+
+# -- 5. explain refuses a meaningless number of samples ------------------------------------------
+
+
+@pytest.mark.parametrize("samples", ["0", "-3", "5000"])
+def test_explain_refuses_a_bad_sample_count(base, tmp_path, capsys, samples):
+    image = next((base["data"] / "imgs" / "test").iterdir())
+    out = tmp_path / "e.png"
+    assert main(["explain", "--checkpoint", str(base["run"]), "--image", str(image), QUERY,
+                 "--out", str(out), "--samples", samples]) == 2
+    assert (f"samples must be a positive integer from 1 to 4096 (masked encodings; 64 is the default, more "
+            f"gives smoother maps), got {samples}") in _error(capsys)
+    assert not out.exists()
+
+
+def test_explain_api_refuses_a_bad_sample_count(model, base):
+    from ivt.explain import explain, similarity_without
+
+    image = next((base["data"] / "imgs" / "test").iterdir())
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="samples must be a positive integer from 1 to 4096"):
+            explain(model, image, QUERY, samples=bad)
+    with pytest.raises(DataError, match="texts must be a list of strings"):
+        similarity_without(model, image, "a man", [[0]])

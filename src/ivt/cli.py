@@ -197,8 +197,9 @@ def _search_params(args: argparse.Namespace) -> dict[str, int]:
 
 def _cmd_explain(args: argparse.Namespace) -> None:
     import ivt
-    from ivt.explain import explain_png
+    from ivt.explain import check_samples, explain_png
 
+    check_samples(args.samples)  # before the model loads: a bad value is told at once
     model = ivt.load(args.checkpoint, device=args.device, which=args.which)
     explanation, _ = explain_png(model, args.image, args.text, args.out, samples=args.samples)
     print(f"explanation: {args.out}")
