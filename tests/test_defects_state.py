@@ -20,8 +20,10 @@ import ivt
 from helpers import write_toy_pedes
 from ivt.cli import main
 from ivt.errors import CheckpointError, ConfigError, DataError, ImageError
+from ivt.index import build as index_build
 from ivt.index.build import build_index, image_source
 from ivt.serve import create_app, load_service
+from search_helpers import write_clip
 
 TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
          "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.epochs=1"]
@@ -262,3 +264,42 @@ def test_explain_api_refuses_a_bad_sample_count(model, base):
             explain(model, image, QUERY, samples=bad)
     with pytest.raises(DataError, match="texts must be a list of strings"):
         similarity_without(model, image, "a man", [[0]])
+
+
+# -- 6. failed index writes leave no trace --------------------------------------------------------
+
+
+def test_a_failed_build_leaves_the_output_path_as_it_was(base, tmp_path, capsys):
+    bad_images = tmp_path / "bad"
+    bad_images.mkdir()
+    (bad_images / "x.jpg").write_text("not an image")
+    out = tmp_path / "new" / "deeper" / "idx"
+    assert main(["index", "build", "--checkpoint", str(base["run"]), "--images", str(bad_images),
+                 "--out", str(out), "--quiet"]) == 2
+    assert "nothing could be indexed: 1 unreadable file(s)" in _error(capsys)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["index", "build", "--checkpoint", str(base["run"]), "--images", str(bad_images),
+                 "--out", str(empty), "--quiet"]) == 2
+    assert list(empty.iterdir()) == []
+
+
+def test_a_failed_rebuild_or_add_leaves_an_existing_index_untouched(base, tmp_path, capsys, monkeypatch):
+    idx = shutil.copytree(base["index"], tmp_path / "idx")
+    before = _hashes(idx)
+    assert main(["index", "build", "--checkpoint", str(base["run"]), "--images", str(base["data"]),
+                 "--out", str(idx), "--force", "--backend", "ivfpq", "--quiet"]) == 2
+    assert "ivfpq backend needs at least 256 items" in _error(capsys)
+    assert _hashes(idx) == before and sorted(p.name for p in idx.iterdir()) == [".lock", "CURRENT", "v000001"]
+
+    def fail(*_args, **_kwargs):          # a failure after the video's crops were stored
+        raise DataError("the search structure cannot be extended")
+
+    monkeypatch.setattr(index_build, "_backend_for", fail)
+    clip = tmp_path / "walk.avi"
+    write_clip(clip, frames=4)
+    assert main(["index", "add", "--index", str(idx), "--video", str(clip),
+                 "--detector", "search_helpers:make_colour_detector", "--quiet"]) == 2
+    assert "cannot be extended" in _error(capsys)
+    assert _hashes(idx) == before and not (idx / "crops").exists()
