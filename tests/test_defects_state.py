@@ -303,3 +303,29 @@ def test_a_failed_rebuild_or_add_leaves_an_existing_index_untouched(base, tmp_pa
                  "--detector", "search_helpers:make_colour_detector", "--quiet"]) == 2
     assert "cannot be extended" in _error(capsys)
     assert _hashes(idx) == before and not (idx / "crops").exists()
+
+
+# -- 7. the server wants JSON on its JSON endpoint ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    return TestClient(create_app(service=load_service(base["index"], device="cpu")))
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "text/plain"},
+                                     {"content-type": "application/x-www-form-urlencoded"}, {}])
+def test_search_with_a_non_json_content_type_is_415(client, headers):
+    r = client.post("/api/search", content=json.dumps({"text": QUERY}), headers=headers)
+    assert r.status_code == 415
+    declared = headers.get("content-type", "none")
+    assert _strict_json(r.text) == {"error": f"Content-Type must be application/json, got {declared!r}"}
+
+
+def test_search_with_json_content_types_and_malformed_json(client):
+    for media in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
+        r = client.post("/api/search", content=json.dumps({"text": QUERY, "k": 2}), headers={"content-type": media})
+        assert r.status_code == 200 and len(r.json()["results"]) == 2
+    r = client.post("/api/search", content="{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"error": "malformed JSON body"}
+

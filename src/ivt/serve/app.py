@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -92,6 +92,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     if where == "k":
         return 422, f"k must be an integer from 1 to {MAX_K}"
     return 422, f"{where or 'body'}: {first.get('msg', 'invalid value')}"
+
+
+def require_json(request: Request) -> None:
+    """415 for a body that is not declared JSON: FastAPI would validate the raw bytes against the
+    model and answer a misleading 422. Runs before the body is parsed (a route dependency)."""
+    declared = request.headers.get("content-type", "")
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(415, f"Content-Type must be application/json, got {declared[:60] or 'none'!r}")
 
 
 class BodySizeLimit:
@@ -233,6 +242,10 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, _exc: Exception) -> JSONResponse:
+        return _error(500, "internal error; see the server log")
+
     @app.middleware("http")
     async def _headers(request: Request, call_next: Any) -> Response:
         response = await call_next(request)
@@ -242,10 +255,6 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
 
     @app.get("/", response_class=HTMLResponse)
     def index_page() -> HTMLResponse:
-    @app.exception_handler(Exception)
-    async def _internal(_request: Request, _exc: Exception) -> JSONResponse:
-        return _error(500, "internal error; see the server log")
-
         return HTMLResponse(page)
 
     @app.get("/favicon.ico")
@@ -258,7 +267,7 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
         return {"status": "ok", "items": len(svc.gallery), "tracks": len(svc.gallery.tracks),
                 "backend": manifest["backend"]["name"], "model": manifest["model"]["fingerprint"][:12]}
 
-    @app.post("/api/search")
+    @app.post("/api/search", dependencies=[Depends(require_json)])
     def search(body: SearchRequest) -> dict[str, Any]:
         text = body.text.strip()
         if not text:
