@@ -185,7 +185,8 @@ index_dir, n = sys.argv[1], int(sys.argv[2])
 manifest = {"created": now_iso(), "model": {"fingerprint": "a" * 64}, "tokenizer": {"fingerprint": "b" * 64},
             "backend": {"name": "exact", "params": {}}, "roots": ["/x"], "sources": []}
 for round_ in range(1, 10**6):
-    emb = np.full((n, 64), float(round_), np.float32)
+    emb = np.zeros((n, 64), np.float32)
+    emb[:, round_ % 64] = 1.0   # unit rows (an index refuses others), telling the round apart
     items = [Item(f"{i}.jpg", "%064x" % round_, 1, 1, root=0) for i in range(n)]
     with index_writer(index_dir) as writer:
         writer.commit(manifest, emb, items)
@@ -209,9 +210,9 @@ def test_sigkill_during_writes_never_leaves_a_broken_index(tmp_path):
         out, _ = proc.communicate()
         done = [int(line) for line in (first + out).split()]
         stored = read_index(index_dir)                           # verifies every checksum
-        value = int(stored.embeddings[0, 0])
-        assert stored.embeddings.shape == (30000, 64) and (stored.embeddings == value).all()
-        assert stored.items[0].sha256 == f"{value:064x}"
+        value = int(stored.items[0].sha256, 16)
+        assert stored.embeddings.shape == (30000, 64) and (stored.embeddings[:, value % 64] == 1).all()
+        assert stored.embeddings.sum() == 30000 and all(i.sha256 == f"{value:064x}" for i in stored.items)
         # The live index is the last completed commit, or the one being committed when killed.
         if done:
             assert value in (done[-1], done[-1] + 1), (attempt, value, done[-3:])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ivt.errors import CheckpointError
@@ -24,6 +24,7 @@ from ivt.model.factory import ARCHS, Encoder, arch_of, create_encoder
 
 FORMAT = "ivt-checkpoint"
 FORMAT_VERSION = 1
+PREPROCESSING = "preprocessing"  # key of the weights file's header holding the image preprocessing
 
 
 JOURNAL = "commit.json"
@@ -132,8 +133,12 @@ def read_json(path: Path) -> dict:
 
 def checkpoint_files(name: str, model: Encoder, meta: dict[str, Any]) -> dict[str, bytes]:
     """The two files of checkpoint ``name``: ``NAME.safetensors`` (weights) and ``NAME.json``
-    (encoder config + ``meta`` + the sha256 of the weights, so a mismatched pair is detectable)."""
-    weights = tensors_bytes(model.state_dict(), metadata={"format": FORMAT})
+    (encoder config + ``meta`` + the sha256 of the weights, so a mismatched pair is detectable;
+    the image preprocessing is in both files, so an edit of it is detectable too)."""
+    # The preprocessing is also written into the weights file, whose sha256 (the model's
+    # fingerprint) then covers it: an edit of NAME.json alone is detected at load.
+    header = {"format": FORMAT, PREPROCESSING: json.dumps(model.config.preprocessing(), sort_keys=True)}
+    weights = tensors_bytes(model.state_dict(), metadata=header)
     info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": arch_of(model), "encoder": model.config.to_dict(),
             "weights_sha256": hashlib.sha256(weights).hexdigest(), **meta}
     return {f"{name}.safetensors": weights, f"{name}.json": (json.dumps(info, indent=2) + "\n").encode()}
@@ -180,12 +185,38 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
         config = EncoderConfig.from_dict(meta["encoder"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: bad encoder configuration ({exc})") from exc
+    check_preprocessing(weights, meta_path, config.preprocessing())
     arch = meta.get("arch", "ivt")
     if arch not in ARCHS:
         raise CheckpointError(f"{meta_path}: unknown architecture {arch!r}")
     model = create_encoder(config, arch)
     load_state_dict_strict(model, read_tensors(weights), str(weights))
     return model.to(device).eval(), meta
+
+
+def check_preprocessing(weights: Path, meta_path: Path, preprocessing: dict[str, Any]) -> None:
+    """CheckpointError when the preprocessing of ``meta_path`` is not the one saved in the weights
+    file's header (covered by its sha256): the model would be fed images it was not trained on.
+    Checkpoints written before the header held it are accepted as they are."""
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
+    if PREPROCESSING not in header:
+        return
+    try:
+        saved = json.loads(header[PREPROCESSING])
+    except json.JSONDecodeError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{weights}: its {PREPROCESSING} header is not a JSON object (damaged file)")
+    changed = [f"{key} {preprocessing.get(key)} (saved with the weights: {saved.get(key)})"
+               for key in sorted(set(saved) | set(preprocessing)) if saved.get(key) != preprocessing.get(key)]
+    if changed:
+        raise CheckpointError(f"{meta_path}: image preprocessing differs from the one saved in {weights.name}: "
+                              f"{'; '.join(changed)}; the metadata was edited or damaged (restore it: the model "
+                              f"was trained with the saved values)")
 
 
 def load_tokenizer(path: str | Path, meta: dict, which: str = "best"):

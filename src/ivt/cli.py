@@ -189,7 +189,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     took = 1000 * (time.perf_counter() - start)
     if args.json:
         print(json.dumps({"text": text, "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
-                          "took_ms": round(took, 2), "results": hits}, indent=2))
+                          "took_ms": round(took, 2), "results": hits}, indent=2, allow_nan=False))
     else:
         print(format_results(text, hits, gallery, took))
     if args.html:
@@ -203,8 +203,9 @@ def _search_params(args: argparse.Namespace) -> dict[str, int]:
 
 def _cmd_explain(args: argparse.Namespace) -> None:
     import ivt
-    from ivt.explain import explain_png
+    from ivt.explain import check_samples, explain_png
 
+    check_samples(args.samples)  # before the model loads: a bad value is told at once
     model = ivt.load(args.checkpoint, device=args.device, which=args.which)
     explanation, _ = explain_png(model, args.image, args.text, args.out, samples=args.samples)
     print(f"explanation: {args.out}")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from ivt.errors import DataError
+from ivt.errors import ConfigError, DataError
 from ivt.runtime import autocast
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ person people pedestrian pair pairs piece kind sort color colour colored coloure
 MAX_PHRASES = 6
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 _CHUNK = 32  # masked encodings per forward pass
+MAX_SAMPLES = 4096  # masked encodings of one explanation: beyond, minutes of compute for no visible change
 
 
 def content_phrases(text: str, max_phrases: int = MAX_PHRASES) -> list[str]:
@@ -113,6 +114,15 @@ def _image_tensor(model: RetrievalModel, image: ImageInput) -> torch.Tensor:
     return model.transform(model.preprocess(image)[None]).to(model.device)
 
 
+def check_samples(samples: object) -> int:
+    """``samples`` if it is a usable number of masked encodings: 0 or fewer would draw a map of
+    no measurement at all."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise ConfigError(f"samples must be a positive integer from 1 to {MAX_SAMPLES} (masked encodings; "
+                          f"64 is the default, more gives smoother maps), got {samples!r}")
+    return samples
+
+
 def _check_model(model: RetrievalModel) -> None:
     if not hasattr(model.encoder, "encode_image_subset"):
         raise DataError(f"{type(model.encoder).__name__} cannot encode patch subsets; explanations need an "
@@ -146,6 +156,7 @@ def explain(model: RetrievalModel, image: ImageInput, text: str, *, phrases: Seq
     Cost: ``samples`` encodings of half an image (batched), whatever the number of phrases.
     """
     _check_model(model)
+    check_samples(samples)
     if not text or not text.strip():
         raise DataError("the text to explain is empty")
     phrases = content_phrases(text) if phrases is None else [p.strip() for p in phrases if p.strip()]
@@ -178,6 +189,8 @@ def similarity_without(model: RetrievalModel, image: ImageInput, texts: Sequence
     """Cosines (R, T) of ``texts`` with the image encoded without the patches of each row of
     ``drop`` (R lists of patch indices, all of the same length)."""
     _check_model(model)
+    if isinstance(texts, str):
+        raise DataError(f"texts must be a list of strings, got a single str: pass [{texts[:40]!r}] for one")
     num_patches = model.config.num_patches
     keep = []
     for row in drop:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ivt.checkpoint import load_model, load_tokenizer, resolve_checkpoint
-from ivt.errors import DataError, ImageError
+from ivt.errors import CheckpointError, ConfigError, DataError, ImageError, IvtError
 from ivt.files import file_sha256
 from ivt.runtime import autocast, precision_name, resolve_device, resolve_precision, to_device
 from ivt.transforms import EvalTransform, load_image, pil_to_tensor
@@ -28,6 +28,46 @@ from ivt.transforms import EvalTransform, load_image, pil_to_tensor
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
 
 __all__ = ["RetrievalModel", "load", "ImageInput"]
+
+
+def _check_batch_size(batch_size: object) -> None:
+    """A non-positive batch size would silently encode nothing (or fail deep in ``range``)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _as_list(values: object, name: str, single: tuple[type, ...], example: str) -> list:
+    """``values`` as a list, refusing one bare item (a str would be iterated character by
+    character, a (3, H, W) tensor channel by channel)."""
+    if isinstance(values, single) or (isinstance(values, torch.Tensor) and values.dim() == 3):
+        raise DataError(f"{name} must be a list, got a single {type(values).__name__}: pass [{example}] "
+                        f"for one")
+    try:
+        return list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise DataError(f"{name} must be a list, got {type(values).__name__}") from None
+
+
+def _image_size_of(image: ImageInput) -> tuple[int, ...] | None:
+    """(width, height) of a PIL image / the shape of a tensor; None for paths."""
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, torch.Tensor):
+        return tuple(image.shape)
+    return None
+
+
+def _preprocess_at(model: RetrievalModel, position: int, image: ImageInput) -> torch.Tensor:
+    """``model.preprocess`` of ``images[position]``, with errors naming the position; an empty
+    image is refused (resizing it would give a normal-looking embedding of nothing)."""
+    size = _image_size_of(image)
+    if size is not None and 0 in size:
+        what = "x".join(map(str, size)) if isinstance(image, Image.Image) else str(size)
+        raise ImageError(f"images[{position}] is empty ({type(image).__name__} of size {what}); nothing to encode")
+    try:
+        return model.preprocess(image)
+    except IvtError as exc:
+        raise type(exc)(f"images[{position}]: {exc}") from exc
 
 
 class RetrievalModel:
@@ -82,6 +122,7 @@ class RetrievalModel:
                       progress: bool = False) -> torch.Tensor:
         """L2-normalised embeddings ``(N, D)`` of images (paths, PIL images, uint8 tensors, or a
         uint8 ``(N, 3, H, W)`` batch already at the model's size)."""
+        _check_batch_size(batch_size)
         if isinstance(images, torch.Tensor) and images.dim() == 4:
             if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, *self.image_size):
                 raise ImageError(f"an image batch must be uint8 (N, 3, {self.image_size[0]}, {self.image_size[1]}), "
@@ -89,8 +130,8 @@ class RetrievalModel:
             batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
             total = len(images)
         else:
-            images = list(images)
-            batches = (torch.stack([self.preprocess(x) for x in images[i:i + batch_size]])
+            images = _as_list(images, "images", (str, os.PathLike, Image.Image), "image")
+            batches = (torch.stack([_preprocess_at(self, i + j, x) for j, x in enumerate(images[i:i + batch_size])])
                        for i in range(0, len(images), batch_size))
             total = len(images)
         out = []
@@ -113,11 +154,10 @@ class RetrievalModel:
 
     # -- texts ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 256) -> torch.Tensor:
-        """L2-normalised embeddings ``(N, D)`` of texts (truncated to the run's text length)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised embeddings ``(N, D)`` of a list of texts (truncated to the run's text length)."""
+        _check_batch_size(batch_size)
+        texts = _as_list(texts, "texts", (str, bytes), "text")
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise DataError(f"texts[{i}] is a {type(text).__name__}, not a string")
@@ -130,7 +170,7 @@ class RetrievalModel:
             return torch.empty(0, self.embed_dim)
         return F.normalize(torch.cat(out), dim=-1).cpu()
 
-    def similarity(self, texts: Sequence[str] | str, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
+    def similarity(self, texts: Sequence[str], images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``(len(texts), len(images))``."""
         return self.encode_texts(texts) @ self.encode_images(images).T
 
@@ -143,6 +183,10 @@ def load(run_dir: str | os.PathLike, device: str = "auto", which: str = "best",
     ``auto`` (bf16 autocast on CUDA that supports it, else fp16; on CPU bf16 only where this CPU
     runs it natively and a short probe measures it faster than fp32), ``fp32``, ``bf16`` or ``fp16``.
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise CheckpointError(f"run_dir must be a path (str or os.PathLike), got {type(run_dir).__name__}")
+    if which not in ("best", "last"):
+        raise CheckpointError(f"which must be 'best' or 'last', got {which!r}")
     dev = resolve_device(device)
     encoder, meta = load_model(run_dir, which, dev)
     tokenizer = load_tokenizer(run_dir, meta, which)

@@ -162,7 +162,8 @@ def model_manifest(model: RetrievalModel, which: str) -> dict[str, Any]:
     return {
         "model": {"fingerprint": model.fingerprint, "checkpoint": str(Path(model.run_dir).resolve()),
                   "which": which, "precision": precision_name(model.dtype),
-                  "image_size": list(model.image_size), "embed_dim": int(model.embed_dim)},
+                  "image_size": list(model.image_size), "embed_dim": int(model.embed_dim),
+                  "preprocessing": model.config.preprocessing()},
         "tokenizer": {"fingerprint": model.tokenizer_fingerprint,
                       "max_length": int(getattr(model.tokenizer, "max_length", 0))},
     }
@@ -332,7 +333,7 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
         keep = current if not create else None
         if keep is not None:
             check_compatible(keep.manifest, model.fingerprint, model.tokenizer_fingerprint,
-                             f"checkpoint {model.run_dir}", index_dir)
+                             f"checkpoint {model.run_dir}", index_dir, model.config.preprocessing())
             manifest = {k: v for k, v in keep.manifest.items() if k not in ("files", "updated")}
             manifest["roots"] = list(manifest["roots"])
             manifest["sources"] = list(manifest["sources"])

@@ -87,9 +87,11 @@ class Gallery:
     def __len__(self) -> int:
         return len(self.stored.items)
 
-    def check_model(self, fingerprint: str, tokenizer_fingerprint: str, source: str = "the model") -> None:
-        """Refuse a model or tokenizer other than the one the embeddings were made with."""
-        check_compatible(self.manifest, fingerprint, tokenizer_fingerprint, source, self.directory)
+    def check_model(self, fingerprint: str, tokenizer_fingerprint: str, source: str = "the model",
+                    preprocessing: Mapping[str, Any] | None = None) -> None:
+        """Refuse a model, tokenizer or image preprocessing other than the one the embeddings were
+        made with."""
+        check_compatible(self.manifest, fingerprint, tokenizer_fingerprint, source, self.directory, preprocessing)
 
     # -- search ---------------------------------------------------------------------------------
 
@@ -172,9 +174,19 @@ class Gallery:
 
 
 def check_compatible(manifest: Mapping[str, Any], fingerprint: str, tokenizer_fingerprint: str,
-                     source: str, index_dir: Path) -> None:
-    """IndexStoreError when ``fingerprint`` / ``tokenizer_fingerprint`` are not the index's."""
+                     source: str, index_dir: Path, preprocessing: Mapping[str, Any] | None = None) -> None:
+    """IndexStoreError when ``fingerprint`` / ``tokenizer_fingerprint`` / ``preprocessing`` are not
+    the index's (indexes built before the manifest recorded the preprocessing skip that check)."""
     built = manifest["model"]
+    recorded = built.get("preprocessing")
+    if isinstance(recorded, Mapping) and preprocessing is not None:
+        changed = [f"{key} {recorded.get(key)} vs {preprocessing.get(key)}"
+                   for key in sorted(set(recorded) | set(preprocessing)) if recorded.get(key) != preprocessing.get(key)]
+        if changed:
+            raise IndexStoreError(
+                f"index {index_dir} was built with another image preprocessing than {source} has "
+                f"({'; '.join(changed)}; index vs model): one index cannot mix embeddings of two "
+                f"preprocessings; use the index's model or rebuild the index with `ivt index build --force`")
     if fingerprint != built["fingerprint"]:
         raise IndexStoreError(
             f"index {index_dir} was built with model {built['fingerprint'][:12]} "

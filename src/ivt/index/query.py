@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ivt.errors import IvtError
+from ivt.errors import CheckpointError, IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.store import IndexStoreError
 from ivt.viz import image_data_uri
@@ -32,16 +32,23 @@ def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None,
     except IvtError as exc:
         raise IndexStoreError(f"index {gallery.directory}: cannot load its model from {run} ({exc}); "
                               f"pass --checkpoint if the run directory has moved") from exc
-    gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {run}")
+    gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {run}",
+                        model.config.preprocessing())
     return gallery, model
 
 
 def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False) -> list[dict[str, Any]]:
     """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
-    provenance)."""
+    provenance); every score is a finite number (JSON has no NaN), else a CheckpointError."""
+    if not np.isfinite(np.asarray(query, dtype=np.float64)).all():
+        raise CheckpointError("the model gave NaN or infinite values for the query: its weights are damaged "
+                              "(retrain or restore the run directory); no results")
+    hits = gallery.search(query, k, per_track=per_track)
+    if not all(np.isfinite(hit.score) for hit in hits):
+        raise IndexStoreError(f"index {gallery.directory}: a search score is NaN or infinite; rebuild the index")
     return [{"rank": rank, "id": hit.id, "score": round(hit.score, 6), "image_url": f"/api/images/{hit.id}",
              "provenance": gallery.describe(hit.id, hit.track)}
-            for rank, hit in enumerate(gallery.search(query, k, per_track=per_track), 1)]
+            for rank, hit in enumerate(hits, 1)]
 
 
 def _fmt_time(seconds: float) -> str:

@@ -46,6 +46,7 @@ EMBEDDINGS = "embeddings.npy"
 ITEMS = "items.jsonl"
 ANN = "ann.faiss"
 TMP_PREFIX = ".tmp-"
+NORM_TOLERANCE = 1e-3  # |norm - 1| allowed for a stored embedding (float32 normalisation is ~1e-7)
 _VERSION_RE = re.compile(r"^v(\d{6})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED_KEYS = ("format", "version", "created", "updated", "model", "tokenizer", "embedding",
@@ -220,6 +221,21 @@ def _parse_npy(data: bytearray, index_dir: Path) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape)
 
 
+def _check_values(embeddings: np.ndarray, index_dir: Path) -> None:
+    """Refuse embeddings that are not finite or not unit-norm: a matching sha256 only says the
+    file is what was written, and such rows give NaN or meaningless scores."""
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise _fail(index_dir, f"{EMBEDDINGS} row {row} holds NaN or infinite values")
+    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    bad = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise _fail(index_dir, f"{EMBEDDINGS} row {row} has norm {norms[row]:.6g}, not 1 (within "
+                               f"{NORM_TOLERANCE:g}): embeddings must be L2-normalised")
+
+
 def parse_item(line: str, where: str, num_roots: int, num_sources: int) -> Item:
     """One ``items.jsonl`` line -> :class:`Item`, or ValueError naming what is wrong."""
     data = json.loads(line)
@@ -292,6 +308,7 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
     count, dim = manifest["embedding"]["count"], manifest["embedding"]["dim"]
     if embeddings.shape != (count, dim):
         raise _fail(index_dir, f"{EMBEDDINGS} has shape {embeddings.shape}, the manifest says ({count}, {dim})")
+    _check_values(embeddings, index_dir)
     try:
         items = read_items(vdir / ITEMS, len(manifest["roots"]), len(manifest["sources"]), items_bytes)
     except (TypeError, ValueError) as exc:  # json and UnicodeDecodeError are ValueErrors
@@ -349,6 +366,8 @@ class IndexWriter:
 
     def __init__(self, index_dir: Path) -> None:
         self.directory = index_dir
+        self.committed = False
+        self._created: list[Path] = []   # crops and their folders this writer made, in order
 
     def current(self) -> StoredIndex | None:
         """The live version, or None for a new (empty or absent) directory."""
@@ -360,14 +379,25 @@ class IndexWriter:
         rel = f"{CROPS_DIR}/{sha[:2]}/{sha}.jpg"
         path = self.directory / rel
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            for folder in (path.parent.parent, path.parent):
+                if not folder.exists():
+                    folder.mkdir()
+                    self._created.append(folder)
             tmp = path.with_name(f"{TMP_PREFIX}{sha}.{os.getpid()}")
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
+            self._created.append(path)
         return rel, sha
+
+    def discard_new_crops(self) -> None:
+        """Remove the crops (and folders) this writer stored: a failed update leaves the index as it was."""
+        for path in reversed(self._created):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+        self._created.clear()
 
     def commit(self, manifest: dict[str, Any], embeddings: np.ndarray, items: Sequence[Item],
                ann: bytes | None = None) -> str:
@@ -382,6 +412,21 @@ class IndexWriter:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
+        try:
+            self._write_version(tmp, manifest, embeddings, items, ann)
+            os.rename(tmp, self.directory / version)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(self.directory)
+        _atomic_pointer(self.directory, version)
+        self.committed = True
+        self._cleanup(version)
+        return version
+
+    @staticmethod
+    def _write_version(tmp: Path, manifest: dict[str, Any], embeddings: np.ndarray, items: Sequence[Item],
+                       ann: bytes | None) -> None:
         files = {
             EMBEDDINGS: _write_file(tmp / EMBEDDINGS, _npy_chunks(embeddings)),
             ITEMS: _write_file(tmp / ITEMS, ["".join(i.to_json() + "\n" for i in items).encode("utf-8")]),
@@ -395,11 +440,6 @@ class IndexWriter:
         manifest.setdefault("created", manifest["updated"])
         _write_file(tmp / MANIFEST, [(json.dumps(manifest, indent=2) + "\n").encode("utf-8")])
         fsync_dir(tmp)
-        os.rename(tmp, self.directory / version)
-        fsync_dir(self.directory)
-        _atomic_pointer(self.directory, version)
-        self._cleanup(version)
-        return version
 
     def _cleanup(self, live: str) -> None:
         """Best effort: keep the live and the previous version, drop everything else."""
@@ -430,8 +470,15 @@ class IndexWriter:
 @contextlib.contextmanager
 def index_writer(index_dir: str | Path) -> Iterator[IndexWriter]:
     """Exclusive write access to ``index_dir`` (created if absent) for the ``with`` block: an
-    flock on its ``.lock`` file, so two writers never interleave (readers need no lock)."""
+    flock on its ``.lock`` file, so two writers never interleave (readers need no lock).
+
+    When the block fails before committing, what it created goes (while the lock is still held):
+    new crops, the ``.lock`` file, and the directory with its new parents if they were absent, so
+    a failed build leaves the path as it was and a failed add leaves the index as it was.
+    """
     directory = Path(index_dir)
+    new_dirs = [d for d in (directory, *directory.parents) if not d.exists()]
+    had_lock = (directory / LOCK_FILE).exists()
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK_FILE, "a+") as lock:
         try:
@@ -439,7 +486,23 @@ def index_writer(index_dir: str | Path) -> Iterator[IndexWriter]:
         except BlockingIOError as exc:
             raise IndexStoreError(f"index {directory} is being written by another process; "
                                   f"try again when it has finished") from exc
+        writer = IndexWriter(directory)
         try:
-            yield IndexWriter(directory)
+            yield writer
+        except BaseException:
+            if not writer.committed:
+                _undo_writer(writer, new_dirs, had_lock)
+            raise
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _undo_writer(writer: IndexWriter, new_dirs: list[Path], had_lock: bool) -> None:
+    writer.discard_new_crops()
+    if new_dirs:
+        shutil.rmtree(writer.directory, ignore_errors=True)
+        for parent in new_dirs[1:]:          # deepest first; only while empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+    elif not had_lock:
+        (writer.directory / LOCK_FILE).unlink(missing_ok=True)

@@ -121,6 +121,13 @@ class EncoderConfig:
     def mlp_hidden(self) -> int:
         return int(self.width * self.mlp_ratio)
 
+    def preprocessing(self) -> dict[str, Any]:
+        """What an image goes through before the encoder (size, resize, normalisation), as plain
+        data: a model gives other embeddings when any of it changes, so it is verified with the
+        weights and compared when embeddings of two models would be mixed."""
+        return {"image_size": list(self.image_size), "image_mean": list(self.image_mean),
+                "image_std": list(self.image_std), "eval_interpolation": self.eval_interpolation}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (for checkpoints and YAML)."""
         d = dataclasses.asdict(self)

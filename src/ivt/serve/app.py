@@ -22,12 +22,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
+from ivt.errors import IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.query import open_for_search, results
 from ivt.index.store import IndexStoreError
@@ -93,6 +94,15 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where or 'body'}: {first.get('msg', 'invalid value')}"
 
 
+def require_json(request: Request) -> None:
+    """415 for a body that is not declared JSON: FastAPI would validate the raw bytes against the
+    model and answer a misleading 422. Runs before the body is parsed (a route dependency)."""
+    declared = request.headers.get("content-type", "")
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(415, f"Content-Type must be application/json, got {declared[:60] or 'none'!r}")
+
+
 class BodySizeLimit:
     """ASGI middleware: a request body over ``max_bytes`` gets 413, whether announced by
     Content-Length or streamed. The body (small by then) is read here and replayed to the app."""
@@ -156,7 +166,12 @@ class SearchService:
         start = time.perf_counter()
         with self._model_lock:
             query = self.model.encode_texts([text])[0].numpy()
-        hits = results(self.gallery, query, k, per_track)
+        try:
+            hits = results(self.gallery, query, k, per_track)
+        except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
+            print(f"ivt serve: {exc}", file=sys.stderr)
+            raise ApiError(500, "the search gave no finite scores (damaged model or index); see the server log") \
+                from exc
         return {"text": text, "k": k, "per_track": per_track, "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "results": hits}
 
@@ -227,6 +242,10 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, _exc: Exception) -> JSONResponse:
+        return _error(500, "internal error; see the server log")
+
     @app.middleware("http")
     async def _headers(request: Request, call_next: Any) -> Response:
         response = await call_next(request)
@@ -248,7 +267,7 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
         return {"status": "ok", "items": len(svc.gallery), "tracks": len(svc.gallery.tracks),
                 "backend": manifest["backend"]["name"], "model": manifest["model"]["fingerprint"][:12]}
 
-    @app.post("/api/search")
+    @app.post("/api/search", dependencies=[Depends(require_json)])
     def search(body: SearchRequest) -> dict[str, Any]:
         text = body.text.strip()
         if not text:

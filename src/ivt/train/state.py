@@ -1,10 +1,12 @@
 """Resumable training state: optimiser, loss parameters and loop position, without pickle.
 
 Tensors go to ``last.state.safetensors``; the structure (param-group hyper-parameters, counters)
-to ``last.state.json``.
+to ``last.state.json``, with the sha256 of the tensor file so that a damaged state is refused at
+resume instead of silently continuing the run from other numbers (as the weights are verified).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import torch
 
 from ivt.checkpoint import read_json, read_tensors, tensors_bytes
 from ivt.errors import CheckpointError
+from ivt.files import file_sha256
 
 STATE_TENSORS = "last.state.safetensors"
 STATE_JSON = "last.state.json"
@@ -53,15 +56,33 @@ def train_state_files(*, optimizer: torch.optim.Optimizer, extra_modules: dict[s
     for prefix, module in extra_modules.items():
         for key, value in module.state_dict().items():
             tensors[f"{prefix}.{key}"] = value
-    info = {"optimizer": optim_info, **counters}
-    return {STATE_TENSORS: tensors_bytes(tensors), STATE_JSON: (json.dumps(info, indent=2) + "\n").encode()}
+    data = tensors_bytes(tensors)
+    info = {"optimizer": optim_info, **counters, "tensors_sha256": hashlib.sha256(data).hexdigest()}
+    return {STATE_TENSORS: data, STATE_JSON: (json.dumps(info, indent=2) + "\n").encode()}
+
+
+def _verified_tensors(run_dir: Path, info: dict) -> dict[str, torch.Tensor]:
+    """The state tensors, refused when they are not the ones saved (sha256) or not finite: either
+    would resume a different run than the one paused, with no sign of it."""
+    path = run_dir / STATE_TENSORS
+    expected = info.get("tensors_sha256")   # absent in states saved before it was recorded
+    if expected is not None and path.exists() and file_sha256(path) != expected:
+        raise CheckpointError(f"{path}: its content does not match {STATE_JSON} (sha256 differs): the file was "
+                              f"modified or damaged; it cannot be resumed exactly (restore it, or start a new run)")
+    tensors = read_tensors(path)
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values: the run diverged before "
+                                  f"this state was saved, or the file is damaged; it cannot be resumed (start a "
+                                  f"new run, e.g. with a lower optim.lr)")
+    return tensors
 
 
 def load_train_state(run_dir: Path, *, optimizer: torch.optim.Optimizer,
                      extra_modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
     """Restore what :func:`train_state_files` wrote; returns the counters."""
-    tensors = read_tensors(run_dir / STATE_TENSORS)
     info = read_json(run_dir / STATE_JSON)
+    tensors = _verified_tensors(run_dir, info)
     try:
         optimizer_from_flat(optimizer, tensors, info["optimizer"])
         for prefix, module in extra_modules.items():
@@ -69,4 +90,4 @@ def load_train_state(run_dir: Path, *, optimizer: torch.optim.Optimizer,
             module.load_state_dict(sub, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{run_dir}: the training state does not fit this run ({exc})") from exc
-    return {k: v for k, v in info.items() if k != "optimizer"}
+    return {k: v for k, v in info.items() if k not in ("optimizer", "tensors_sha256")}
