@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ivt.config import PRECISIONS
+
 FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
 
 
@@ -60,6 +62,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"train.device={args.device}")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
     if args.resume:
@@ -80,6 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_checkpoint(
         args.checkpoint, args.data, data_format=args.format, split=args.split, device=args.device,
         batch_size=args.batch_size, which=args.which, image_root=args.image_root, i2t=args.i2t,
+        precision=args.precision,
     )
     print(format_metrics(result))
     if args.json:
@@ -111,7 +116,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from ivt.demo import run_demo
 
     run_demo(data_dir=args.data, run_dir=args.out, ids=args.ids, minutes=args.minutes, seed=args.seed,
-             config=args.config)
+             config=args.config, precision=args.precision)
 
 
 def _device_arg(text: str) -> str:
@@ -119,6 +124,16 @@ def _device_arg(text: str) -> str:
     if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"invalid device {text!r}: use auto, cpu, cuda or cuda:N")
+
+
+PRECISION_HELP = ("auto (default: bf16/fp16 AMP on CUDA; on CPU bf16 only where this CPU runs it natively and "
+                  "measurably faster, else fp32), fp32, bf16 or fp16 (CUDA only)")
+
+
+def _add_device_precision(parser: argparse.ArgumentParser) -> None:
+    """--device and --precision of every command that runs a model."""
+    parser.add_argument("--device", default="auto", type=_device_arg, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def _latency_mode() -> None:
@@ -155,14 +170,14 @@ def _cmd_index(args: argparse.Namespace) -> None:
     detector = load_detector(args.detector) if args.video else None
     progress = not args.quiet and sys.stderr.isatty()
     if args.index_command == "build":
-        model = ivt.load(args.checkpoint, device=args.device, which=args.which)
+        model = ivt.load(args.checkpoint, device=args.device, which=args.which, precision=args.precision)
         report = build_index(args.out, model, images=images, videos=args.video or (), every=args.every,
                              detector=detector, backend=args.backend, backend_params=_backend_params(args.param),
                              which=args.which, force=args.force, batch_size=args.batch_size, progress=progress)
     else:
         built = read_index(args.index, verify=False).manifest["model"]
         model = ivt.load(args.checkpoint or built["checkpoint"], device=args.device,
-                         which=built.get("which", "best"))
+                         which=built.get("which", "best"), precision=args.precision)
         report = add_to_index(args.index, model, images=images, videos=args.video or (), every=args.every,
                               detector=detector, batch_size=args.batch_size, progress=progress)
     if images is not None:
@@ -182,7 +197,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         raise DataError("the description must be 1 to 500 characters")
     if not 1 <= args.top_k <= 1000:
         raise DataError(f"--top-k must be from 1 to 1000, got {args.top_k}")
-    gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args))
+    gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     start = time.perf_counter()
     query = model.encode_texts([text])[0].numpy()
     hits = results(gallery, query, args.top_k, args.per_track)
@@ -206,7 +221,7 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     from ivt.explain import check_samples, explain_png
 
     check_samples(args.samples)  # before the model loads: a bad value is told at once
-    model = ivt.load(args.checkpoint, device=args.device, which=args.which)
+    model = ivt.load(args.checkpoint, device=args.device, which=args.which, precision=args.precision)
     explanation, _ = explain_png(model, args.image, args.text, args.out, samples=args.samples)
     print(f"explanation: {args.out}")
     for m in explanation.maps:
@@ -220,7 +235,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     from ivt.serve import create_app, load_service
 
-    service = load_service(args.index, args.checkpoint, args.device, _search_params(args))
+    service = load_service(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     app = create_app(service=service)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, reachable from other machines; the service has no "
@@ -256,7 +271,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--video", nargs="+", metavar="FILE", help="video file(s): index the people in them")
         c.add_argument("--every", type=int, default=1, help="with --video: process every N-th frame")
         c.add_argument("--detector", default="hog", help="person detector: hog, or package.module:factory")
-        c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        _add_device_precision(c)
         c.add_argument("--batch-size", type=int, default=64)
         c.add_argument("--quiet", action="store_true", help="no progress bars")
         c.set_defaults(func=_cmd_index)
@@ -269,7 +284,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML result grid")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_device_precision(p)
     p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query (recall vs speed)")
     p.add_argument("--nprobe", type=int, help="ivfpq: inverted lists visited per query (recall vs speed)")
     p.set_defaults(func=_cmd_search)
@@ -281,7 +296,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="explanation.png", help="PNG to write (default: %(default)s)")
     p.add_argument("--samples", type=int, default=64, help="masked encodings (more = smoother maps)")
     p.add_argument("--which", default="best", choices=["best", "last"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_device_precision(p)
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("serve", help="web page and JSON API for searching an index")
@@ -289,7 +304,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_device_precision(p)
     p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query")
     p.add_argument("--nprobe", type=int, help="ivfpq: inverted lists visited per query")
     p.set_defaults(func=_cmd_serve)
@@ -334,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted overrides, e.g. train.epochs=3 (repeatable: --set a=1 --set b=2)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
     p.add_argument("--device", type=_device_arg, help="auto, cpu, cuda or cuda:N (overrides train.device)")
+    p.add_argument("--precision", choices=PRECISIONS, help="auto, fp32, bf16 or fp16 (overrides train.precision)")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")
     p.set_defaults(func=_cmd_train)
 
@@ -344,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root")
     p.add_argument("--split", default="test")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of the run")
-    p.add_argument("--device", default="auto", type=_device_arg, help="auto, cpu, cuda or cuda:N")
+    _add_device_precision(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
     p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
@@ -369,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="training time budget (default: the recipe's train.max_minutes)")
     p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, help="training, evaluation and search precision "
+                   "(default: the recipe's train.precision)")
     p.set_defaults(func=_cmd_demo)
 
     _add_search_commands(sub)

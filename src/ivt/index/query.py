@@ -18,15 +18,17 @@ if TYPE_CHECKING:
 
 
 def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-                    search_params: dict[str, int] | None = None) -> tuple[Gallery, RetrievalModel]:
+                    search_params: dict[str, int] | None = None,
+                    precision: str = "auto") -> tuple[Gallery, RetrievalModel]:
     """The verified index and the model it was built with (from its manifest, or ``checkpoint``
-    when the run directory has moved), refusing any other model or tokenizer."""
+    when the run directory has moved), refusing any other model or tokenizer.
+    ``precision``: the query encoder's own (the index's embeddings are float32 whatever precision
+    encoded them, so a search need not repeat the build's)"""
     import ivt
 
     gallery = Gallery.open(index_dir, search_params)
     built = gallery.manifest["model"]
     run = checkpoint or built["checkpoint"]
-    precision = built.get("precision", "auto") if str(device) in ("auto", "cpu") else "auto"
     try:
         model = ivt.load(run, device=device, which=built.get("which", "best"), precision=precision)
     except IvtError as exc:

@@ -207,9 +207,9 @@ class SearchService:
 
 
 def load_service(index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-                 search_params: dict[str, int] | None = None) -> SearchService:
+                 search_params: dict[str, int] | None = None, precision: str = "auto") -> SearchService:
     """Open the index (verified) and the model it was built with (checked by fingerprint)."""
-    return SearchService(*open_for_search(index_dir, checkpoint, device, search_params))
+    return SearchService(*open_for_search(index_dir, checkpoint, device, search_params, precision))
 
 
 def _page() -> str:
