@@ -10,6 +10,10 @@ from PIL import Image
 COLOURS = {"red": (200, 30, 30), "blue": (30, 60, 200), "green": (30, 160, 60), "yellow": (220, 200, 40),
            "black": (20, 20, 20), "white": (235, 235, 235), "pink": (240, 140, 180), "grey": (128, 128, 128)}
 
+#: Overrides for a model a few times smaller than ``tiny``, for tests that need a trained run but
+#: not what it learns (its cost matters most where bf16 is emulated: CPUs without native bf16).
+MICRO_MODEL = ["model.size=tiny", "model.width=32", "model.depth=1", "model.num_heads=2", "model.image_size=[32, 16]"]
+
 
 def write_toy_pedes(root: Path, ids_per_split=(8, 3, 3), images_per_id: int = 2, seed: int = 0) -> Path:
     """Identity = (upper colour, lower colour); captions say so. Returns the root."""

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from helpers import write_toy_pedes
+from helpers import MICRO_MODEL, write_toy_pedes
 from ivt.cli import main
 
 
@@ -52,7 +52,7 @@ def test_data_check_finds_a_corrupt_image(tmp_path, capsys):
 def test_train_evaluate_json_and_bad_config(tmp_path, capsys):
     root = write_toy_pedes(tmp_path / "toy")
     run = tmp_path / "run"
-    base = ["train", "--set", f"data.path={root}", "model.image_size=[32, 16]", "train.epochs=1",
+    base = ["train", "--set", f"data.path={root}", *MICRO_MODEL, "train.epochs=1",
             "train.batch_size=8", "data.vocab_size=200", "train.precision=fp32", "--out", str(run)]
     assert main(base) == 0
     out_json = tmp_path / "m.json"
@@ -69,7 +69,7 @@ def test_train_evaluate_json_and_bad_config(tmp_path, capsys):
 def test_evaluate_lists_mismatching_keys(tmp_path, capsys):
     root = write_toy_pedes(tmp_path / "toy")
     run = tmp_path / "run"
-    assert main(["train", "--set", f"data.path={root}", "model.image_size=[32, 16]", "train.epochs=1",
+    assert main(["train", "--set", f"data.path={root}", *MICRO_MODEL, "train.epochs=1",
                  "train.batch_size=8", "data.vocab_size=200", "train.precision=fp32", "--out", str(run)]) == 0
     meta = json.loads((run / "best.json").read_text())
     meta["encoder"]["mlp_ratio"] = 2.0

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ivt
+from helpers import MICRO_MODEL
 from ivt.cli import main
 from ivt.index.store import read_index
 from search_helpers import tiny_trained_run
@@ -57,7 +58,7 @@ def test_index_search_explain_serve_and_evaluate_take_precision(run_and_data, tm
 def test_train_records_the_precision_it_was_given(run_and_data, tmp_path):
     _, data = run_and_data
     out = tmp_path / "run"
-    assert main(["train", "--set", "model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8",
+    assert main(["train", "--set", *MICRO_MODEL, "train.batch_size=8",
                  "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.epochs=1",
                  "train.eval_every=0", f"data.path={data}", "--out", str(out), "--precision", "bf16"]) == 0
     last = json.loads((out / "last.json").read_text())

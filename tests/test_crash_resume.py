@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from helpers import write_toy_pedes
+from helpers import MICRO_MODEL, write_toy_pedes
 from ivt.config import load_config
 from ivt.files import file_sha256
 from ivt.train.trainer import train
 
-ARGS = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
+ARGS = [*MICRO_MODEL, "train.batch_size=8", "train.precision=fp32",
         "train.threads=1", "data.vocab_size=200", "data.max_text_len=24", "train.log_every=1", "train.epochs=8",
         "train.eval_every=1", "mask.ratio=0.3", "model.drop_path=0.1", "augment.erase_p=0.5"]
 MIN_KILLS = 10

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import write_toy_pedes
+from helpers import MICRO_MODEL, write_toy_pedes
 from ivt.config import load_config
 from ivt.train.trainer import train
 
-COMMON = ["model.size=tiny", "model.image_size=[32, 16]", "train.precision=fp32", "train.threads=1",
+COMMON = [*MICRO_MODEL, "train.precision=fp32", "train.threads=1",
           "data.vocab_size=200", "data.max_text_len=24", "train.log_every=1", "train.epochs=2",
           "train.eval_every=1", "train.sampler=identity", "train.k_per_id=2", "mask.ratio=0.3",
           "model.drop_path=0.0", "optim.clip_grad=1.0"]
