@@ -19,6 +19,7 @@ import torch
 from ivt.data import load_dataset
 from ivt.evaluate.metrics import chance_metrics
 from ivt.evaluate.retrieval import evaluate_checkpoint
+from ivt.runtime import cpu_info
 from learning import ensure_draw
 from real_transfer import evaluate as evaluate_real
 from throughput import matmul_peak
@@ -61,15 +62,19 @@ def main() -> None:
     real = evaluate_real(args.run)
 
     fresh = [m for k, m in results.items() if k.startswith("fresh")]
-    peak = matmul_peak(torch.bfloat16, 2048, 5)
+    # Name the machine: the steps a demo makes scale with the peak of the precision it trained in.
+    precision = json.loads((args.run / "last.json").read_text()).get("precision", "fp32")
+    reason = json.loads((args.run / "last.json").read_text()).get("precision_reason", "")
+    peaks = {name: matmul_peak(dt, 1024, 3) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     lines = [
         f"`make demo`: SynthPedes of {info['ids']} identities (seed {info['seed']}), then {info['steps']:,} "
         f"training steps ({info['epochs']:g} epochs) in {info['train_seconds'] / 60:.1f} min on "
         f"{info['torch_threads']} threads; the whole demo (generation, training, evaluation, result grids, "
         f"index and two searches) {info['total_seconds'] / 60:.1f} min. Best checkpoint chosen on the demo "
         f"draw's val split (step {best['step']}, val R1 {best['metrics']['R1']:.2f}, mAP "
-        f"{best['metrics']['mAP']:.2f}). The steps a demo makes scale with the machine: this one's bf16 "
-        f"matmul peak (2048x2048, {torch.get_num_threads()} threads) is {peak:.0f} GFLOP/s.",
+        f"{best['metrics']['mAP']:.2f}). Trained in {precision} ({reason}) on {cpu_info().describe()}; "
+        f"matmul peaks (1024x1024, {torch.get_num_threads()} threads): fp32 {peaks['fp32']:.0f}, bf16 "
+        f"{peaks['bf16']:.0f} GFLOP/s. The steps a demo makes scale with the peak of its precision.",
         "",
         "| test set | size | R1 | R5 | R10 | mAP | mINP | chance R1 / mAP |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -90,7 +95,8 @@ def main() -> None:
     if args.write:
         from results_md import write_section
 
-        write_section("demo", text, "Demo (`make demo`, `benchmarks/demo_figures.py`)")
+        write_section(f"demo-{precision}", text, f"Demo trained in {precision} (`make demo`, "
+                      f"`benchmarks/demo_figures.py`)")
 
 
 if __name__ == "__main__":

@@ -365,8 +365,14 @@ def main() -> None:
                      f"epoch ({CUHK_TRAIN_CAPTIONS:,} captions x 3 levels) {epoch_s / 60:.1f} min; the paper's 120 "
                      f"epochs {120 * epoch_s / 3600:.1f} h (validation excluded).")
     if args.write:
-        title = f"Throughput on {dev.upper()} (`benchmarks/throughput.py`)"
-        write_section(f"throughput-{dev}", "\n".join(lines), title)
+        # One section per kind of machine: a CPU with native bf16 and one without keep their own figures.
+        if dev == "cuda":
+            tag, title = "throughput-cuda", "CUDA"
+        elif cpu_info().native_bf16:
+            tag, title = "throughput-cpu-native-bf16", "a CPU with native bf16"
+        else:
+            tag, title = "throughput-cpu-no-native-bf16", "a CPU without native bf16 (fp32 is the fast path)"
+        write_section(tag, "\n".join(lines), f"Throughput on {title} (`benchmarks/throughput.py`)")
 
 
 if __name__ == "__main__":
