@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ivt.config import PRECISIONS
+from ivt.terminal import printable
 
 FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
 
@@ -32,11 +33,11 @@ def _cmd_synth(args: argparse.Namespace) -> None:
             args.out, args.ids, args.seed, image_size=(args.height, args.width),
             images_per_id=tuple(args.images_per_id), progress=not args.quiet, force=args.force
         )
-        print(f"SynthPedes written to {args.out} in {summary.get('seconds', 0):.1f} s")
+        print(f"SynthPedes written to {printable(args.out)} in {summary.get('seconds', 0):.1f} s")
         _print_dataset(args.out, "cuhk-pedes", check_images=False)
     if args.preview:
         path = write_preview(args.out, args.preview, num_images=args.preview_count, seed=args.seed)
-        print(f"preview: {path}")
+        print(f"preview: {printable(path)}")
 
 
 def _print_dataset(path: str | Path, fmt: str, check_images: bool, image_root: str | None = None) -> None:
@@ -75,7 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = load_config(args.config, overrides)
     run_dir = train(cfg, resume=args.resume is not None)
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {printable(run_dir)}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -108,8 +109,8 @@ def _cmd_import_official(args: argparse.Namespace) -> None:
 
     run_dir = import_official(args.checkpoint, args.out, image_size=args.image_size, patch_stride=args.patch_stride,
                               num_heads=args.heads, vocab=args.vocab)
-    print(f"imported {args.checkpoint} -> {run_dir} (evaluate it with: ivt evaluate --checkpoint {run_dir} "
-          f"--data PATH)")
+    source, run = printable(args.checkpoint), printable(run_dir)
+    print(f"imported {source} -> {run} (evaluate it with: ivt evaluate --checkpoint {run} --data PATH)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -181,7 +182,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
         report = add_to_index(args.index, model, images=images, videos=args.video or (), every=args.every,
                               detector=detector, batch_size=args.batch_size, progress=progress)
     if images is not None:
-        print(f"images: {images.description}")
+        print(f"images: {printable(images.description)}")
     print(report.summary())
 
 
@@ -209,7 +210,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         print(format_results(text, hits, gallery, took))
     if args.html:
         path = results_html(text, hits, gallery, args.html)
-        print(f"HTML result grid: {path}", file=sys.stderr if args.json else sys.stdout)
+        print(f"HTML result grid: {printable(path)}", file=sys.stderr if args.json else sys.stdout)
 
 
 def _search_params(args: argparse.Namespace) -> dict[str, int]:
@@ -223,10 +224,10 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     check_samples(args.samples)  # before the model loads: a bad value is told at once
     model = ivt.load(args.checkpoint, device=args.device, which=args.which, precision=args.precision)
     explanation, _ = explain_png(model, args.image, args.text, args.out, samples=args.samples)
-    print(f"explanation: {args.out}")
+    print(f"explanation: {printable(args.out)}")
     for m in explanation.maps:
         top = ", ".join(str(int(i)) for i in m.ranking()[:3])
-        print(f"  {m.phrase!r}: cos {m.similarity:.3f}, most relevant patches {top}")
+        print(f"  '{printable(m.phrase)}': cos {m.similarity:.3f}, most relevant patches {top}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -238,9 +239,10 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     service = load_service(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     app = create_app(service=service)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}, reachable from other machines; the service has no "
+        print(f"warning: listening on {printable(args.host)}, reachable from other machines; the service has no "
               f"authentication", file=sys.stderr)
-    print(f"serving {len(service.gallery)} indexed images at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    print(f"serving {len(service.gallery)} indexed images at http://{printable(args.host)}:{args.port}/ "
+          f"(Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
@@ -418,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if os.environ.get("IVT_DEBUG"):
             raise
-        print(f"ivt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"ivt {args.command}: error: " + printable(exc, keep="\n"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from ivt.config import load_config
 from ivt.data import format_stats, load_dataset
 from ivt.errors import ConfigError, RunDirError
 from ivt.evaluate.metrics import chance_metrics
+from ivt.terminal import printable
 
 DEMO_MARKER = "demo.json"
 #: The demo's training recipe, the one place it is written (the ablation benchmark reads it too).
@@ -37,7 +38,7 @@ def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
     params = found.get("params", {})
     if (found.get("complete", True) and found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids
             and params.get("seed") == seed and tuple(params.get("images_per_id", ())) == tuple(images_per_id)):
-        print(f"[1/6] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
+        print(f"[1/6] SynthPedes already in {printable(data_dir)} ({ids} ids, seed {seed}): reusing it")
         return
     own = found.get("made_by") == "demo"
     if found.get("generator") == "synthpedes" and not own:
@@ -49,7 +50,7 @@ def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
     t0 = time.perf_counter()
     generate_synthpedes(data_dir, ids, seed, images_per_id=tuple(images_per_id), progress=True, workers=workers,
                         force=own, made_by="demo")
-    print(f"[1/6] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
+    print(f"[1/6] SynthPedes generated in {printable(data_dir)} in {time.perf_counter() - t0:.1f} s")
 
 
 def _prepare_run_dir(run_dir: Path, replace: bool = True) -> None:
@@ -118,7 +119,8 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     dataset = load_dataset(data_dir)
     print("[2/6] dataset check:\n" + format_stats(dataset))
     _prepare_run_dir(run_dir)
-    print(f"[3/6] training {cfg.model.size} IVT ({config}) for up to {cfg.train.max_minutes:g} min into {run_dir}")
+    print(f"[3/6] training {cfg.model.size} IVT ({printable(config)}) for up to {cfg.train.max_minutes:g} min "
+          f"into {printable(run_dir)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DEMO_MARKER).write_text(json.dumps({"data": str(data_dir), "ids": ids, "seed": seed}) + "\n")
     train_start = time.perf_counter()
@@ -134,7 +136,7 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     rows = result_rows(run_dir, data_dir, seed=seed)
     png = result_grid(rows, run_dir / "results.png")
     html = result_html(rows, run_dir / "results.html")
-    print(f"[5/6] result grid: {png} (and {html})")
+    print(f"[5/6] result grid: {printable(png)} (and {printable(html)})")
     search_demo(run_dir, data_dir, precision=precision)
     total = time.perf_counter() - started
     print(f"total {total / 60:.1f} min")
@@ -171,7 +173,7 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
         hits = results(gallery, model.encode_texts([text])[0].numpy(), top_k)
         print(format_results(text, hits, gallery, 1000 * (time.perf_counter() - start)))
         pages.append(results_html(text, hits, gallery, run_dir / f"search-{n}.html"))
-    print(f"HTML result grids: {', '.join(str(p) for p in pages)}")
-    print(f"try your own: ivt search --index {index_dir} \"a woman in a blue coat\"  |  "
-          f"ivt serve --index {index_dir}")
+    index = printable(index_dir)
+    print(f"HTML result grids: {', '.join(printable(p) for p in pages)}")
+    print(f"try your own: ivt search --index {index} \"a woman in a blue coat\"  |  ivt serve --index {index}")
     return pages

@@ -11,6 +11,7 @@ import numpy as np
 from ivt.errors import CheckpointError, IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.store import IndexStoreError
+from ivt.terminal import printable
 from ivt.viz import image_data_uri
 
 if TYPE_CHECKING:
@@ -70,12 +71,13 @@ def describe_short(provenance: dict[str, Any]) -> str:
 
 
 def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery, took_ms: float | None = None) -> str:
-    """A terminal table of ranked hits."""
-    backend = gallery.manifest["backend"]["name"]
+    """A terminal table of ranked hits; the query and file names with control characters escaped."""
+    backend = printable(gallery.manifest["backend"]["name"])
     timing = f", {took_ms:.1f} ms" if took_ms is not None else ""
-    lines = [f'query: "{text}"  ({len(gallery)} indexed images, {backend} search{timing})',
+    lines = [f'query: "{printable(text)}"  ({len(gallery)} indexed images, {backend} search{timing})',
              f"{'rank':>4}  {'score':>6}  {'id':>6}  image"]
-    lines += [f"{h['rank']:>4}  {h['score']:6.3f}  {h['id']:>6}  {describe_short(h['provenance'])}" for h in hits]
+    lines += [f"{h['rank']:>4}  {h['score']:6.3f}  {h['id']:>6}  {printable(describe_short(h['provenance']))}"
+              for h in hits]
     if not hits:
         lines.append("  (no results)")
     return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""Command-line defects of issue 16: control characters escaped in terminal output, bad option
+values told in one line (exit 2) naming the option and the value, one device grammar accepted by
+every command, and the minor hints (``--which``, ``--format``) and the demo recipe found from the package."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import ivt
+from helpers import write_toy_pedes
+from ivt.cli import main
+from ivt.index.build import build_index, image_source
+
+TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
+         "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.epochs=1"]
+ESC, CSI = "\x1b", "\x9b"
+#: Gallery file names that would clear the screen, break the table or start a C1 control sequence.
+EVIL = {"evil\x1b[2J.jpg": "evil\\x1b[2J.jpg", "new\nline.jpg": "new\\nline.jpg", "c1\x9b31m.jpg": "c1\\x9b31m.jpg"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict[str, Path]:
+    """A toy dataset, a trained run of it, and an index of a folder whose file names hold control characters."""
+    root = tmp_path_factory.mktemp("cli")
+    data = write_toy_pedes(root / "toy")
+    run = root / "run"
+    assert main(["train", "--set", *TRAIN, f"data.path={data}", "--out", str(run)]) == 0
+    gallery = root / "gallery"
+    gallery.mkdir()
+    sources = sorted((data / "imgs" / "test").glob("*.jpg"))
+    for name, src in zip(["plain.jpg", *EVIL], sources):
+        shutil.copy(src, gallery / name)
+    (gallery / "skip\x1b[31m.heic").write_bytes(b"not read")
+    index = root / "idx"
+    build_index(index, ivt.load(run, device="cpu"), images=image_source(gallery), progress=False)
+    return {"data": data, "run": run, "gallery": gallery, "index": index}
+
+
+def _usage_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """The message of an argparse usage error (exit status 2), its last line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def _user_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """The one-line message of a user error (exit status 2)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+# --- 1. control characters in terminal output -------------------------------------------------
+
+
+def test_printable_escapes_c0_del_c1_and_bidi_controls():
+    from ivt.terminal import printable
+
+    assert printable("a\x1b[2J\nb\r\tc\x00\x07\x7f\x9b\u202ed é 中") == \
+        "a\\x1b[2J\\nb\\r\\tc\\x00\\x07\\x7f\\x9b\\u202ed é 中"
+    assert printable("two\nlines\x1b", keep="\n") == "two\nlines\\x1b"
+    assert printable(Path("/x/\x1b.jpg")) == "/x/\\x1b.jpg"
+
+
+def test_search_table_escapes_the_query_and_file_names(base, capsys):
+    query = "a person\x1b]0;owned\x07 in red"
+    assert main(["search", query, "--index", str(base["index"]), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert ESC not in out and CSI not in out and "\x07" not in out
+    lines = out.splitlines()
+    assert lines[0].startswith('query: "a person\\x1b]0;owned\\x07 in red"  (4 indexed images, exact search')
+    assert len(lines) == 2 + 4  # header, column titles, one line per hit: no name broke a line
+    shown = {line.split(None, 3)[3] for line in lines[2:]}
+    assert shown == {"plain.jpg", *EVIL.values()}
+
+
+def test_search_json_keeps_the_exact_strings(base, capsys):
+    query = "a person\x1b[2J in red"
+    assert main(["search", query, "--index", str(base["index"]), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] == query
+    assert {hit["provenance"]["path"] for hit in result["results"]} == {"plain.jpg", *EVIL}
+
+
+def test_index_build_report_escapes_listed_file_names(base, tmp_path, capsys):
+    assert main(["index", "build", "--checkpoint", str(base["run"]), "--images", str(base["gallery"]),
+                 "--out", str(tmp_path / "idx"), "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ESC not in out and CSI not in out
+    assert f"    {base['gallery']}/skip\\x1b[31m.heic: .heic images are not indexed (indexed: " in out
+
+
+def test_errors_and_dataset_tables_escape_control_characters(base, tmp_path, capsys):
+    missing = tmp_path / "no\x1b[2Jdata"
+    message = _user_error(capsys, ["data", "check", str(missing)])
+    assert message == f"ivt data: error: {tmp_path}/no\\x1b[2Jdata: no such file or directory"
+    odd = tmp_path / "toy\x1b[31m"
+    shutil.copytree(base["data"], odd)
+    assert main(["data", "check", str(odd), "--no-images"]) == 0
+    out = capsys.readouterr().out
+    assert ESC not in out
+    assert out.splitlines()[0] == (f"cuhk-pedes: {tmp_path}/toy\\x1b[31m/reid_raw.json "
+                                   f"(images under {tmp_path}/toy\\x1b[31m/imgs)")
