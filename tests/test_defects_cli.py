@@ -12,6 +12,7 @@ import pytest
 import ivt
 from helpers import write_toy_pedes
 from ivt.cli import main
+from ivt.errors import ConfigError
 from ivt.index.build import build_index, image_source
 
 TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
@@ -107,3 +108,64 @@ def test_errors_and_dataset_tables_escape_control_characters(base, tmp_path, cap
     assert ESC not in out
     assert out.splitlines()[0] == (f"cuhk-pedes: {tmp_path}/toy\\x1b[31m/reid_raw.json "
                                    f"(images under {tmp_path}/toy\\x1b[31m/imgs)")
+
+
+# --- 2. bad option values: one line, exit 2, naming the option and the value --------------------
+
+
+BUILD = ["index", "build", "--checkpoint", "c", "--out", "o", "--images", "i"]
+ADD = ["index", "add", "--index", "i", "--images", "i"]
+EVALUATE = ["evaluate", "--checkpoint", "c", "--data", "d"]
+AT_LEAST_1 = "must be an integer >= 1, got"
+PORT = "must be an integer from 1 to 65535, got"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([*BUILD, "--every", "0"], f"ivt index build: error: argument --every: {AT_LEAST_1} '0'"),
+    ([*BUILD, "--every", "-2"], f"ivt index build: error: argument --every: {AT_LEAST_1} '-2'"),
+    ([*ADD, "--every", "0"], f"ivt index add: error: argument --every: {AT_LEAST_1} '0'"),
+    ([*BUILD, "--batch-size", "0"], f"ivt index build: error: argument --batch-size: {AT_LEAST_1} '0'"),
+    ([*ADD, "--batch-size", "-1"], f"ivt index add: error: argument --batch-size: {AT_LEAST_1} '-1'"),
+    ([*EVALUATE, "--batch-size", "0"], f"ivt evaluate: error: argument --batch-size: {AT_LEAST_1} '0'"),
+    ([*EVALUATE, "--batch-size", "-1"], f"ivt evaluate: error: argument --batch-size: {AT_LEAST_1} '-1'"),
+    (["serve", "--index", "i", "--port", "99999"], f"ivt serve: error: argument --port: {PORT} '99999'"),
+    (["serve", "--index", "i", "--port", "-1"], f"ivt serve: error: argument --port: {PORT} '-1'"),
+    (["serve", "--index", "i", "--port", "0"], f"ivt serve: error: argument --port: {PORT} '0'"),
+    (["serve", "--index", "i", "--port", "http"], f"ivt serve: error: argument --port: {PORT} 'http'"),
+])
+def test_bad_numbers_are_usage_errors_naming_option_and_value(argv, expected, capsys):
+    assert _usage_error(capsys, argv) == expected
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["search", "x", "--index", "i", "--html", "{dir}"], "--html"),
+    (["explain", "x", "--checkpoint", "c", "--image", "i", "--out", "{dir}"], "--out"),
+    (["evaluate", "--checkpoint", "c", "--data", "d", "--json", "{dir}"], "--json"),
+])
+def test_an_output_file_that_is_a_directory_is_a_usage_error(argv, option, tmp_path, capsys):
+    argv = [a.replace("{dir}", str(tmp_path)) for a in argv]
+    assert _usage_error(capsys, argv) == (f"ivt {argv[0]}: error: argument {option}: '{tmp_path}' is a directory; "
+                                          f"give the file to write")
+    blocked = tmp_path / "file.txt"
+    blocked.write_text("x")
+    argv = [str(blocked / "out.x") if a == str(tmp_path) else a for a in argv]
+    assert _usage_error(capsys, argv) == (f"ivt {argv[0]}: error: argument {option}: cannot write "
+                                          f"'{blocked}/out.x': {blocked} is not a directory")
+
+
+def test_index_build_out_naming_a_file_is_a_user_error(base, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    message = _user_error(capsys, ["index", "build", "--checkpoint", str(base["run"]), "--images",
+                                   str(base["gallery"]), "--out", str(target), "--device", "cpu", "--quiet"])
+    assert message == (f"ivt index: error: {target} is a file, not an index directory; give --out a new or "
+                       f"empty directory (nothing was changed)")
+    assert target.read_text() == "mine"
+
+
+def test_the_api_refuses_a_frame_step_below_one(base, tmp_path):
+    model = ivt.load(base["run"], device="cpu")
+    for every in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match=r"every \(--every\) must be an integer >= 1, got "):
+            build_index(tmp_path / "i", model, videos=[base["gallery"] / "plain.jpg"], every=every)
+    assert not (tmp_path / "i").exists()

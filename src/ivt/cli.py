@@ -11,12 +11,44 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ivt.config import PRECISIONS
 from ivt.terminal import printable
 
 FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer from ``low`` (up to ``high``); anything else is a usage error
+    naming the option and the value (exit status 2)."""
+    span = f"from {low} to {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got '{printable(text)}'")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1)
+_port = _int_in(1, 65535)
+
+
+def _output_file(text: str) -> str:
+    """argparse type of an option naming a file to write: refuses a directory, or a path under a file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{printable(text)}' is a directory; give the file to write")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write '{printable(text)}': {printable(parent)} is not a directory")
+    return text
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -271,10 +303,10 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--split", help="with a dataset: only this split (e.g. test)")
         c.add_argument("--format", default="auto", help=FORMAT_HELP)
         c.add_argument("--video", nargs="+", metavar="FILE", help="video file(s): index the people in them")
-        c.add_argument("--every", type=int, default=1, help="with --video: process every N-th frame")
+        c.add_argument("--every", type=_positive_int, default=1, help="with --video: process every N-th frame")
         c.add_argument("--detector", default="hog", help="person detector: hog, or package.module:factory")
         _add_device_precision(c)
-        c.add_argument("--batch-size", type=int, default=64)
+        c.add_argument("--batch-size", type=_positive_int, default=64)
         c.add_argument("--quiet", action="store_true", help="no progress bars")
         c.set_defaults(func=_cmd_index)
 
@@ -284,7 +316,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML result grid")
+    p.add_argument("--html", metavar="OUT.html", type=_output_file, help="also write a self-contained HTML result grid")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
     _add_device_precision(p)
     p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query (recall vs speed)")
@@ -295,7 +327,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("text", help="the description")
     p.add_argument("--checkpoint", required=True, help="run directory of the model")
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--out", default="explanation.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("--out", default="explanation.png", type=_output_file, help="PNG to write (default: %(default)s)")
     p.add_argument("--samples", type=int, default=64, help="masked encodings (more = smoother maps)")
     p.add_argument("--which", default="best", choices=["best", "last"])
     _add_device_precision(p)
@@ -304,7 +336,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web page and JSON API for searching an index")
     p.add_argument("--index", required=True, metavar="INDEX_DIR")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
     _add_device_precision(p)
     p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query")
@@ -363,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of the run")
     _add_device_precision(p)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
-    p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    p.add_argument("--json", metavar="OUT", type=_output_file, help="write the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("import-official", help="turn an official IVT checkpoint into an ivt run directory")

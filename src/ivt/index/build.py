@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ivt.errors import DataError, IvtError
+from ivt.errors import ConfigError, DataError, IvtError
 from ivt.files import ConfinedRoot, file_sha256
 from ivt.index.backends import (
     SearchBackend,
@@ -316,6 +316,11 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
     report = BuildReport(index_dir)
     if images is None and not videos:
         raise DataError("nothing to index: give --images and/or --video")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"every (--every) must be an integer >= 1, got {every!r}")
+    if index_dir.exists() and not index_dir.is_dir():
+        what = "give --out a new or empty directory" if create else "--index names an index directory"
+        raise IndexStoreError(f"{index_dir} is a file, not an index directory; {what} (nothing was changed)")
     video_paths = [Path(v) for v in videos]
     for v in video_paths:
         if not v.is_file():
