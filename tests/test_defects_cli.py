@@ -11,8 +11,8 @@ import pytest
 
 import ivt
 from helpers import write_toy_pedes
-from ivt.cli import main
-from ivt.errors import ConfigError
+from ivt.cli import build_parser, main
+from ivt.errors import ConfigError, DeviceError
 from ivt.index.build import build_index, image_source
 
 TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
@@ -169,3 +169,59 @@ def test_the_api_refuses_a_frame_step_below_one(base, tmp_path):
         with pytest.raises(ConfigError, match=r"every \(--every\) must be an integer >= 1, got "):
             build_index(tmp_path / "i", model, videos=[base["gallery"] / "plain.jpg"], every=every)
     assert not (tmp_path / "i").exists()
+
+
+# --- 3. one device grammar, accepted by every command ------------------------------------------
+
+
+COMMANDS = {"train": ["train"], "evaluate": ["evaluate", "--checkpoint", "c", "--data", "d"],
+            "search": ["search", "x", "--index", "i"], "index build": ["index", "build", "--checkpoint", "c",
+                                                                       "--out", "o"],
+            "index add": ["index", "add", "--index", "i"],
+            "explain": ["explain", "x", "--checkpoint", "c", "--image", "i"], "serve": ["serve", "--index", "i"],
+            "demo": ["demo"]}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_model_command_takes_cuda_n_and_refuses_nonsense(command, capsys):
+    argv = COMMANDS[command]
+    assert build_parser().parse_args([*argv, "--device", "cuda:3"]).device == "cuda:3"
+    assert _usage_error(capsys, [*argv, "--device", "cuda:²"]).endswith(
+        "error: argument --device: invalid device 'cuda:²': use auto, cpu, cuda or cuda:N")
+
+
+@pytest.mark.parametrize("bad", ["gpu0", "cuda:", "cuda:x", "cuda:²", "CPU", " cpu", "cuda:1 "])
+def test_config_cli_and_runtime_share_one_device_grammar(bad, capsys):
+    from ivt.config import check_device, config_from_dict
+    from ivt.runtime import resolve_device
+
+    said = f"invalid device {bad!r}: use auto, cpu, cuda or cuda:N"
+    with pytest.raises(DeviceError) as exc:
+        check_device(bad)
+    assert str(exc.value) == said
+    with pytest.raises(DeviceError) as exc:
+        resolve_device(bad)
+    assert str(exc.value) == said
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"train": {"device": bad}})
+    assert str(exc.value) == f"train.device: {said}"
+    assert _usage_error(capsys, ["search", "x", "--index", "i", "--device", bad]).endswith(f"--device: {said}")
+
+
+def test_demo_passes_its_device_to_training(tmp_path, monkeypatch):
+    import ivt.train.trainer as trainer
+    from ivt.synth.generate import FORMAT_VERSION
+
+    seen = {}
+
+    def fake_train(cfg, resume=False):
+        seen["device"] = cfg.train.device
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    data = write_toy_pedes(tmp_path / "toy")
+    marker = {"version": FORMAT_VERSION, "params": {"num_ids": 3, "seed": 0, "images_per_id": [2, 5]}}
+    (data / "synthpedes.json").write_text(json.dumps(marker))
+    assert main(["demo", "--data", str(data), "--out", str(tmp_path / "run"), "--ids", "3",
+                 "--device", "cuda:2"]) == 130
+    assert seen == {"device": "cuda:2"}

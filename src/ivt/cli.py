@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ivt.config import PRECISIONS
+from ivt.config import PRECISIONS, check_device
 from ivt.terminal import printable
 
 FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
@@ -149,14 +149,17 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from ivt.demo import run_demo
 
     run_demo(data_dir=args.data, run_dir=args.out, ids=args.ids, minutes=args.minutes, seed=args.seed,
-             config=args.config, precision=args.precision)
+             config=args.config, precision=args.precision, device=args.device)
 
 
 def _device_arg(text: str) -> str:
-    """argparse type for --device: auto, cpu, cuda or cuda:N."""
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"invalid device {text!r}: use auto, cpu, cuda or cuda:N")
+    """argparse type for --device: the grammar of :func:`ivt.config.check_device`."""
+    from ivt.errors import DeviceError
+
+    try:
+        return check_device(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 PRECISION_HELP = ("auto (default: bf16/fp16 AMP on CUDA; on CPU bf16 only where this CPU runs it natively and "
@@ -419,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, help="training time budget (default: the recipe's train.max_minutes)")
     p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=_device_arg, help="auto, cpu, cuda or cuda:N for training, evaluation and "
+                   "search (default: the recipe's train.device)")
     p.add_argument("--precision", choices=PRECISIONS, help="training, evaluation and search precision "
                    "(default: the recipe's train.precision)")
     p.set_defaults(func=_cmd_demo)

@@ -66,13 +66,14 @@ def _prepare_run_dir(run_dir: Path, replace: bool = True) -> None:
                           f"(nothing was changed)")
 
 
-def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0) -> list:
+def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0,
+                device: str = "cpu") -> list:
     """GridRows of a few test captions with their top-k images from the trained model."""
     from ivt.evaluate.retrieval import embed_split
     from ivt.inference import load
     from ivt.viz import GridRow
 
-    model = load(run_dir, device="cpu")
+    model = load(run_dir, device=device)
     dataset = load_dataset(data_dir)
     emb = embed_split(model, dataset, dataset.split("test"))
     g = torch.Generator().manual_seed(seed)
@@ -93,11 +94,11 @@ def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int 
 
 def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int | None = None,
              minutes: float | None = None, seed: int = 0, config: str | Path = DEMO_CONFIG,
-             precision: str | None = None) -> dict:
+             precision: str | None = None, device: str | None = None) -> dict:
     """The whole demo: ``config`` is the recipe (the SynthPedes draw, ``synth.ids`` unless ``ids``
     is given, and the training); ``minutes`` (default: the recipe's ``train.max_minutes``) the
-    training budget; ``precision`` (default: the recipe's ``train.precision``) that of training,
-    evaluation and search. Returns the test metrics."""
+    training budget; ``precision`` and ``device`` (default: the recipe's ``train.precision`` and
+    ``train.device``) those of training, evaluation and search. Returns the test metrics."""
     from ivt.evaluate.retrieval import evaluate_checkpoint, format_metrics
     from ivt.train.trainer import train
     from ivt.viz import result_grid, result_html
@@ -111,8 +112,10 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
         overrides.append(f"synth.ids={ids}")
     if precision is not None:
         overrides.append(f"train.precision={precision}")
+    if device is not None:
+        overrides.append(f"train.device={device}")
     cfg = load_config(config, overrides)
-    precision = cfg.train.precision
+    precision, device = cfg.train.precision, cfg.train.device
     ids = cfg.synth.ids
     _prepare_run_dir(run_dir, replace=False)  # refuse a foreign --out before spending minutes on the data
     _ensure_synth(data_dir, ids, seed, cfg.synth.workers, images_per_id=tuple(cfg.synth.images_per_id))
@@ -126,18 +129,18 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     train_start = time.perf_counter()
     train(cfg)
     train_seconds = time.perf_counter() - train_start
-    result = evaluate_checkpoint(run_dir, data_dir, split="test", device="auto", precision=precision)
+    result = evaluate_checkpoint(run_dir, data_dir, split="test", device=device, precision=precision)
     (run_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     test = dataset.split("test")
     chance = chance_metrics([r.pid for r in test for _ in r.captions], [r.pid for r in test])
     print(f"[4/6] test split (trained {train_seconds / 60:.1f} min; a random ranking scores "
           f"R1 {chance['R1']:.2f}, mAP {chance['mAP']:.2f}):")
     print(format_metrics(result))
-    rows = result_rows(run_dir, data_dir, seed=seed)
+    rows = result_rows(run_dir, data_dir, seed=seed, device=device)
     png = result_grid(rows, run_dir / "results.png")
     html = result_html(rows, run_dir / "results.html")
     print(f"[5/6] result grid: {printable(png)} (and {printable(html)})")
-    search_demo(run_dir, data_dir, precision=precision)
+    search_demo(run_dir, data_dir, precision=precision, device=device)
     total = time.perf_counter() - started
     print(f"total {total / 60:.1f} min")
     last = json.loads((run_dir / "last.json").read_text())
@@ -154,7 +157,7 @@ DEMO_QUERIES = ("a man in a black jacket with a red backpack",
 
 
 def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_QUERIES, top_k: int = 8,
-                precision: str = "auto") -> list[Path]:
+                precision: str = "auto", device: str = "auto") -> list[Path]:
     """Index the test gallery with the trained model and run the example searches: a table in
     the terminal and a self-contained HTML grid per query. Returns the HTML paths."""
     import ivt
@@ -162,7 +165,7 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
     from ivt.index.gallery import Gallery
     from ivt.index.query import format_results, results, results_html
 
-    model = ivt.load(run_dir, precision=precision)
+    model = ivt.load(run_dir, device=device, precision=precision)
     index_dir = run_dir / "index"
     report = build_index(index_dir, model, images=image_source(data_dir, split="test"), force=True, progress=False)
     print(f"[6/6] search: {report.summary()}")
