@@ -15,6 +15,7 @@ from ivt.cli import build_parser, main
 from ivt.errors import ConfigError, DeviceError
 from ivt.index.build import build_index, image_source
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
          "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.epochs=1"]
 ESC, CSI = "\x1b", "\x9b"
@@ -225,3 +226,54 @@ def test_demo_passes_its_device_to_training(tmp_path, monkeypatch):
     assert main(["demo", "--data", str(data), "--out", str(tmp_path / "run"), "--ids", "3",
                  "--device", "cuda:2"]) == 130
     assert seen == {"device": "cuda:2"}
+
+
+# --- 4. minor: hints that name what exists, the demo recipe found from the package -----------
+
+
+def test_a_missing_best_checkpoint_hint_fits_the_caller(base, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    for name in ("best.safetensors", "best.json"):
+        (run / name).unlink()
+    message = _user_error(capsys, ["evaluate", "--checkpoint", str(run), "--data", str(base["data"]),
+                                   "--device", "cpu"])
+    assert message == (f"ivt evaluate: error: {run}: no best checkpoint yet (validation has not run in this "
+                       f"run); its latest weights are the last checkpoint (--which last on the command line, "
+                       f"which='last' in Python)")
+    for argv in (["search", "x", "--index", str(base["index"])], ["index", "add", "--index", str(base["index"]),
+                                                                  "--images", str(base["gallery"])]):
+        message = _user_error(capsys, [*argv, "--checkpoint", str(run), "--device", "cpu"])
+        assert message.endswith(f": error: index {base['index']}: {run} has no best.safetensors, the checkpoint "
+                                f"the index was built with; pass --checkpoint with the run directory it came from")
+        assert "--which" not in message
+
+
+def test_the_format_hint_names_the_cli_option(tmp_path, capsys):
+    odd = tmp_path / "mine.json"
+    odd.write_text(json.dumps({"people": []}))
+    message = _user_error(capsys, ["data", "check", str(odd)])
+    assert message.startswith(f"ivt data: error: {odd}: cannot tell the annotation format from the file name or "
+                              f"the JSON shape; give the format (--format FORMAT on the command line, "
+                              f"format='FORMAT' in Python); accepted formats: cuhk-pedes, ")
+    named = tmp_path / "reid_raw.json"
+    named.write_text(json.dumps({"people": []}))
+    assert main(["data", "check", str(named)]) == 2
+    err = capsys.readouterr().err
+    assert ("(format cuhk-pedes was chosen from the file name; give the format (--format FORMAT on the command "
+            "line, format='FORMAT' in Python) if the file is in another format)") in err
+    assert "format=" not in err.replace("format='FORMAT'", "")
+
+
+def test_the_demo_recipe_is_package_data_found_from_any_directory(tmp_path, monkeypatch):
+    from ivt.config import load_config
+    from ivt.demo import DEMO_CONFIG
+
+    monkeypatch.chdir(tmp_path)
+    assert DEMO_CONFIG.is_absolute() and DEMO_CONFIG == Path(ivt.__file__).parent / "recipes" / "demo.yaml"
+    cfg = load_config(DEMO_CONFIG)
+    assert (cfg.model.size, cfg.model.stem, cfg.model.pool, cfg.loss.name) == ("tiny", "conv", "mean", "infonce")
+    assert build_parser().parse_args(["demo"]).config is None  # the CLI falls back on DEMO_CONFIG
+    assert '"ivt" = ["recipes/*.yaml"]' in (REPO / "pyproject.toml").read_text()  # shipped in the wheel
+    copies = [p for d in ("configs", "src", "benchmarks", "tests") for p in (REPO / d).rglob("demo.yaml")]
+    assert copies == [DEMO_CONFIG]

@@ -146,10 +146,10 @@ def _cmd_import_official(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from ivt.demo import run_demo
+    from ivt.demo import DEMO_CONFIG, run_demo
 
     run_demo(data_dir=args.data, run_dir=args.out, ids=args.ids, minutes=args.minutes, seed=args.seed,
-             config=args.config, precision=args.precision, device=args.device)
+             config=args.config or DEMO_CONFIG, precision=args.precision, device=args.device)
 
 
 def _device_arg(text: str) -> str:
@@ -195,6 +195,7 @@ def _backend_params(pairs: Sequence[str] | None) -> dict[str, str]:
 def _cmd_index(args: argparse.Namespace) -> None:
     import ivt
     from ivt.index.build import add_to_index, build_index, image_source
+    from ivt.index.query import index_model
     from ivt.index.store import read_index
     from ivt.video.detect import load_detector
 
@@ -212,8 +213,7 @@ def _cmd_index(args: argparse.Namespace) -> None:
                              which=args.which, force=args.force, batch_size=args.batch_size, progress=progress)
     else:
         built = read_index(args.index, verify=False).manifest["model"]
-        model = ivt.load(args.checkpoint or built["checkpoint"], device=args.device,
-                         which=built.get("which", "best"), precision=args.precision)
+        model = index_model(args.index, built, args.checkpoint, args.device, args.precision)
         report = add_to_index(args.index, model, images=images, videos=args.video or (), every=args.every,
                               detector=detector, batch_size=args.batch_size, progress=progress)
     if images is not None:
@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--ids", type=int, help="SynthPedes identities (default: the recipe's synth.ids)")
     p.add_argument("--minutes", type=float, help="training time budget (default: the recipe's train.max_minutes)")
-    p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: %(default)s)")
+    p.add_argument("--config", help="the training recipe (default: the demo recipe shipped with ivt, "
+                   "ivt/recipes/demo.yaml)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", type=_device_arg, help="auto, cpu, cuda or cuda:N for training, evaluation and "
                    "search (default: the recipe's train.device)")

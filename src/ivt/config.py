@@ -31,6 +31,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERPOLATIONS = ("bicubic", "bilinear")
 POOLS = ("cls", "mean")
 
+#: The demo's training recipe, the one place it is written; shipped inside the package, so ``ivt demo``
+#: and the benchmarks find it from any directory and from an installed (non-editable) package.
+DEMO_CONFIG = Path(__file__).resolve().parent / "recipes" / "demo.yaml"
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 

@@ -13,15 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ivt.config import load_config
+from ivt.config import DEMO_CONFIG, load_config
 from ivt.data import format_stats, load_dataset
 from ivt.errors import ConfigError, RunDirError
 from ivt.evaluate.metrics import chance_metrics
 from ivt.terminal import printable
 
 DEMO_MARKER = "demo.json"
-#: The demo's training recipe, the one place it is written (the ablation benchmark reads it too).
-DEMO_CONFIG = Path("configs/demo.yaml")
 
 
 def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
