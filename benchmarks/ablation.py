@@ -1,7 +1,7 @@
 """Ablation of IVT's components with the demo recipe: same data, several seeds, at equal steps or
 at equal training time.
 
-Variants (overrides on top of ``configs/demo.yaml``): full IVT (multi-level alignment + BMM token
+Variants (overrides on top of ``src/ivt/recipes/demo.yaml``): full IVT (multi-level alignment + BMM token
 dropping), without MLA (sentence-level texts only), without BMM, and a two-tower baseline
 (separate image and text transformers of the same total block size, nothing shared, MLA + BMM).
 

@@ -15,11 +15,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from ivt.config import load_config
+from ivt.config import DEMO_CONFIG, load_config
 from ivt.data import load_dataset
 from ivt.train.data import EpochSampler, attribute_positives, build_samples, enabled_levels, pair_texts
-
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def count(data: Path, batch_size: int, sampler: str, seed: int = 0) -> dict:

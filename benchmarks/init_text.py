@@ -17,16 +17,15 @@ import statistics
 import time
 from pathlib import Path
 
-from ivt.config import load_config
+from ivt.config import DEMO_CONFIG, load_config
 from ivt.evaluate.retrieval import evaluate_checkpoint
 from ivt.train.trainer import train
 from results_md import write_section
 
-#: The demo recipe (configs/demo.yaml: InfoNCE, conv stem, mean pooling, ...) at the `small` size
+#: The demo recipe (src/ivt/recipes/demo.yaml: InfoNCE, conv stem, mean pooling, ...) at the `small` size
 #: (width 384, depth 6: MiniLM-L6's shape) with the demo's 128x64 input, so that a CPU run of a few
 #: minutes makes about 200 steps; a smaller batch than tiny's, and lr 1e-4: at 5e-4 and 2e-4 the
 #: scratch model sat at the uniform loss (ln 96) for its first 80+ steps.
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 COMMON = ["model.size=small", "model.image_size=[128, 64]", "train.batch_size=32", "optim.lr=0.0001",
           "optim.warmup_epochs=1", "train.epochs=200", "data.max_text_len=64"]
 VARIANTS = {
@@ -54,7 +53,7 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def report(results: dict[str, list[dict]], minutes: float, seeds: list[int], data: Path) -> str:
-    lines = [f"SynthPedes `{data}`, `small` (width 384, depth 6), the demo recipe (configs/demo.yaml) with "
+    lines = [f"SynthPedes `{data}`, `small` (width 384, depth 6), the demo recipe (src/ivt/recipes/demo.yaml) with "
              f"{' '.join(COMMON)}; {minutes:g} min of training per run on the idle 2-core CPU, seeds "
              f"{', '.join(map(str, seeds))}; test split, last checkpoint.", "",
              "| text side | R1 | mAP | steps |", "| --- | --- | --- | --- |"]

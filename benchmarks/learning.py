@@ -1,7 +1,7 @@
 """How fast the demo model learns: train recipe variants for fixed budgets, print learning curves
 and retrieval on fresh SynthPedes draws.
 
-A variant is a list of config overrides applied on top of ``configs/demo.yaml``. A budget is
+A variant is a list of config overrides applied on top of ``src/ivt/recipes/demo.yaml``. A budget is
 either a number of optimisation steps (``--steps``: step-matched and deterministic, what to
 compare on a shared machine) or of minutes (``--minutes``: wall clock, on an idle machine, one
 run at a time). Every run keeps its validation curve (``metrics.jsonl``: val R1/mAP at each
@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+from ivt.config import DEMO_CONFIG
 
 #: Named levers: config overrides on top of the demo recipe (``demo``: the recipe as it is).
 VARIANTS: dict[str, list[str]] = {

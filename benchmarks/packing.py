@@ -1,6 +1,6 @@
 """What packing texts saves: padding, and the time of a demo training step, padded vs packed.
 
-Builds the demo recipe's trainer (configs/demo.yaml) on its SynthPedes draw and times, on the same
+Builds the demo recipe's trainer (src/ivt/recipes/demo.yaml) on its SynthPedes draw and times, on the same
 batches and side by side (alternating), the text side's forward + backward and the whole
 ``Trainer.train_step`` with ``train.pack_texts`` off and on. Run on an idle machine:
 
@@ -80,7 +80,7 @@ def main() -> None:
             times["step packed"].append(ms_per_batch(steps(True), n))
     ms = {k: statistics.median(v) for k, v in times.items()}
     texts = sum(ids.shape[0] for ids, _ in chunks[0])
-    text = (f"The demo recipe (configs/demo.yaml, tiny, batch 64 = {texts} texts over 3 MLA levels) on "
+    text = (f"The demo recipe (src/ivt/recipes/demo.yaml, tiny, batch 64 = {texts} texts over 3 MLA levels) on "
             f"{cpu_model()}, {args.threads} threads, bf16 autocast; {n} real batches of the demo draw, padded "
             f"and packed timed alternately ({args.rounds} rounds, median of the rounds, ms per batch). Padded = "
             f"each level padded to its longest text; packed = rows of {DEFAULT_ROW_LEN} slots (`train.pack_texts`).\n\n"

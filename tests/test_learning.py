@@ -15,7 +15,7 @@ from ivt.evaluate.retrieval import evaluate_checkpoint
 from ivt.synth.generate import generate_synthpedes
 from ivt.train.trainer import train
 
-RECIPE = [  # the demo's recipe (configs/demo.yaml) at a smaller scale
+RECIPE = [  # the demo's recipe (src/ivt/recipes/demo.yaml) at a smaller scale
     "model.size=tiny", "model.image_size=[64, 32]", "model.patch_size=8", "model.patch_stride=8", "model.width=96",
     "model.depth=2", "model.num_heads=2", "model.stem=hmlp", "data.vocab_size=300", "data.max_text_len=48",
     "train.batch_size=32", "train.threads=2", "train.precision=auto", "loss.name=infonce", "loss.temperature=0.07",

@@ -106,7 +106,7 @@ def test_result_grid_keeps_the_space_between_words():
     assert max(gaps) >= MIN_SPACE_PX - 1  # Pillow's own drawing of "A young" leaves a 1-px gap
 
 
-def test_demo_reads_its_recipe_from_configs_demo_yaml(tmp_path, monkeypatch):
+def test_demo_reads_its_packaged_recipe(tmp_path, monkeypatch):
     import ivt.train.trainer as trainer
     from ivt.demo import DEMO_CONFIG, run_demo
 
@@ -117,7 +117,7 @@ def test_demo_reads_its_recipe_from_configs_demo_yaml(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "train", fake_train)
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(tmp_path)  # the recipe is found from the package, not from the working directory
     from ivt.synth.generate import FORMAT_VERSION
 
     data = write_toy_pedes(tmp_path / "toy")

@@ -157,8 +157,9 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pat
         weights = p / f"{which}.safetensors"
         if not weights.exists():
             if which == "best" and (p / "last.safetensors").exists():
-                raise CheckpointError(f"{p}: no best checkpoint yet (validation has not run in this run); "
-                                      f"use --which last for the latest weights")
+                raise CheckpointError(f"{p}: no best checkpoint yet (validation has not run in this run); its latest "
+                                      f"weights are the last checkpoint (--which last on the command line, "
+                                      f"which='last' in Python)")
             if not (p / "config.yaml").exists() and not (p / "last.safetensors").exists():
                 raise CheckpointError(f"{p}: not an ivt run directory (no config.yaml, no checkpoints)")
             raise CheckpointError(f"{p}: no {which}.safetensors in this run directory")

@@ -11,11 +11,44 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from ivt.config import PRECISIONS
+from ivt.config import PRECISIONS, check_device
+from ivt.terminal import printable
 
 FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer from ``low`` (up to ``high``); anything else is a usage error
+    naming the option and the value (exit status 2)."""
+    span = f"from {low} to {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got '{printable(text)}'")
+        return value
+
+    return parse
+
+
+_positive_int = _int_in(1)
+_port = _int_in(1, 65535)
+
+
+def _output_file(text: str) -> str:
+    """argparse type of an option naming a file to write: refuses a directory, or a path under a file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"'{printable(text)}' is a directory; give the file to write")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write '{printable(text)}': {printable(parent)} is not a directory")
+    return text
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -32,11 +65,11 @@ def _cmd_synth(args: argparse.Namespace) -> None:
             args.out, args.ids, args.seed, image_size=(args.height, args.width),
             images_per_id=tuple(args.images_per_id), progress=not args.quiet, force=args.force
         )
-        print(f"SynthPedes written to {args.out} in {summary.get('seconds', 0):.1f} s")
+        print(f"SynthPedes written to {printable(args.out)} in {summary.get('seconds', 0):.1f} s")
         _print_dataset(args.out, "cuhk-pedes", check_images=False)
     if args.preview:
         path = write_preview(args.out, args.preview, num_images=args.preview_count, seed=args.seed)
-        print(f"preview: {path}")
+        print(f"preview: {printable(path)}")
 
 
 def _print_dataset(path: str | Path, fmt: str, check_images: bool, image_root: str | None = None) -> None:
@@ -75,7 +108,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     else:
         cfg = load_config(args.config, overrides)
     run_dir = train(cfg, resume=args.resume is not None)
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {printable(run_dir)}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -108,22 +141,25 @@ def _cmd_import_official(args: argparse.Namespace) -> None:
 
     run_dir = import_official(args.checkpoint, args.out, image_size=args.image_size, patch_stride=args.patch_stride,
                               num_heads=args.heads, vocab=args.vocab)
-    print(f"imported {args.checkpoint} -> {run_dir} (evaluate it with: ivt evaluate --checkpoint {run_dir} "
-          f"--data PATH)")
+    source, run = printable(args.checkpoint), printable(run_dir)
+    print(f"imported {source} -> {run} (evaluate it with: ivt evaluate --checkpoint {run} --data PATH)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from ivt.demo import run_demo
+    from ivt.demo import DEMO_CONFIG, run_demo
 
     run_demo(data_dir=args.data, run_dir=args.out, ids=args.ids, minutes=args.minutes, seed=args.seed,
-             config=args.config, precision=args.precision)
+             config=args.config or DEMO_CONFIG, precision=args.precision, device=args.device)
 
 
 def _device_arg(text: str) -> str:
-    """argparse type for --device: auto, cpu, cuda or cuda:N."""
-    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-        return text
-    raise argparse.ArgumentTypeError(f"invalid device {text!r}: use auto, cpu, cuda or cuda:N")
+    """argparse type for --device: the grammar of :func:`ivt.config.check_device`."""
+    from ivt.errors import DeviceError
+
+    try:
+        return check_device(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 PRECISION_HELP = ("auto (default: bf16/fp16 AMP on CUDA; on CPU bf16 only where this CPU runs it natively and "
@@ -159,6 +195,7 @@ def _backend_params(pairs: Sequence[str] | None) -> dict[str, str]:
 def _cmd_index(args: argparse.Namespace) -> None:
     import ivt
     from ivt.index.build import add_to_index, build_index, image_source
+    from ivt.index.query import index_model
     from ivt.index.store import read_index
     from ivt.video.detect import load_detector
 
@@ -176,12 +213,11 @@ def _cmd_index(args: argparse.Namespace) -> None:
                              which=args.which, force=args.force, batch_size=args.batch_size, progress=progress)
     else:
         built = read_index(args.index, verify=False).manifest["model"]
-        model = ivt.load(args.checkpoint or built["checkpoint"], device=args.device,
-                         which=built.get("which", "best"), precision=args.precision)
+        model = index_model(args.index, built, args.checkpoint, args.device, args.precision)
         report = add_to_index(args.index, model, images=images, videos=args.video or (), every=args.every,
                               detector=detector, batch_size=args.batch_size, progress=progress)
     if images is not None:
-        print(f"images: {images.description}")
+        print(f"images: {printable(images.description)}")
     print(report.summary())
 
 
@@ -209,7 +245,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         print(format_results(text, hits, gallery, took))
     if args.html:
         path = results_html(text, hits, gallery, args.html)
-        print(f"HTML result grid: {path}", file=sys.stderr if args.json else sys.stdout)
+        print(f"HTML result grid: {printable(path)}", file=sys.stderr if args.json else sys.stdout)
 
 
 def _search_params(args: argparse.Namespace) -> dict[str, int]:
@@ -223,10 +259,10 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     check_samples(args.samples)  # before the model loads: a bad value is told at once
     model = ivt.load(args.checkpoint, device=args.device, which=args.which, precision=args.precision)
     explanation, _ = explain_png(model, args.image, args.text, args.out, samples=args.samples)
-    print(f"explanation: {args.out}")
+    print(f"explanation: {printable(args.out)}")
     for m in explanation.maps:
         top = ", ".join(str(int(i)) for i in m.ranking()[:3])
-        print(f"  {m.phrase!r}: cos {m.similarity:.3f}, most relevant patches {top}")
+        print(f"  '{printable(m.phrase)}': cos {m.similarity:.3f}, most relevant patches {top}")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -238,9 +274,10 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     service = load_service(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     app = create_app(service=service)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}, reachable from other machines; the service has no "
+        print(f"warning: listening on {printable(args.host)}, reachable from other machines; the service has no "
               f"authentication", file=sys.stderr)
-    print(f"serving {len(service.gallery)} indexed images at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    print(f"serving {len(service.gallery)} indexed images at http://{printable(args.host)}:{args.port}/ "
+          f"(Ctrl-C stops)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
@@ -269,10 +306,10 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--split", help="with a dataset: only this split (e.g. test)")
         c.add_argument("--format", default="auto", help=FORMAT_HELP)
         c.add_argument("--video", nargs="+", metavar="FILE", help="video file(s): index the people in them")
-        c.add_argument("--every", type=int, default=1, help="with --video: process every N-th frame")
+        c.add_argument("--every", type=_positive_int, default=1, help="with --video: process every N-th frame")
         c.add_argument("--detector", default="hog", help="person detector: hog, or package.module:factory")
         _add_device_precision(c)
-        c.add_argument("--batch-size", type=int, default=64)
+        c.add_argument("--batch-size", type=_positive_int, default=64)
         c.add_argument("--quiet", action="store_true", help="no progress bars")
         c.set_defaults(func=_cmd_index)
 
@@ -282,7 +319,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML result grid")
+    p.add_argument("--html", metavar="OUT.html", type=_output_file, help="also write a self-contained HTML result grid")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
     _add_device_precision(p)
     p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query (recall vs speed)")
@@ -293,7 +330,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("text", help="the description")
     p.add_argument("--checkpoint", required=True, help="run directory of the model")
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--out", default="explanation.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("--out", default="explanation.png", type=_output_file, help="PNG to write (default: %(default)s)")
     p.add_argument("--samples", type=int, default=64, help="masked encodings (more = smoother maps)")
     p.add_argument("--which", default="best", choices=["best", "last"])
     _add_device_precision(p)
@@ -302,7 +339,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web page and JSON API for searching an index")
     p.add_argument("--index", required=True, metavar="INDEX_DIR")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
     _add_device_precision(p)
     p.add_argument("--ef-search", type=int, help="hnsw: candidates explored per query")
@@ -361,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of the run")
     _add_device_precision(p)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
-    p.add_argument("--json", metavar="OUT", help="write the metrics as JSON")
+    p.add_argument("--json", metavar="OUT", type=_output_file, help="write the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("import-official", help="turn an official IVT checkpoint into an ivt run directory")
@@ -383,8 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--ids", type=int, help="SynthPedes identities (default: the recipe's synth.ids)")
     p.add_argument("--minutes", type=float, help="training time budget (default: the recipe's train.max_minutes)")
-    p.add_argument("--config", default="configs/demo.yaml", help="the training recipe (default: %(default)s)")
+    p.add_argument("--config", help="the training recipe (default: the demo recipe shipped with ivt, "
+                   "ivt/recipes/demo.yaml)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=_device_arg, help="auto, cpu, cuda or cuda:N for training, evaluation and "
+                   "search (default: the recipe's train.device)")
     p.add_argument("--precision", choices=PRECISIONS, help="training, evaluation and search precision "
                    "(default: the recipe's train.precision)")
     p.set_defaults(func=_cmd_demo)
@@ -418,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if os.environ.get("IVT_DEBUG"):
             raise
-        print(f"ivt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"ivt {args.command}: error: " + printable(exc, keep="\n"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ivt.errors import ConfigError
+from ivt.errors import ConfigError, DeviceError
 
 # The enumerated settings, in one place (the modules that implement them import these).
 MODEL_SIZE_NAMES = ("tiny", "small", "base")
@@ -30,6 +30,24 @@ WORD_POSITIVES = ("identity", "attributes")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INTERPOLATIONS = ("bicubic", "bilinear")
 POOLS = ("cls", "mean")
+
+#: The demo's training recipe, the one place it is written; shipped inside the package, so ``ivt demo``
+#: and the benchmarks find it from any directory and from an installed (non-editable) package.
+DEMO_CONFIG = Path(__file__).resolve().parent / "recipes" / "demo.yaml"
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(name: object) -> str:
+    """``name`` if it is a device name (auto, cpu, cuda or cuda:N), else a :class:`DeviceError`.
+
+    The one statement of the device grammar: the config, the command line and the runtime use it.
+    Whether this machine has the device is the runtime's question (:func:`ivt.runtime.resolve_device`).
+    """
+    if isinstance(name, str) and _DEVICE.fullmatch(name):
+        return name
+    raise DeviceError(f"invalid device {name!r}: use auto, cpu, cuda or cuda:N")
+
 
 #: A decimal number as YAML 1.2 writes it. PyYAML reads YAML 1.1, where ``1e-4`` and ``5E-3``
 #: (no dot, or no signed exponent) are strings; a float field accepts them as numbers.
@@ -252,9 +270,10 @@ def validate_config(cfg: Config) -> None:
     """
     problems = [f"{key}: {_get(cfg, key)!r} is not one of {', '.join(choices)}"
                 for key, choices in _CHOICES.items() if _get(cfg, key) not in choices]
-    device = cfg.train.device
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        problems.append(f"train.device: {device!r} is not auto, cpu, cuda or cuda:N")
+    try:
+        check_device(cfg.train.device)
+    except DeviceError as exc:
+        problems.append(f"train.device: {exc}")
     checks = [
         ("optim.lr", cfg.optim.lr >= 0, ">= 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, ">= 0"),

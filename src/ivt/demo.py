@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ivt.config import load_config
+from ivt.config import DEMO_CONFIG, load_config
 from ivt.data import format_stats, load_dataset
 from ivt.errors import ConfigError, RunDirError
 from ivt.evaluate.metrics import chance_metrics
+from ivt.terminal import printable
 
 DEMO_MARKER = "demo.json"
-#: The demo's training recipe, the one place it is written (the ablation benchmark reads it too).
-DEMO_CONFIG = Path("configs/demo.yaml")
 
 
 def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
@@ -37,7 +36,7 @@ def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
     params = found.get("params", {})
     if (found.get("complete", True) and found.get("version") == FORMAT_VERSION and params.get("num_ids") == ids
             and params.get("seed") == seed and tuple(params.get("images_per_id", ())) == tuple(images_per_id)):
-        print(f"[1/6] SynthPedes already in {data_dir} ({ids} ids, seed {seed}): reusing it")
+        print(f"[1/6] SynthPedes already in {printable(data_dir)} ({ids} ids, seed {seed}): reusing it")
         return
     own = found.get("made_by") == "demo"
     if found.get("generator") == "synthpedes" and not own:
@@ -49,7 +48,7 @@ def _ensure_synth(data_dir: Path, ids: int, seed: int, workers: int = 1, *,
     t0 = time.perf_counter()
     generate_synthpedes(data_dir, ids, seed, images_per_id=tuple(images_per_id), progress=True, workers=workers,
                         force=own, made_by="demo")
-    print(f"[1/6] SynthPedes generated in {data_dir} in {time.perf_counter() - t0:.1f} s")
+    print(f"[1/6] SynthPedes generated in {printable(data_dir)} in {time.perf_counter() - t0:.1f} s")
 
 
 def _prepare_run_dir(run_dir: Path, replace: bool = True) -> None:
@@ -65,13 +64,14 @@ def _prepare_run_dir(run_dir: Path, replace: bool = True) -> None:
                           f"(nothing was changed)")
 
 
-def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0) -> list:
+def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0,
+                device: str = "cpu") -> list:
     """GridRows of a few test captions with their top-k images from the trained model."""
     from ivt.evaluate.retrieval import embed_split
     from ivt.inference import load
     from ivt.viz import GridRow
 
-    model = load(run_dir, device="cpu")
+    model = load(run_dir, device=device)
     dataset = load_dataset(data_dir)
     emb = embed_split(model, dataset, dataset.split("test"))
     g = torch.Generator().manual_seed(seed)
@@ -92,11 +92,11 @@ def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int 
 
 def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int | None = None,
              minutes: float | None = None, seed: int = 0, config: str | Path = DEMO_CONFIG,
-             precision: str | None = None) -> dict:
+             precision: str | None = None, device: str | None = None) -> dict:
     """The whole demo: ``config`` is the recipe (the SynthPedes draw, ``synth.ids`` unless ``ids``
     is given, and the training); ``minutes`` (default: the recipe's ``train.max_minutes``) the
-    training budget; ``precision`` (default: the recipe's ``train.precision``) that of training,
-    evaluation and search. Returns the test metrics."""
+    training budget; ``precision`` and ``device`` (default: the recipe's ``train.precision`` and
+    ``train.device``) those of training, evaluation and search. Returns the test metrics."""
     from ivt.evaluate.retrieval import evaluate_checkpoint, format_metrics
     from ivt.train.trainer import train
     from ivt.viz import result_grid, result_html
@@ -110,32 +110,35 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
         overrides.append(f"synth.ids={ids}")
     if precision is not None:
         overrides.append(f"train.precision={precision}")
+    if device is not None:
+        overrides.append(f"train.device={device}")
     cfg = load_config(config, overrides)
-    precision = cfg.train.precision
+    precision, device = cfg.train.precision, cfg.train.device
     ids = cfg.synth.ids
     _prepare_run_dir(run_dir, replace=False)  # refuse a foreign --out before spending minutes on the data
     _ensure_synth(data_dir, ids, seed, cfg.synth.workers, images_per_id=tuple(cfg.synth.images_per_id))
     dataset = load_dataset(data_dir)
     print("[2/6] dataset check:\n" + format_stats(dataset))
     _prepare_run_dir(run_dir)
-    print(f"[3/6] training {cfg.model.size} IVT ({config}) for up to {cfg.train.max_minutes:g} min into {run_dir}")
+    print(f"[3/6] training {cfg.model.size} IVT ({printable(config)}) for up to {cfg.train.max_minutes:g} min "
+          f"into {printable(run_dir)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / DEMO_MARKER).write_text(json.dumps({"data": str(data_dir), "ids": ids, "seed": seed}) + "\n")
     train_start = time.perf_counter()
     train(cfg)
     train_seconds = time.perf_counter() - train_start
-    result = evaluate_checkpoint(run_dir, data_dir, split="test", device="auto", precision=precision)
+    result = evaluate_checkpoint(run_dir, data_dir, split="test", device=device, precision=precision)
     (run_dir / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     test = dataset.split("test")
     chance = chance_metrics([r.pid for r in test for _ in r.captions], [r.pid for r in test])
     print(f"[4/6] test split (trained {train_seconds / 60:.1f} min; a random ranking scores "
           f"R1 {chance['R1']:.2f}, mAP {chance['mAP']:.2f}):")
     print(format_metrics(result))
-    rows = result_rows(run_dir, data_dir, seed=seed)
+    rows = result_rows(run_dir, data_dir, seed=seed, device=device)
     png = result_grid(rows, run_dir / "results.png")
     html = result_html(rows, run_dir / "results.html")
-    print(f"[5/6] result grid: {png} (and {html})")
-    search_demo(run_dir, data_dir, precision=precision)
+    print(f"[5/6] result grid: {printable(png)} (and {printable(html)})")
+    search_demo(run_dir, data_dir, precision=precision, device=device)
     total = time.perf_counter() - started
     print(f"total {total / 60:.1f} min")
     last = json.loads((run_dir / "last.json").read_text())
@@ -152,7 +155,7 @@ DEMO_QUERIES = ("a man in a black jacket with a red backpack",
 
 
 def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_QUERIES, top_k: int = 8,
-                precision: str = "auto") -> list[Path]:
+                precision: str = "auto", device: str = "auto") -> list[Path]:
     """Index the test gallery with the trained model and run the example searches: a table in
     the terminal and a self-contained HTML grid per query. Returns the HTML paths."""
     import ivt
@@ -160,7 +163,7 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
     from ivt.index.gallery import Gallery
     from ivt.index.query import format_results, results, results_html
 
-    model = ivt.load(run_dir, precision=precision)
+    model = ivt.load(run_dir, device=device, precision=precision)
     index_dir = run_dir / "index"
     report = build_index(index_dir, model, images=image_source(data_dir, split="test"), force=True, progress=False)
     print(f"[6/6] search: {report.summary()}")
@@ -171,7 +174,7 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
         hits = results(gallery, model.encode_texts([text])[0].numpy(), top_k)
         print(format_results(text, hits, gallery, 1000 * (time.perf_counter() - start)))
         pages.append(results_html(text, hits, gallery, run_dir / f"search-{n}.html"))
-    print(f"HTML result grids: {', '.join(str(p) for p in pages)}")
-    print(f"try your own: ivt search --index {index_dir} \"a woman in a blue coat\"  |  "
-          f"ivt serve --index {index_dir}")
+    index = printable(index_dir)
+    print(f"HTML result grids: {', '.join(printable(p) for p in pages)}")
+    print(f"try your own: ivt search --index {index} \"a woman in a blue coat\"  |  ivt serve --index {index}")
     return pages

@@ -14,7 +14,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from ivt.config import PRECISIONS
+from ivt.config import PRECISIONS, check_device
 from ivt.errors import DeviceError
 
 log = logging.getLogger("ivt")
@@ -22,12 +22,10 @@ log = logging.getLogger("ivt")
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is an error."""
-    if name == "auto":
+    if check_device(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(f"device '{name}' requested but CUDA is not available (use --device cpu or auto)")
-    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise DeviceError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise DeviceError(f"device '{name}' requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(name)

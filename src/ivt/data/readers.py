@@ -58,6 +58,8 @@ from ivt.data.records import SPLITS, DataError, PedesDataset, Record
 from ivt.files import ConfinedRoot
 
 FORMATS = ("cuhk-pedes", "icfg-pedes", "rstpreid", "ivt-cuhk", "ivt-icfg", "ivt-rstp", "jsonl")
+#: How a caller names the format: the hints of the errors say it for the command line and for Python.
+FORMAT_OPTION = "--format FORMAT on the command line, format='FORMAT' in Python"
 
 #: Known annotation file names (lower case) and their format.
 FILE_NAMES = {
@@ -124,7 +126,7 @@ def load_dataset(path: str | Path, format: str = "auto",
         format = _detect_shape(data)
         if not format:
             raise DataError(f"{path}: cannot tell the annotation format from the file name or the "
-                            f"JSON shape; pass format= explicitly; {_accepted()}")
+                            f"JSON shape; give the format ({FORMAT_OPTION}); {_accepted()}")
     spec = _SPECS[format]
     problems = Problems(str(path))
     if spec.container == "lines":
@@ -132,8 +134,8 @@ def load_dataset(path: str | Path, format: str = "auto",
     else:
         hint = ""
         if named:
-            hint = (f" (format {format} was chosen from the file name; pass format= if the file is "
-                    "in another format)")
+            hint = (f" (format {format} was chosen from the file name; give the format ({FORMAT_OPTION}) if "
+                    "the file is in another format)")
         entries = _read_json(data, spec, problems, str(path), hint)
     root = Path(image_root) if image_root is not None else path.parent / "imgs"
     _check_inside_root(entries, spec, root, problems)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from ivt.data.problems import Problems
 from ivt.data.records import PedesDataset, Record
+from ivt.terminal import printable
 
 #: Threads decoding images in :func:`check_images` (decoding releases the GIL).
 CHECK_WORKERS = 3
@@ -83,7 +84,7 @@ def _stats(name: str, records: list[Record]) -> dict:
 
 
 _COLUMNS = (
-    ("split", "split", "{}"),
+    ("split", "split", "{}"),  # a name from the annotation: escaped by format_stats
     ("ids", "ids", "{:,}"),
     ("images", "images", "{:,}"),
     ("captions", "captions", "{:,}"),
@@ -95,7 +96,7 @@ _COLUMNS = (
 
 def format_stats(dataset: PedesDataset) -> str:
     """A readable aligned table of :func:`split_stats` with a total row, under a header line
-    naming the format and the annotation file.
+    naming the format and the annotation file (names with control characters escaped).
 
     The total's ids are the sum over splits (the standard splits have disjoint identities).
     """
@@ -105,7 +106,7 @@ def format_stats(dataset: PedesDataset) -> str:
         total["ids"] = sum(row["ids"] for row in rows)
         rows.append(total)
     cells = [[title for _, title, _ in _COLUMNS]]
-    cells += [[fmt.format(row[key]) for key, _, fmt in _COLUMNS] for row in rows]
+    cells += [[printable(fmt.format(row[key])) for key, _, fmt in _COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
 
     def line(values: list[str]) -> str:
@@ -113,7 +114,7 @@ def format_stats(dataset: PedesDataset) -> str:
         first = values[0].ljust(widths[0])
         return "  ".join([first] + [v.rjust(w) for v, w in zip(values[1:], widths[1:])]).rstrip()
 
-    out = [f"{dataset.format}: {dataset.annotation} (images under {dataset.image_root})",
+    out = [f"{dataset.format}: {printable(dataset.annotation)} (images under {printable(dataset.image_root)})",
            line(cells[0]), "  ".join("-" * w for w in widths)]
     out += [line(values) for values in cells[1:]]
     if len(rows) > 1:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ivt.errors import DataError, IvtError
+from ivt.errors import ConfigError, DataError, IvtError
 from ivt.files import ConfinedRoot, file_sha256
 from ivt.index.backends import (
     SearchBackend,
@@ -41,6 +41,7 @@ from ivt.index.store import (
     sha256_bytes,
 )
 from ivt.runtime import precision_name
+from ivt.terminal import printable
 
 if TYPE_CHECKING:
     from ivt.inference import RetrievalModel
@@ -85,8 +86,8 @@ class BuildReport:
     seconds: float = 0.0
 
     def summary(self, max_listed: int = 10) -> str:
-        """A few human-readable lines."""
-        lines = [f"{self.index_dir}: {self.added} new item(s), {self.total} in total"
+        """A few human-readable lines (file and video names with control characters escaped)."""
+        lines = [f"{printable(self.index_dir)}: {self.added} new item(s), {self.total} in total"
                  + (f" (version {self.version})" if self.version else " (nothing new; index unchanged)")
                  + f" in {self.seconds:.1f} s"]
         if self.already_indexed:
@@ -94,14 +95,15 @@ class BuildReport:
         if self.duplicates:
             lines.append(f"  {self.duplicates} duplicate file(s) in the input (same content): indexed once")
         for video in self.videos:
-            lines.append(f"  video {video['name']}: {video['frames_read']} frames read, {video['crops']} people "
+            name = printable(video["name"])
+            lines.append(f"  video {name}: {video['frames_read']} frames read, {video['crops']} people "
                          f"crops in {video['tracks']} tracks" if not video.get("skipped")
-                         else f"  video {video['name']}: already in the index, skipped")
+                         else f"  video {name}: already in the index, skipped")
         for title, listed in ((f"{len(self.unreadable)} unreadable file(s) skipped:", self.unreadable),
                               (f"{len(self.skipped)} file(s) not indexed:", self.skipped)):
             if listed:
                 lines.append(f"  {title}")
-                lines += [f"    {path}: {reason}" for path, reason in listed[:max_listed]]
+                lines += [f"    {printable(path)}: {printable(reason)}" for path, reason in listed[:max_listed]]
                 if len(listed) > max_listed:
                     lines.append(f"    ... and {len(listed) - max_listed} more")
         return "\n".join(lines)
@@ -275,7 +277,7 @@ def _collect_video(collector: _Collector, writer: IndexWriter, path: Path, sourc
                     "fps": info.fps, "frame_count": info.frame_count, "width": info.width,
                     "height": info.height, "every": every, "detector": detector.name, "added": now_iso()})
     total = -(-info.frame_count // every) if info.frame_count else None
-    bar = tqdm(total=total, desc=f"people in {path.name}", unit="frame", disable=not progress)
+    bar = tqdm(total=total, desc=f"people in {printable(path.name)}", unit="frame", disable=not progress)
 
     def frame_done(_frame: Any) -> None:
         record["frames_read"] += 1
@@ -314,6 +316,11 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
     report = BuildReport(index_dir)
     if images is None and not videos:
         raise DataError("nothing to index: give --images and/or --video")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"every (--every) must be an integer >= 1, got {every!r}")
+    if index_dir.exists() and not index_dir.is_dir():
+        what = "give --out a new or empty directory" if create else "--index names an index directory"
+        raise IndexStoreError(f"{index_dir} is a file, not an index directory; {what} (nothing was changed)")
     video_paths = [Path(v) for v in videos]
     for v in video_paths:
         if not v.is_file():

@@ -11,6 +11,7 @@ import numpy as np
 from ivt.errors import CheckpointError, IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.store import IndexStoreError
+from ivt.terminal import printable
 from ivt.viz import image_data_uri
 
 if TYPE_CHECKING:
@@ -24,19 +25,30 @@ def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None,
     when the run directory has moved), refusing any other model or tokenizer.
     ``precision``: the query encoder's own (the index's embeddings are float32 whatever precision
     encoded them, so a search need not repeat the build's)"""
-    import ivt
-
     gallery = Gallery.open(index_dir, search_params)
     built = gallery.manifest["model"]
-    run = checkpoint or built["checkpoint"]
-    try:
-        model = ivt.load(run, device=device, which=built.get("which", "best"), precision=precision)
-    except IvtError as exc:
-        raise IndexStoreError(f"index {gallery.directory}: cannot load its model from {run} ({exc}); "
-                              f"pass --checkpoint if the run directory has moved") from exc
-    gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {run}",
-                        model.config.preprocessing())
+    model = index_model(gallery.directory, built, checkpoint, device, precision)
+    source = f"checkpoint {checkpoint or built['checkpoint']}"
+    gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, source, model.config.preprocessing())
     return gallery, model
+
+
+def index_model(index_dir: str | Path, built: dict[str, Any], checkpoint: str | Path | None = None,
+                device: str = "auto", precision: str = "auto") -> RetrievalModel:
+    """The model of the index at ``index_dir`` whose manifest says ``built`` (its ``model`` entry):
+    the checkpoint (best or last) the build used, from the run directory it names or ``checkpoint``
+    when the run has moved. Not checked against the index here (the caller does, by fingerprint)."""
+    import ivt
+
+    run, which = Path(checkpoint or built["checkpoint"]), built.get("which", "best")
+    if run.is_dir() and not (run / f"{which}.safetensors").exists():
+        raise IndexStoreError(f"index {index_dir}: {run} has no {which}.safetensors, the checkpoint the index was "
+                              f"built with; pass --checkpoint with the run directory it came from")
+    try:
+        return ivt.load(run, device=device, which=which, precision=precision)
+    except IvtError as exc:
+        raise IndexStoreError(f"index {index_dir}: cannot load its model from {run} ({exc}); "
+                              f"pass --checkpoint if the run directory has moved") from exc
 
 
 def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False) -> list[dict[str, Any]]:
@@ -70,12 +82,13 @@ def describe_short(provenance: dict[str, Any]) -> str:
 
 
 def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery, took_ms: float | None = None) -> str:
-    """A terminal table of ranked hits."""
-    backend = gallery.manifest["backend"]["name"]
+    """A terminal table of ranked hits; the query and file names with control characters escaped."""
+    backend = printable(gallery.manifest["backend"]["name"])
     timing = f", {took_ms:.1f} ms" if took_ms is not None else ""
-    lines = [f'query: "{text}"  ({len(gallery)} indexed images, {backend} search{timing})',
+    lines = [f'query: "{printable(text)}"  ({len(gallery)} indexed images, {backend} search{timing})',
              f"{'rank':>4}  {'score':>6}  {'id':>6}  image"]
-    lines += [f"{h['rank']:>4}  {h['score']:6.3f}  {h['id']:>6}  {describe_short(h['provenance'])}" for h in hits]
+    lines += [f"{h['rank']:>4}  {h['score']:6.3f}  {h['id']:>6}  {printable(describe_short(h['provenance']))}"
+              for h in hits]
     if not hits:
         lines.append("  (no results)")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from ivt.errors import IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.query import open_for_search, results
 from ivt.index.store import IndexStoreError
+from ivt.terminal import printable
 
 if TYPE_CHECKING:
     from ivt.inference import RetrievalModel
@@ -169,7 +170,7 @@ class SearchService:
         try:
             hits = results(self.gallery, query, k, per_track)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
-            print(f"ivt serve: {exc}", file=sys.stderr)
+            print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             raise ApiError(500, "the search gave no finite scores (damaged model or index); see the server log") \
                 from exc
         return {"text": text, "k": k, "per_track": per_track, "count": len(self.gallery),
@@ -179,7 +180,7 @@ class SearchService:
         try:
             data = self.gallery.read_image(item_id)
         except IndexStoreError as exc:  # the reason names server paths: it stays in the server's log
-            print(f"ivt serve: {exc}", file=sys.stderr)
+            print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             raise ApiError(410, f"image {item_id} has changed or gone since it was indexed") from exc
         suffix = Path(self.gallery.items[item_id].path).suffix.lower()
         return data, _MEDIA.get(suffix, "application/octet-stream")
