@@ -38,7 +38,7 @@ from results_md import write_section
 
 aten = torch.ops.aten
 IMAGE_TARGET = 10.0          # base image encoding, images/s
-TRAIN_FRACTION_TARGET = 40.0  # % of the bf16 matmul peak
+TRAIN_FRACTION_TARGET = 40.0  # % of the matmul peak of the fast precision (bf16 where native)
 CUHK_TRAIN_CAPTIONS = 68_126  # CUHK-PEDES train split (11,003 ids, 34,054 images)
 
 
@@ -184,10 +184,12 @@ class TrainBench(Bench):
     def finish(self) -> None:
         sync(self.device)
 
-    def count_flops(self, steps: int, samples: int = 3) -> float:
-        """Mean FLOPs of ``samples`` further (counted, untimed) steps, times ``steps``."""
-        total = sum(count(self.step) for _ in range(samples))
-        return steps * total / samples
+    flop_samples = 3
+
+    def count_flops(self, steps: int) -> float:
+        """Mean FLOPs of ``flop_samples`` further (counted, untimed) steps, times ``steps``."""
+        total = sum(count(self.step) for _ in range(self.flop_samples))
+        return steps * total / self.flop_samples
 
 
 class InferBench(Bench):
@@ -292,6 +294,9 @@ def main() -> None:
         print(row, flush=True)
         return rate, frac
 
+    # The training target is a fraction of the peak of this machine's fast precision: bf16 where it is
+    # native (CUDA, AVX-512 BF16 / AMX), fp32 on a CPU that only emulates bf16.
+    fast = "bf16" if dev == "cuda" or cpu_info().native_bf16 else "fp32"
     train_sizes = [s for s in sizes if s in ("tiny", "small") or (s == "base" and dev == "cuda")]
     train_rates = {}
     if train_sizes:
@@ -303,11 +308,14 @@ def main() -> None:
                     recipe = Path(args.base_recipe) if size == "base" else None
                     bench = TrainBench(size, args.train_batch, dtype, dev, data, work / f"run-{size}-{dtype}",
                                        recipe, recipe_batch or None)
-                    steps, secs, flops = timed(bench, args.seconds, warmup=2, min_steps=2)
-                    frac = 100.0 * flops / secs / 1e9 / peak["bf16"]
+                    # Emulated bf16 (no native support) runs ~100x slower: one warm-up and one timed step.
+                    slow = dtype == "bf16" and dev == "cpu" and not cpu_info().native_bf16
+                    bench.flop_samples = 1 if slow else 3
+                    steps, secs, flops = timed(bench, args.seconds, warmup=1 if slow else 2, min_steps=1 if slow else 2)
+                    frac = 100.0 * flops / secs / 1e9 / peak[fast]
                     ok = "met" if frac >= TRAIN_FRACTION_TARGET else "below"
                     rate, _ = report(size, "train", dtype, bench.pairs, steps, secs, flops,
-                                     f"{frac:.1f} % of bf16 peak (target {TRAIN_FRACTION_TARGET:.0f} %: {ok})")
+                                     f"{frac:.1f} % of {fast} peak (target {TRAIN_FRACTION_TARGET:.0f} %: {ok})")
                     if not recipe_batch:
                         train_rates[(size, dtype)] = rate
                     del bench
