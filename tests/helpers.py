@@ -43,3 +43,13 @@ def write_toy_pedes(root: Path, ids_per_split=(8, 3, 3), images_per_id: int = 2,
             pid += 1
     (root / "reid_raw.json").write_text(json.dumps(entries))
     return root
+
+
+def trained_toy_run(root: Path, overrides: list[str]) -> tuple[Path, Path]:
+    """(dataset, run directory) under ``root``: toy people and a run trained on them by the CLI."""
+    from ivt.cli import main
+
+    data = write_toy_pedes(root / "toy")
+    run = root / "run"
+    assert main(["train", "--set", *overrides, f"data.path={data}", "--out", str(run)]) == 0
+    return data, run

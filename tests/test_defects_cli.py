@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import ivt
-from helpers import write_toy_pedes
+from helpers import trained_toy_run, write_toy_pedes
 from ivt.cli import build_parser, main
 from ivt.errors import ConfigError, DeviceError
 from ivt.index.build import build_index, image_source
@@ -27,9 +27,7 @@ EVIL = {"evil\x1b[2J.jpg": "evil\\x1b[2J.jpg", "new\nline.jpg": "new\\nline.jpg"
 def base(tmp_path_factory) -> dict[str, Path]:
     """A toy dataset, a trained run of it, and an index of a folder whose file names hold control characters."""
     root = tmp_path_factory.mktemp("cli")
-    data = write_toy_pedes(root / "toy")
-    run = root / "run"
-    assert main(["train", "--set", *TRAIN, f"data.path={data}", "--out", str(run)]) == 0
+    data, run = trained_toy_run(root, TRAIN)
     gallery = root / "gallery"
     gallery.mkdir()
     sources = sorted((data / "imgs" / "test").glob("*.jpg"))

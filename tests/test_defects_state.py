@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save
 
 import ivt
-from helpers import write_toy_pedes
+from helpers import trained_toy_run
 from ivt.cli import main
 from ivt.errors import CheckpointError, ConfigError, DataError, ImageError
 from ivt.index import build as index_build
@@ -34,9 +34,7 @@ QUERY = "a person in a red shirt, with blue trousers."
 def base(tmp_path_factory) -> dict[str, Path]:
     """A toy dataset, a trained run of it and an index of its test split; tests spoil copies."""
     root = tmp_path_factory.mktemp("defects")
-    data = write_toy_pedes(root / "toy")
-    run = root / "run"
-    assert main(["train", "--set", *TRAIN, f"data.path={data}", "--out", str(run)]) == 0
+    data, run = trained_toy_run(root, TRAIN)
     index = root / "idx"
     build_index(index, ivt.load(run, device="cpu"), images=image_source(data, split="test"), progress=False)
     return {"data": data, "run": run, "index": index}
