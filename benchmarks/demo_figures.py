@@ -63,8 +63,8 @@ def main() -> None:
 
     fresh = [m for k, m in results.items() if k.startswith("fresh")]
     # Name the machine: the steps a demo makes scale with the peak of the precision it trained in.
-    precision = json.loads((args.run / "last.json").read_text()).get("precision", "fp32")
-    reason = json.loads((args.run / "last.json").read_text()).get("precision_reason", "")
+    last = json.loads((args.run / "last.json").read_text())
+    precision, reason = last.get("precision", "fp32"), last.get("precision_reason", "")
     peaks = {name: matmul_peak(dt, 1024, 3) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     lines = [
         f"`make demo`: SynthPedes of {info['ids']} identities (seed {info['seed']}), then {info['steps']:,} "

@@ -80,8 +80,9 @@ def main() -> None:
             times["step packed"].append(ms_per_batch(steps(True), n))
     ms = {k: statistics.median(v) for k, v in times.items()}
     texts = sum(ids.shape[0] for ids, _ in chunks[0])
-    text = (f"The demo recipe (src/ivt/recipes/demo.yaml, tiny, batch 64 = {texts} texts over 3 MLA levels) on "
-            f"{cpu_model()}, {args.threads} threads, bf16 autocast; {n} real batches of the demo draw, padded "
+    text = (f"The demo recipe (src/ivt/recipes/demo.yaml, {cfg.model.size} at width {model.config.width}, batch "
+            f"{cfg.train.batch_size} = {texts} texts over 3 MLA levels) on {cpu_model()}, {args.threads} threads, "
+            f"{trainer.precision.name} ({trainer.precision.reason}); {n} real batches of the demo draw, padded "
             f"and packed timed alternately ({args.rounds} rounds, median of the rounds, ms per batch). Padded = "
             f"each level padded to its longest text; packed = rows of {DEFAULT_ROW_LEN} slots (`train.pack_texts`).\n\n"
             "| | padded | packed | change |\n| --- | --- | --- | --- |\n"

@@ -309,7 +309,7 @@ def main() -> None:
                     bench = TrainBench(size, args.train_batch, dtype, dev, data, work / f"run-{size}-{dtype}",
                                        recipe, recipe_batch or None)
                     # Emulated bf16 (no native support) runs ~100x slower: one warm-up and one timed step.
-                    slow = dtype == "bf16" and dev == "cpu" and not cpu_info().native_bf16
+                    slow = dtype == "bf16" and fast == "fp32"
                     bench.flop_samples = 1 if slow else 3
                     steps, secs, flops = timed(bench, args.seconds, warmup=1 if slow else 2, min_steps=1 if slow else 2)
                     frac = 100.0 * flops / secs / 1e9 / peak[fast]
@@ -376,7 +376,7 @@ def main() -> None:
         # One section per kind of machine: a CPU with native bf16 and one without keep their own figures.
         if dev == "cuda":
             tag, title = "throughput-cuda", "CUDA"
-        elif cpu_info().native_bf16:
+        elif fast == "bf16":
             tag, title = "throughput-cpu-native-bf16", "a CPU with native bf16"
         else:
             tag, title = "throughput-cpu-no-native-bf16", "a CPU without native bf16 (fp32 is the fast path)"

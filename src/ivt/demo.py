@@ -65,13 +65,13 @@ def _prepare_run_dir(run_dir: Path, replace: bool = True) -> None:
 
 
 def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int = 5, seed: int = 0,
-                device: str = "cpu") -> list:
+                device: str = "cpu", precision: str = "auto") -> list:
     """GridRows of a few test captions with their top-k images from the trained model."""
     from ivt.evaluate.retrieval import embed_split
     from ivt.inference import load
     from ivt.viz import GridRow
 
-    model = load(run_dir, device=device)
+    model = load(run_dir, device=device, precision=precision)
     dataset = load_dataset(data_dir)
     emb = embed_split(model, dataset, dataset.split("test"))
     g = torch.Generator().manual_seed(seed)
@@ -134,7 +134,7 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     print(f"[4/6] test split (trained {train_seconds / 60:.1f} min; a random ranking scores "
           f"R1 {chance['R1']:.2f}, mAP {chance['mAP']:.2f}):")
     print(format_metrics(result))
-    rows = result_rows(run_dir, data_dir, seed=seed, device=device)
+    rows = result_rows(run_dir, data_dir, seed=seed, device=device, precision=precision)
     png = result_grid(rows, run_dir / "results.png")
     html = result_html(rows, run_dir / "results.html")
     print(f"[5/6] result grid: {printable(png)} (and {printable(html)})")
