@@ -75,8 +75,10 @@ def test_search_table_escapes_the_query_and_file_names(base, capsys):
     assert ESC not in out and CSI not in out and "\x07" not in out
     lines = out.splitlines()
     assert lines[0].startswith('query: "a person\\x1b]0;owned\\x07 in red"  (4 indexed images, exact search')
-    assert len(lines) == 2 + 4  # header, column titles, one line per hit: no name broke a line
-    shown = {line.split(None, 3)[3] for line in lines[2:]}
+    # header, column titles, one line per hit (no name broke a line), the words left out
+    assert len(lines) == 2 + 4 + 1 and lines[-1].startswith("left out (words this model never saw")
+    assert "owned" in lines[-1]
+    shown = {line.split(None, 3)[3] for line in lines[2:-1]}
     assert shown == {"plain.jpg", *EVIL.values()}
 
 

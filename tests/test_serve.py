@@ -85,8 +85,18 @@ def test_bad_search_requests_get_clear_4xx_answers(client, body, status, message
     assert r.status_code == status and message in r.json()["error"]
 
 
+def test_words_never_seen_in_training_are_left_out_and_named(client):
+    r = client.post("/api/search", json={"text": "A person in a zebrastriped shirt", "k": 3})
+    assert r.status_code == 200 and r.json()["ignored_words"] == ["zebrastriped"]
+    plain = client.post("/api/search", json={"text": "A person in a shirt", "k": 3}).json()
+    assert plain["ignored_words"] == [] and \
+        [h["score"] for h in plain["results"]] == [h["score"] for h in r.json()["results"]]
+    r = client.post("/api/search", json={"text": "zebrastriped quokka!", "k": 3})
+    assert r.status_code == 422 and "none of the words" in r.json()["error"] and "quokka" in r.json()["error"]
+
+
 def test_the_text_limit_is_500_characters_and_the_body_is_limited(client):
-    assert client.post("/api/search", json={"text": "a" * 500, "k": 1}).status_code == 200
+    assert client.post("/api/search", json={"text": "a man " * 83 + "a ", "k": 1}).status_code == 200  # 500
     big = json.dumps({"text": "a" * 20_000})
     r = client.post("/api/search", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "request body over" in r.json()["error"]

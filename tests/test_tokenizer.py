@@ -62,11 +62,33 @@ def test_bad_tokenizer_files(tmp_path):
         Tokenizer.from_file(tmp_path / "vocab.txt")
 
 
-def test_training_is_deterministic_and_spells_unknown_words():
+def test_training_is_deterministic_and_leaves_out_unknown_words():
     a = Tokenizer.train(CAPTIONS, vocab_size=300, min_frequency=1)
     b = Tokenizer.train(list(CAPTIONS), vocab_size=300, min_frequency=1)
     assert a.hf.get_vocab() == b.hf.get_vocab()
-    ids, _ = a("rabbit")  # never seen: spelled from characters, not [UNK]
-    assert a.decode(ids[0]) == "rabbit" and len(ids[0]) > 3
+    # the vocabulary is the captions' 36 distinct words and marks plus the 5 special tokens
+    assert a.vocab_size == 41 and a.closed
+    ids, mask = a(["a padded red coat: rabbit", "a red coat"])
+    assert ids[0].tolist() == ids[1].tolist() and mask[0].tolist() == [1] * 5
+    assert a.unknown_words("A PADDED red coat: rabbit, padded") == ["padded", ":", "rabbit"]
+    assert a.unknown_words("a red coat") == []
+    ids, mask = a("rabbit")  # nothing known: [CLS] [SEP]
+    assert ids.tolist() == [[a.hf.token_to_id("[CLS]"), a.sep_id]]
     with pytest.raises(ValueError, match="too small"):
-        Tokenizer.train(CAPTIONS, vocab_size=10)
+        Tokenizer.train(CAPTIONS, vocab_size=5)
+    with pytest.raises(ValueError, match="no word occurs 2"):
+        Tokenizer.train(["one caption only"], vocab_size=50)
+
+
+def test_unknown_words_do_not_count_against_the_length_limit():
+    tok = Tokenizer.train(CAPTIONS, vocab_size=300, min_frequency=1, max_length=6)
+    ids, mask = tok(["zebra " * 20 + "a red coat", "a woman with long black hair"])
+    assert tok.decode(ids[0]) == "a red coat" and mask[0].sum() == 5
+    assert ids.shape == (2, 6) and tok.hf.id_to_token(int(ids[1, -1])) == "[SEP]"
+    assert tok.decode(ids[1]) == "a woman with long"
+
+
+def test_an_open_wordpiece_vocabulary_names_no_unknown_words(tmp_path):
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "wo", "##man"]) + "\n")
+    tok = Tokenizer.from_file(tmp_path / "vocab.txt")
+    assert not tok.closed and tok.unknown_words("a woman zebra") == []

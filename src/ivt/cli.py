@@ -226,7 +226,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     import time
 
     from ivt.errors import DataError
-    from ivt.index.query import format_results, open_for_search, results, results_html
+    from ivt.index.query import encode_query, format_results, ignored_note, open_for_search, results, results_html
 
     text = args.text.strip()
     if not text or len(text) > 500:
@@ -235,14 +235,17 @@ def _cmd_search(args: argparse.Namespace) -> None:
         raise DataError(f"--top-k must be from 1 to 1000, got {args.top_k}")
     gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     start = time.perf_counter()
-    query = model.encode_texts([text])[0].numpy()
+    query, ignored = encode_query(model, text)
     hits = results(gallery, query, args.top_k, args.per_track)
     took = 1000 * (time.perf_counter() - start)
     if args.json:
         print(json.dumps({"text": text, "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
-                          "took_ms": round(took, 2), "results": hits}, indent=2, allow_nan=False))
+                          "took_ms": round(took, 2), "ignored_words": ignored, "results": hits},
+                         indent=2, allow_nan=False))
     else:
         print(format_results(text, hits, gallery, took))
+        if ignored:
+            print(ignored_note(ignored))
     if args.html:
         path = results_html(text, hits, gallery, args.html)
         print(f"HTML result grid: {printable(path)}", file=sys.stderr if args.json else sys.stdout)

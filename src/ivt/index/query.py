@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ivt.errors import CheckpointError, IvtError
+from ivt.errors import CheckpointError, DataError, IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.store import IndexStoreError
 from ivt.terminal import printable
@@ -31,6 +31,24 @@ def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None,
     source = f"checkpoint {checkpoint or built['checkpoint']}"
     gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, source, model.config.preprocessing())
     return gallery, model
+
+
+def encode_query(model: RetrievalModel, text: str) -> tuple[np.ndarray, list[str]]:
+    """The embedding of a description and the words left out of it: those the model's closed
+    vocabulary never saw in training. DataError when no word of the description is known (the
+    query would be empty and rank the gallery by nothing)."""
+    ignored = model.tokenizer.unknown_words(text)
+    if ignored and not [w for w in model.tokenizer.words(text) if w.isalnum() and w not in ignored]:
+        raise DataError(f"none of the words of the description were seen in training ({', '.join(ignored[:8])}); "
+                        f"describe the person's clothes, colours and what they carry")
+    return model.encode_texts([text])[0].numpy(), ignored
+
+
+def ignored_note(ignored: list[str]) -> str:
+    """One line naming the words a search left out ('' when none)."""
+    if not ignored:
+        return ""
+    return "left out (words this model never saw in training): " + ", ".join(printable(w) for w in ignored)
 
 
 def index_model(index_dir: str | Path, built: dict[str, Any], checkpoint: str | Path | None = None,

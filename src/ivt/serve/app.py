@@ -28,9 +28,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
-from ivt.errors import IvtError
+from ivt.errors import DataError, IvtError
 from ivt.index.gallery import Gallery
-from ivt.index.query import open_for_search, results
+from ivt.index.query import encode_query, open_for_search, results
 from ivt.index.store import IndexStoreError
 from ivt.terminal import printable
 
@@ -166,7 +166,10 @@ class SearchService:
     def search(self, text: str, k: int, per_track: bool) -> dict[str, Any]:
         start = time.perf_counter()
         with self._model_lock:
-            query = self.model.encode_texts([text])[0].numpy()
+            try:
+                query, ignored = encode_query(self.model, text)
+            except DataError as exc:
+                raise ApiError(422, str(exc)) from exc
         try:
             hits = results(self.gallery, query, k, per_track)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
@@ -174,7 +177,7 @@ class SearchService:
             raise ApiError(500, "the search gave no finite scores (damaged model or index); see the server log") \
                 from exc
         return {"text": text, "k": k, "per_track": per_track, "count": len(self.gallery),
-                "took_ms": round(1000 * (time.perf_counter() - start), 2), "results": hits}
+                "took_ms": round(1000 * (time.perf_counter() - start), 2), "ignored_words": ignored, "results": hits}
 
     def image(self, item_id: int) -> tuple[bytes, str]:
         try:
