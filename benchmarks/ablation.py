@@ -32,10 +32,10 @@ from learning import DEMO_CONFIG, _slug, ensure_draw, run_one, steps_per_epoch
 from results_md import write_section
 
 VARIANTS = {
-    "IVT (MLA + BMM)": ["align.word=true", "align.phrase=true", "mask.ratio=0.2"],
-    "w/o MLA": ["align.word=false", "align.phrase=false", "mask.ratio=0.2"],
-    "w/o BMM": ["align.word=true", "align.phrase=true", "mask.ratio=0"],
-    "two-tower": ["model.arch=two-tower", "align.word=true", "align.phrase=true", "mask.ratio=0.2"],
+    "IVT (MLA + BMM)": ["align.word=true", "align.phrase=true", "token_drop.ratio=0.2"],
+    "w/o MLA": ["align.word=false", "align.phrase=false", "token_drop.ratio=0.2"],
+    "w/o BMM": ["align.word=true", "align.phrase=true", "token_drop.ratio=0"],
+    "two-tower": ["model.arch=two-tower", "align.word=true", "align.phrase=true", "token_drop.ratio=0.2"],
 }
 
 
@@ -53,16 +53,15 @@ def step_seconds(data: Path, variants: dict[str, list[str]], threads: int, steps
         cfg = load_config(DEMO_CONFIG, [*overrides, f"data.path={data}", f"train.out_dir={out}",
                                         f"train.threads={threads}", "train.eval_every=0"])
         tr = Trainer(cfg)
-        batches = tr.sampler.epoch(0)
-        for i in range(3):
-            tr.train_step(tr.make_batch(0, i, batches[i]))["loss"].item()
-        trainers[name] = (tr, batches)
-    for r in range(rounds):
-        for name, (tr, batches) in trainers.items():
-            for i in range(steps):
-                j = 3 + r * steps + i
+        source = tr.batches()
+        for _ in range(3):
+            tr.train_step(next(source))["loss"].item()
+        trainers[name] = (tr, source)
+    for _ in range(rounds):
+        for name, (tr, source) in trainers.items():
+            for _ in range(steps):
                 start = time.perf_counter()
-                tr.train_step(tr.make_batch(0, j, batches[j % len(batches)]))["loss"].item()
+                tr.train_step(next(source))["loss"].item()
                 times[name].append(time.perf_counter() - start)
     for tr, _ in trainers.values():
         shutil.rmtree(tr.run_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ivt.config import DEMO_CONFIG, load_config
 from ivt.data import load_dataset
-from ivt.train.data import EpochSampler, attribute_positives, build_samples, enabled_levels, pair_texts
+from ivt.train.batches import EpochSampler, attribute_positives, build_samples, enabled_levels, pair_texts
 
 
 def count(data: Path, batch_size: int, sampler: str, seed: int = 0) -> dict:

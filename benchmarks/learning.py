@@ -39,7 +39,7 @@ VARIANTS: dict[str, list[str]] = {
     "paper-cmpm": ["loss.name=cmpm", "optim.lr=0.0003", "align.word=true", "align.phrase=true",
                    "align.word_positives=identity", "train.sampler=identity", "model.stem=patch"],
     "w/o MLA": ["align.word=false", "align.phrase=false"],
-    "w/o BMM": ["mask.ratio=0"],
+    "w/o BMM": ["token_drop.ratio=0"],
     "two-tower": ["model.arch=two-tower"],
 }
 
@@ -61,7 +61,7 @@ def steps_per_epoch(overrides: list[str], data: Path) -> int:
     """Optimisation steps in one epoch of the configured sampler on ``data``."""
     from ivt.config import load_config
     from ivt.data import load_dataset
-    from ivt.train.data import EpochSampler, build_samples
+    from ivt.train.batches import EpochSampler, build_samples
 
     cfg = load_config(DEMO_CONFIG, [*overrides, f"data.path={data}"])
     dataset = load_dataset(data)

@@ -9,6 +9,7 @@ batches and side by side (alternating), the text side's forward + backward and t
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -19,7 +20,7 @@ import torch
 from ivt.config import load_config
 from ivt.model.packing import DEFAULT_ROW_LEN, pack_texts
 from ivt.runtime import autocast
-from ivt.train.trainer import Trainer, level_chunks
+from ivt.train.trainer import Trainer
 from learning import DEMO_CONFIG, ensure_draw
 from throughput import cpu_model
 
@@ -46,9 +47,8 @@ def main() -> None:
                                         f"train.threads={args.threads}"])
         trainer = Trainer(cfg)
         model = trainer.model
-        order = trainer.sampler.epoch(0)
-        batches = [trainer.make_batch(0, i, order[i]) for i in range(args.batches + 2)]
-        chunks = [[trainer.tokenizer(c) for c in level_chunks(b)] for b in batches]
+        batches = list(itertools.islice(trainer.batches(), args.batches + 2))
+        chunks = [[trainer.tokenizer(c) for c in b.pairs.by_level()] for b in batches]
         real = sum(int(m.sum()) for ch in chunks for _, m in ch)
         padded_slots = sum(m.numel() for ch in chunks for _, m in ch)
         packed_slots = sum(pack_texts(ch).input_ids.numel() for ch in chunks)

@@ -6,7 +6,7 @@ each beside the matmul peak measured in the same run (fp32 and bf16).
 
 * peak: best time of large square matmuls (fp32 and bf16) -> GFLOP/s per dtype.
 * training: exactly what ``ivt train`` runs, :meth:`ivt.train.trainer.Trainer.train_step` on
-  batches from :meth:`Trainer.make_batch` (a SynthPedes draw; the multi-level batch of word,
+  batches from :meth:`Trainer.batches` (a SynthPedes draw; the multi-level batch of word,
   phrase and sentence texts, augmentation, tokenisation, BMM token dropping, CMPM, backward,
   clipping, AdamW). Pairs/s counts all levels' pairs.
 * inference (base): image / text encoding in eval mode under ``torch.inference_mode()``; several
@@ -33,7 +33,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from ivt.model import IVTEncoder, model_config
-from ivt.runtime import PURPOSES, cpu_info, precision_choice
+from ivt.runtime import PURPOSES, autocast, cpu_info, precision_choice
 from results_md import write_section
 
 aten = torch.ops.aten
@@ -62,13 +62,6 @@ CPU_SDPA_FLOPS = {
 def cpu_model() -> str:
     """The CPU, as every benchmark names it: model, bf16-relevant ISA flags, torch's capability."""
     return cpu_info().describe()
-
-
-def autocast(dtype: str, device: str = "cpu") -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device``, or nothing for fp32 / bf16 weights."""
-    if dtype == "bf16":
-        return torch.autocast(device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def sync(device: str) -> None:
@@ -166,20 +159,11 @@ class TrainBench(Bench):
                                      "train.k_per_id=2", *common])
         self.trainer = Trainer(cfg)
         self.device = device
-        self.epoch, self.batches, self.index = 0, self.trainer.sampler.epoch(0), 0
-        self.pairs = len(self.next_batch())
-
-    def next_batch(self):
-        if self.index == len(self.batches):
-            self.epoch, self.index = self.epoch + 1, 0
-            self.batches = self.trainer.sampler.epoch(self.epoch)
-        batch = self.trainer.make_batch(self.epoch, self.index, self.batches[self.index])
-        self.index += 1
-        return batch
+        self.batches = self.trainer.batches()  # the trainer's own batches, epoch after epoch
+        self.pairs = len(next(self.batches))
 
     def step(self) -> None:
-        self.trainer.train_step(self.next_batch())
-        self.trainer.counters["step"] += 1
+        self.trainer.train_step(next(self.batches))
 
     def finish(self) -> None:
         sync(self.device)
@@ -209,7 +193,9 @@ class InferBench(Bench):
         sync(self.device)
 
     def step(self) -> None:
-        with torch.inference_mode(), autocast(self.dtype, self.device):
+        # bf16 autocast as ivt runs it, or none for fp32 / bf16 weights ("bf16w")
+        amp = torch.bfloat16 if self.dtype == "bf16" else None
+        with torch.inference_mode(), autocast(torch.device(self.device), amp):
             if self.modality == "image":
                 self.model.encode_image(self.images)
             else:

@@ -9,10 +9,10 @@ from ivt.config import ConfigError, load_config, save_config
 def test_yaml_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  epochs: 4\n  batch_size: 16\nmodel:\n  size: small\n")
-    cfg = load_config(f, ["train.epochs=7", "mask.ratio=0", "model.image_size=[96, 32]", "optim.clip_grad=null"])
+    cfg = load_config(f, ["train.epochs=7", "token_drop.ratio=0", "model.image_size=[96, 32]", "optim.clip_grad=null"])
     assert cfg.train.epochs == 7 and cfg.train.batch_size == 16
     assert cfg.model.size == "small" and cfg.model.image_size == [96, 32]
-    assert cfg.mask.ratio == 0.0 and isinstance(cfg.mask.ratio, float)
+    assert cfg.token_drop.ratio == 0.0 and isinstance(cfg.token_drop.ratio, float)
     assert cfg.optim.clip_grad is None
     out = save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(out) == cfg
@@ -44,3 +44,12 @@ def test_bad_file(tmp_path):
     f.write_text("optim:\n  lrr: 0.1\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'optim.lrr'"):
         load_config(f)
+
+
+def test_the_old_section_name_mask_still_loads(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("mask:\n  ratio: 0.3\n  mode: sample\n")
+    cfg = load_config(old, ["mask.ratio=0.1"])
+    assert (cfg.token_drop.ratio, cfg.token_drop.mode) == (0.1, "sample")
+    with pytest.raises(ConfigError, match="'mask' is the old name of 'token_drop'"):
+        load_config(old, ["token_drop.ratio=0.1"])

@@ -193,7 +193,8 @@ def test_every_model_command_takes_cuda_n_and_refuses_nonsense(command, capsys):
 
 @pytest.mark.parametrize("bad", ["gpu0", "cuda:", "cuda:x", "cuda:²", "CPU", " cpu", "cuda:1 "])
 def test_config_cli_and_runtime_share_one_device_grammar(bad, capsys):
-    from ivt.config import check_device, config_from_dict
+    from ivt.config import config_from_dict
+    from ivt.devices import check_device
     from ivt.runtime import resolve_device
 
     said = f"invalid device {bad!r}: use auto, cpu, cuda or cuda:N"

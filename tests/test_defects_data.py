@@ -225,7 +225,7 @@ def test_a_diverging_loss_is_a_user_error_and_keeps_the_checkpoints(toy, tmp_pat
 def test_a_missing_init_file_is_a_checkpoint_error(toy, tmp_path, capsys, init, expect):
     from ivt.config import load_config
     from ivt.errors import CheckpointError
-    from ivt.model.factory import build_encoder
+    from ivt.train.encoder_from_config import build_encoder
 
     init = init.format(tmp=tmp_path)
     cfg = load_config(None, [*TRAIN, f"model.init={init}"])

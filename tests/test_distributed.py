@@ -18,7 +18,7 @@ from ivt.train.trainer import train
 
 COMMON = [*MICRO_MODEL, "train.precision=fp32", "train.threads=1",
           "data.vocab_size=200", "data.max_text_len=24", "train.log_every=1", "train.epochs=2",
-          "train.eval_every=1", "train.sampler=identity", "train.k_per_id=2", "mask.ratio=0.3",
+          "train.eval_every=1", "train.sampler=identity", "train.k_per_id=2", "token_drop.ratio=0.3",
           "model.drop_path=0.0", "optim.clip_grad=1.0"]
 
 
@@ -29,7 +29,7 @@ def _torchrun(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("mask", ["mask.ratio=0.3", "mask.ratio=0"])  # BMM on: padded texts; off: packed
+@pytest.mark.parametrize("mask", ["token_drop.ratio=0.3", "token_drop.ratio=0"])  # BMM on: padded texts; off: packed
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, mask):
     data = write_toy_pedes(tmp_path / "toy", ids_per_split=(8, 3, 3))
     single = train(load_config(None, COMMON + [mask, "train.batch_size=8", f"data.path={data}",

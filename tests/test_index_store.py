@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ivt.errors import ConfigError
+from ivt.errors import ConfigError, IndexStoreError
 from ivt.index import store
 from ivt.index.backends import build_backend, load_backend, resolve_params
 from ivt.index.gallery import Gallery
-from ivt.index.store import IndexStoreError, Item, VideoRef, index_writer, parse_item, read_index
+from ivt.index.store import Item, VideoRef, index_writer, parse_item, read_index
 
 FP = "a" * 64
 TOK = "b" * 64
@@ -157,9 +157,9 @@ def test_a_crash_at_any_point_of_a_commit_keeps_the_previous_index(small_index, 
         return wrapper
 
     # The steps of a commit: write embeddings, items, manifest; rename the version; swap CURRENT.
-    monkeypatch.setattr(store, "_write_file", crashing(store._write_file))
+    monkeypatch.setattr(store, "write_synced", crashing(store.write_synced))
     monkeypatch.setattr(store.os, "rename", crashing(os.rename))
-    monkeypatch.setattr(store, "_atomic_pointer", crashing(store._atomic_pointer))
+    monkeypatch.setattr(store, "atomic_write", crashing(store.atomic_write))
     new_items = _gallery_files(index_dir.parent / "imgs", 25)
     try:
         _commit(index_dir, _vectors(25, 32, seed=1), new_items, before.manifest["roots"])

@@ -20,7 +20,7 @@ RECIPE = [  # the demo's recipe (src/ivt/recipes/demo.yaml) at a smaller scale
     "model.size=tiny", "model.image_size=[64, 32]", "model.patch_size=8", "model.patch_stride=8", "model.width=64",
     "model.depth=2", "model.num_heads=2", "model.stem=hmlp", "data.vocab_size=300", "data.max_text_len=48",
     "train.batch_size=32", "train.threads=2", "train.precision=auto", "loss.name=infonce", "loss.temperature=0.07",
-    "optim.lr=0.001", "optim.warmup_epochs=1", "mask.ratio=0", "augment.erase_p=0", "align.shared_view=true",
+    "optim.lr=0.001", "optim.warmup_epochs=1", "token_drop.ratio=0", "augment.erase_p=0", "align.shared_view=true",
     "train.sampler=identity", "train.eval_every=0", "train.log_every=50", "train.epochs=60", "train.seed=0",
 ]
 

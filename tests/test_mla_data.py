@@ -12,7 +12,7 @@ from ivt.config import load_config
 from ivt.data import load_dataset
 from ivt.errors import ConfigError
 from ivt.text.phrases import comma_clauses, phrase_candidates
-from ivt.train.data import EpochSampler, build_samples, level_text
+from ivt.train.batches import EpochSampler, build_samples, level_text
 
 CUHK_ATT = {
     "train": [

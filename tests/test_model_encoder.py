@@ -1,10 +1,12 @@
 """IVTEncoder behaviour, token dropping (BMM) and configuration."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from ivt.model import MODEL_SIZES, EncoderConfig, IVTEncoder, drop_tokens, model_config
+from ivt.model import MODEL_SIZES, EncoderConfig, IVTEncoder, TokenDrop, drop_tokens, model_config
 
 MICRO = dict(image_size=(32, 16), patch_size=8, patch_stride=8, width=32, depth=2, num_heads=2,
              vocab_size=50, max_text_len=16)
@@ -134,15 +136,20 @@ def _text(batch: int = 3, length: int = 10) -> tuple[torch.Tensor, torch.Tensor]
     return ids, torch.ones(batch, length, dtype=torch.long)
 
 
-def test_shapes(micro: IVTEncoder) -> None:
+def test_outputs_and_their_pooling(micro: IVTEncoder) -> None:
     images = torch.randn(2, 3, 32, 16)
     ids, mask = _text()
     with torch.no_grad():
-        assert micro.encode_image_tokens(images).shape == (2, 1 + 8, 32)
-        assert micro.encode_image(images).shape == (2, 32)
-        assert micro.encode_text_tokens(ids, mask).shape == (3, 10, 32)
-        assert micro.encode_text(ids, mask).shape == (3, 32)
-        assert torch.equal(micro(ids, mask, modality="text"), micro.encode_text_tokens(ids, mask))
+        image_tokens = micro.encode_image_tokens(images)
+        text_tokens = micro.encode_text_tokens(ids, mask)
+        assert image_tokens.shape == (2, 1 + 8, 32) and text_tokens.shape == (3, 10, 32)
+        # pool "cls": the embedding is output token 0, of a final LayerNorm (unit weight, zero bias)
+        torch.testing.assert_close(micro.encode_image(images), image_tokens[:, 0])
+        torch.testing.assert_close(micro.encode_text(ids, mask), text_tokens[:, 0])
+        torch.testing.assert_close(text_tokens.mean(-1), torch.zeros(3, 10), atol=1e-5, rtol=0)
+        torch.testing.assert_close(text_tokens.var(-1, unbiased=False), torch.ones(3, 10), atol=1e-3, rtol=0)
+        # each sample is encoded on its own: a batch of two equals two batches of one
+        torch.testing.assert_close(micro.encode_image(images[1:]), micro.encode_image(images)[1:])
 
 
 def test_padding_does_not_change_real_tokens(micro: IVTEncoder) -> None:
@@ -174,11 +181,12 @@ def test_mean_pooling_averages_the_real_tokens_only() -> None:
     model.train()
     lengths = torch.tensor([[1] * 11, [1] * 4 + [0] * 7])
     long_ids = torch.cat([ids, ids[:, :5]], dim=1) * lengths
-    model.set_token_drop(0.5, "sample", torch.Generator().manual_seed(1))
+    model.token_drop = TokenDrop(0.5, "sample")
+    model.token_drop.generator.manual_seed(1)
     torch.manual_seed(2)  # drop-path
-    tokens, kept = model._encode_text(long_ids, lengths, None)
+    tokens, kept = model._encode_text(long_ids, lengths)
     assert tokens.shape[1] < 11 and kept is not None and (kept == 0).any()
-    model.set_token_drop(0.5, "sample", torch.Generator().manual_seed(1))
+    model.token_drop.generator.manual_seed(1)
     torch.manual_seed(2)
     weights = kept.unsqueeze(-1).float()
     torch.testing.assert_close(model.encode_text(long_ids, lengths), (tokens * weights).sum(1) / weights.sum(1))
@@ -197,28 +205,34 @@ def test_input_errors(micro: IVTEncoder) -> None:
 
 def test_token_drop_only_in_training() -> None:
     torch.manual_seed(0)
-    model = IVTEncoder(EncoderConfig(**MICRO, drop_path=0.0), token_drop_ratio=0.5)
+    model = IVTEncoder(EncoderConfig(**MICRO, drop_path=0.0, token_drop=0.5, token_drop_mode="sample"))
+    assert isinstance(model.token_drop, TokenDrop) and model.token_drop.ratio == 0.5
     images = torch.randn(2, 3, 32, 16)
     model.eval()
     with torch.no_grad():
         assert model.encode_image_tokens(images).shape[1] == 9
     model.train()
-    gen = torch.Generator().manual_seed(3)
-    model.set_token_drop(0.5, "sample", gen)
+    model.token_drop.generator.manual_seed(3)
     with torch.no_grad():
-        lengths = {model.encode_image_tokens(images).shape[1] for _ in range(20)}
-        assert model.encode_image_tokens(images, token_drop=0.0).shape[1] == 9
-    assert min(lengths) >= 9 - 4 and len(lengths) > 1
-    model.set_token_drop(0.5, "batch", torch.Generator().manual_seed(7))
+        lengths = [model.encode_image_tokens(images).shape[1] for _ in range(20)]
+        # explanations encode chosen patches without the layer, even in training mode
+        assert model.encode_image_subset(images, torch.arange(8).expand(2, -1)).shape[1] == 9
+    # 9 tokens, ratio 0.5: int(0.5 * 9) = 4 at most dropped, each count 0..4 equally likely
+    assert set(lengths) <= {5, 6, 7, 8, 9} and len(set(lengths)) >= 3
+    model.token_drop = TokenDrop(0.5, "batch")
+    model.token_drop.generator.manual_seed(7)
     a = model.encode_image_tokens(images)
-    model.set_token_drop(0.5, "batch", torch.Generator().manual_seed(7))
+    model.token_drop.generator.manual_seed(7)
     torch.testing.assert_close(model.encode_image_tokens(images), a)
+    with pytest.raises(ValueError, match="token-drop ratio"):
+        EncoderConfig(**MICRO, token_drop=1.0)
+    with pytest.raises(ValueError, match="token-drop mode"):
+        EncoderConfig(**MICRO, token_drop_mode="per-token")
 
 
 def test_training_step_backward() -> None:
     torch.manual_seed(0)
-    model = IVTEncoder(EncoderConfig(**MICRO, dropout=0.1, attn_dropout=0.1),
-                       token_drop_ratio=0.2).train()
+    model = IVTEncoder(EncoderConfig(**MICRO, dropout=0.1, attn_dropout=0.1, token_drop=0.2)).train()
     ids, mask = _text(4, 12)
     mask[0, 8:] = 0
     img = model.encode_image(torch.randn(4, 3, 32, 16))
@@ -261,9 +275,8 @@ def test_meta_device_construction() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_amp(micro: IVTEncoder, dtype: torch.dtype) -> None:
-    model = IVTEncoder(micro.config).cuda().train()
+    model = IVTEncoder(replace(micro.config, token_drop=0.2)).cuda().train()
     model.load_state_dict(micro.state_dict())
-    model.set_token_drop(0.2)
     ids, mask = _text(4, 12)
     mask[1, 5:] = 0
     with torch.autocast("cuda", dtype=dtype):

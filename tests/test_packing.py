@@ -87,10 +87,10 @@ def test_bad_inputs_are_named():
         pack_texts([(ids, mask[:, :2])])
     with pytest.raises(ValueError, match="no texts"):
         pack_texts([])
-    model = IVTEncoder(model_config("tiny", vocab_size=50, max_text_len=8), token_drop_ratio=0.2).train()
+    model = IVTEncoder(model_config("tiny", vocab_size=50, max_text_len=8, token_drop=0.2)).train()
     with pytest.raises(ValueError, match="BMM"):
         model.encode_packed_text(pack_texts([(ids, mask)]))
-    model.set_token_drop(0.0)
+    model.eval()  # the token-drop layer is inactive outside training
     with pytest.raises(ValueError, match="max_text_len 8"):
         model.encode_packed_text(pack_texts([_chunk([9], 9)]))
 
@@ -100,7 +100,7 @@ def test_training_packed_follows_padded_training(tmp_path):
     data = write_toy_pedes(tmp_path / "toy")
     base = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",
             "train.threads=2", "data.vocab_size=200", "data.max_text_len=24", "train.log_every=1",
-            "train.epochs=2", "train.eval_every=0", "mask.ratio=0", "model.drop_path=0",
+            "train.epochs=2", "train.eval_every=0", "token_drop.ratio=0", "model.drop_path=0",
             f"data.path={data}"]
     losses = {}
     for pack in ("true", "false"):

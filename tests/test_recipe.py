@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from helpers import write_toy_pedes
 from ivt.config import ModelConfig, load_config
 from ivt.model import EncoderConfig, IVTEncoder, model_config
-from ivt.model.factory import encoder_config_for
+from ivt.train.encoder_from_config import encoder_config_for
 from ivt.train.trainer import train
 from weight_files import VOCAB, bert_state, expected_pos, vit_state
 
@@ -29,7 +29,8 @@ def test_paper_configs_hold_the_official_values(name, stride, grid, batch):
     assert (o.warmup_epochs, o.warmup_start, o.min_lr_ratio, o.schedule, o.clip_grad) == (5, 0.01, 0.002, "epoch",
                                                                                            None)
     assert (t.epochs, t.batch_size, t.sampler, t.k_per_id) == (120, batch, "identity-all", 4)
-    assert (cfg.mask.ratio, cfg.mask.mode, cfg.loss.name, cfg.data.max_text_len) == (0.2, "batch", "cmpm", 512)
+    assert (cfg.token_drop.ratio, cfg.token_drop.mode) == (0.2, "batch")
+    assert (cfg.loss.name, cfg.data.max_text_len) == ("cmpm", 512)
     assert (cfg.augment.padding, cfg.augment.flip_p, cfg.augment.erase_p) == (10, 0.5, 0.5)
     assert cfg.data.tokenizer == "bert-base-uncased" and m.init_image and m.init_text
     enc = encoder_config_for(m, vocab_size=30522, max_text_len=cfg.data.max_text_len)

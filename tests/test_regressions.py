@@ -127,7 +127,7 @@ def test_demo_reads_its_packaged_recipe(tmp_path, monkeypatch):
         run_demo(data_dir=data, run_dir=tmp_path / "run", ids=3, seed=0)
     recipe = load_config(DEMO_CONFIG).__dict__
     got = seen["cfg"]
-    for section in ("model", "optim", "loss", "align", "mask", "augment"):
+    for section in ("model", "optim", "loss", "align", "token_drop", "augment"):
         assert getattr(got, section) == recipe[section], section
     assert got.train.batch_size == recipe["train"].batch_size and got.train.max_minutes == recipe["train"].max_minutes
 
@@ -174,7 +174,7 @@ def test_decode_threads_is_named_for_what_it_sets(tmp_path):
 
 
 def test_enumerated_config_fields_are_checked_at_load_time(tmp_path):
-    for key, bad in (("optim.name", "adam"), ("loss.name", "triplet"), ("mask.mode", "random"),
+    for key, bad in (("optim.name", "adam"), ("loss.name", "triplet"), ("token_drop.mode", "random"),
                      ("train.sampler", "balanced"), ("model.arch", "clip"), ("model.size", "huge"),
                      ("train.precision", "fp8")):
         with pytest.raises(ConfigError, match=re.escape(key)):

@@ -60,7 +60,7 @@ def test_train_writes_run_dir_and_evaluates(tmp_path):
 
 def test_resume_gives_the_same_weights_as_straight_training(tmp_path):
     data = write_toy_pedes(tmp_path / "toy")
-    common = ["train.epochs=2", "train.eval_every=1", "mask.ratio=0.3", "model.drop_path=0.1"]
+    common = ["train.epochs=2", "train.eval_every=1", "token_drop.ratio=0.3", "model.drop_path=0.1"]
     straight = train(_cfg(data, tmp_path / "a", *common))
     # The same run paused after epoch 1 (4 steps of 4 per epoch), then resumed in a new invocation.
     part = train(_cfg(data, tmp_path / "b", *common, "train.stop_after_steps=4"))
@@ -158,7 +158,7 @@ def test_warmup_lasts_its_epochs_of_steps_under_a_time_budget(tmp_path, monkeypa
     from ivt.train.trainer import Trainer
 
     # A slow machine: every step uses a tenth of the time budget (deterministic stand-in for the clock).
-    monkeypatch.setattr(Trainer, "progress", lambda self: min(1.0, 0.1 * self.counters["step"]))
+    monkeypatch.setattr(Trainer, "progress", lambda self: min(1.0, 0.1 * self.state.step))
     data = write_toy_pedes(tmp_path / "toy")
     run = train(_cfg(data, tmp_path / "run", "train.epochs=100", "train.max_minutes=600", "optim.warmup_epochs=1",
                      "optim.lr=0.001", "optim.min_lr_ratio=0.01", "train.eval_every=0", "train.stop_after_steps=6"))

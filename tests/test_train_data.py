@@ -6,8 +6,7 @@ import random
 import torch
 
 from ivt.text.phrases import word_level_text
-from ivt.train.data import EpochSampler, Sample, attribute_positives, level_text, pair_texts
-from ivt.train.trainer import level_chunks
+from ivt.train.batches import EpochSampler, Sample, attribute_positives, level_text, pair_texts
 
 SAMPLES = [
     Sample(0, 0, "A man in a red shirt and blue jeans. He wears glasses.", ("red shirt", "blue jeans", "glasses")),
@@ -55,9 +54,8 @@ def test_similar_sampler_groups_look_alikes():
         assert sorted(pids[i] for b in batches for i in b) == sorted(pids)
 
 
-def test_level_chunks_follow_the_levels():
-    class _Batch:
-        texts = ["a", "b", "c", "d", "e", "f"]
-        levels = ["word", "word", "phrase", "phrase", "sentence", "sentence"]
-
-    assert level_chunks(_Batch()) == [["a", "b"], ["c", "d"], ["e", "f"]]
+def test_texts_by_level_follow_the_levels():
+    pairs = pair_texts(SAMPLES, [0, 1, 2], ["word", "phrase", "sentence"], seed=0, epoch=0)
+    runs = pairs.by_level()
+    assert [len(r) for r in runs] == [3, 3, 3] and sum(runs, []) == pairs.texts
+    assert runs[2] == [s.caption for s in SAMPLES]  # the sentence level is the captions themselves

@@ -38,6 +38,11 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _seeds(n: int, base: int = 0) -> list[int]:
+    """One augmentation seed per image, as the trainer gives them."""
+    return [1000 * base + i for i in range(n)]
+
+
 @pytest.fixture
 def image_file(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
@@ -96,21 +101,21 @@ def test_eval_clip_statistics() -> None:
 
 
 def test_train_shapes_and_dtype() -> None:
-    out = TrainAugment()(_batch(5), _gen())
+    out = TrainAugment()(_batch(5), _seeds(5))
     assert out.shape == (5, 3, H, W) and out.dtype == torch.float32
-    single = TrainAugment()(_batch(1)[0], _gen())
+    single = TrainAugment()(_batch(1)[0], _seeds(1))
     assert single.shape == (3, H, W)
 
 
 def test_all_off_equals_eval() -> None:
     batch = _batch()
-    out = TrainAugment(padding=0, flip_p=0.0, erase_p=0.0)(batch, _gen())
+    out = TrainAugment(padding=0, flip_p=0.0, erase_p=0.0)(batch, _seeds(len(batch)))
     assert torch.equal(out, EvalTransform()(batch))
 
 
 def test_flip_always_flips() -> None:
     batch = _batch()
-    out = TrainAugment(padding=0, flip_p=1.0, erase_p=0.0)(batch, _gen())
+    out = TrainAugment(padding=0, flip_p=1.0, erase_p=0.0)(batch, _seeds(len(batch)))
     assert torch.allclose(out, _normalise(batch.flip(-1)), atol=1e-5)
 
 
@@ -153,7 +158,7 @@ def _erased_box(out: torch.Tensor, ref: torch.Tensor) -> tuple[int, int, int, in
 def test_erasing_is_a_rectangle_within_area_bounds(fill: str) -> None:
     batch = _batch(64)
     aug = TrainAugment(padding=0, flip_p=0.0, erase_p=1.0, erase_fill=fill)
-    out = aug(batch, _gen(2))
+    out = aug(batch, _seeds(64, 2))
     ref = _normalise(batch)
     erased = 0
     for o, r in zip(out, ref):
@@ -195,20 +200,25 @@ def test_erase_probability() -> None:
     assert int((TrainAugment(erase_p=0.0).erase_boxes(50, H, W, _gen())[:, 2] > 0).sum()) == 0
 
 
-def test_seeded_generator_is_deterministic() -> None:
+def test_seeded_augmentation_is_deterministic_per_image() -> None:
     batch = _batch(8)
     aug = TrainAugment()
-    a = aug(batch, _gen(42))
-    b = aug(batch, _gen(42))
-    c = aug(batch, _gen(43))
+    a = aug(batch, _seeds(8, 42))
+    b = aug(batch, _seeds(8, 42))
+    c = aug(batch, _seeds(8, 43))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+    # an image's augmentation is its seed's alone: the same in any batch, at any position
+    alone = aug(batch[5:6], _seeds(8, 42)[5:6])
+    assert torch.equal(alone[0], a[5])
+    with pytest.raises(ValueError, match="got 7 seeds for 8 images"):
+        aug(batch, _seeds(7))
 
 
 def test_input_is_not_modified() -> None:
     batch = _batch()
     before = batch.clone()
-    TrainAugment(erase_p=1.0)(batch, _gen())
+    TrainAugment(erase_p=1.0)(batch, _seeds(len(batch)))
     EvalTransform()(batch)
     assert torch.equal(batch, before)
 

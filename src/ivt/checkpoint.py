@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ivt.errors import CheckpointError
-from ivt.files import file_sha256, fsync_dir
+from ivt.files import atomic_write_json, file_sha256, fsync_dir, write_synced
 from ivt.model import EncoderConfig, load_state_dict_strict
 from ivt.model.factory import ARCHS, Encoder, arch_of, create_encoder
 
@@ -31,32 +31,9 @@ JOURNAL = "commit.json"
 _FAULT_DELAY = "IVT_FAULT_INJECT_DELAY"  # crash tests only: seconds to sleep inside a commit
 
 
-def _write_tmp(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    os.replace(_write_tmp(path, data), path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """A safetensors file's bytes (CPU copies of the tensors)."""
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    atomic_write_bytes(path, tensors_bytes(tensors, metadata))
 
 
 def commit_files(run_dir: Path, files: dict[str, bytes]) -> None:
@@ -70,7 +47,7 @@ def commit_files(run_dir: Path, files: dict[str, bytes]) -> None:
     """
     delay = float(os.environ.get(_FAULT_DELAY, "0") or 0)
     for name, data in files.items():
-        _write_tmp(run_dir / name, data)
+        write_synced(run_dir / (name + ".tmp"), data)
         if delay:
             time.sleep(delay)
     atomic_write_json(run_dir / JOURNAL, {"files": list(files)})
@@ -172,8 +149,11 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pat
     return weights, weights.with_suffix(".json")
 
 
-def load_model(path: str | Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[Encoder, dict]:
-    """An encoder in eval mode from a run directory or checkpoint file, with its metadata."""
+def load_model(path: str | Path, which: str = "best", device: str | torch.device = "cpu",
+               overrides: dict[str, Any] | None = None) -> tuple[Encoder, dict]:
+    """An encoder in eval mode from a run directory or checkpoint file, with its metadata;
+    ``overrides`` replace fields of its saved EncoderConfig that hold no weights (a resumed run's
+    own regularisation, e.g. token dropping, which checkpoints before 0.x did not record)."""
     weights, meta_path = resolve_checkpoint(path, which)
     meta = read_json(meta_path)
     expected = meta.get("weights_sha256")
@@ -183,7 +163,7 @@ def load_model(path: str | Path, which: str = "best", device: str | torch.device
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not an ivt checkpoint (format {meta.get('format')!r})")
     try:
-        config = EncoderConfig.from_dict(meta["encoder"])
+        config = EncoderConfig.from_dict({**meta["encoder"], **(overrides or {})})
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: bad encoder configuration ({exc})") from exc
     check_preprocessing(weights, meta_path, config.preprocessing())

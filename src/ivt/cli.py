@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ivt.config import PRECISIONS, check_device
+from ivt.devices import PRECISIONS, check_device
 from ivt.terminal import printable
 
 FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
@@ -153,7 +153,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _device_arg(text: str) -> str:
-    """argparse type for --device: the grammar of :func:`ivt.config.check_device`."""
+    """argparse type for --device: the grammar of :func:`ivt.devices.check_device`."""
     from ivt.errors import DeviceError
 
     try:

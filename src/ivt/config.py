@@ -15,39 +15,22 @@ from typing import Any, Sequence
 
 import yaml
 
+from ivt.devices import PRECISIONS, check_device
 from ivt.errors import ConfigError, DeviceError
+from ivt.files import atomic_write
 
-# The enumerated settings, in one place (the modules that implement them import these).
-MODEL_SIZE_NAMES = ("tiny", "small", "base")
-ARCHS = ("ivt", "two-tower")
+# The enumerated settings of training (the modules that implement them import these). The model's
+# own choices (sizes, architectures, stems, pools, token-drop modes) belong to the model library,
+# which defines them; validation reads them from there (see _choices).
 LOSSES = ("cmpm", "infonce", "sdm")
 OPTIMIZERS = ("adamw", "sgd")
-MASK_MODES = ("batch", "sample")
 SAMPLERS = ("random", "identity", "identity-all", "similar")
 SCHEDULES = ("step", "epoch")
-STEMS = ("patch", "conv", "hmlp")
 WORD_POSITIVES = ("identity", "attributes")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-INTERPOLATIONS = ("bicubic", "bilinear")
-POOLS = ("cls", "mean")
 
 #: The demo's training recipe, the one place it is written; shipped inside the package, so ``ivt demo``
 #: and the benchmarks find it from any directory and from an installed (non-editable) package.
 DEMO_CONFIG = Path(__file__).resolve().parent / "recipes" / "demo.yaml"
-
-_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
-
-
-def check_device(name: object) -> str:
-    """``name`` if it is a device name (auto, cpu, cuda or cuda:N), else a :class:`DeviceError`.
-
-    The one statement of the device grammar: the config, the command line and the runtime use it.
-    Whether this machine has the device is the runtime's question (:func:`ivt.runtime.resolve_device`).
-    """
-    if isinstance(name, str) and _DEVICE.fullmatch(name):
-        return name
-    raise DeviceError(f"invalid device {name!r}: use auto, cpu, cuda or cuda:N")
-
 
 #: A decimal number as YAML 1.2 writes it. PyYAML reads YAML 1.1, where ``1e-4`` and ``5E-3``
 #: (no dot, or no signed exponent) are strings; a float field accepts them as numbers.
@@ -111,8 +94,8 @@ class AlignConfig:
 
 
 @dataclass
-class MaskConfig:
-    """Bidirectional mask modeling: random token dropping on both modalities."""
+class TokenDropConfig:
+    """Token dropping on both modalities (the paper's bidirectional mask modeling, BMM)."""
 
     ratio: float = 0.2                     # drop a random fraction in [0, ratio]; 0 disables
     mode: str = "batch"                    # batch (official) | sample
@@ -176,7 +159,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
+    token_drop: TokenDropConfig = field(default_factory=TokenDropConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -243,19 +226,35 @@ def _update(obj: Any, values: dict, prefix: str = "") -> None:
             setattr(obj, name, _check_value(value, hints[name], key))
 
 
+#: Sections renamed since runs were first saved: a saved config.yaml or an old recipe still loads.
+RENAMED_SECTIONS = {"mask": "token_drop"}
+
+
 def config_from_dict(values: dict | None) -> Config:
     """A Config from nested dicts; unknown keys, wrong types and bad values raise ConfigError."""
+    values = dict(values or {})
+    for old, new in RENAMED_SECTIONS.items():
+        if old in values:
+            if new in values:
+                raise ConfigError(f"'{old}' is the old name of '{new}'; give only '{new}'")
+            values[new] = values.pop(old)
     cfg = Config()
-    _update(cfg, values or {})
+    _update(cfg, values)
     validate_config(cfg)
     return cfg
 
 
-_CHOICES = {
-    "model.size": MODEL_SIZE_NAMES, "model.arch": ARCHS, "loss.name": LOSSES, "optim.name": OPTIMIZERS,
-    "mask.mode": MASK_MODES, "train.sampler": SAMPLERS, "train.precision": PRECISIONS,
-    "optim.schedule": SCHEDULES, "align.word_positives": WORD_POSITIVES,
-}
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Every enumerated key and its allowed values. The model's own choices come from the model
+    library, imported here rather than at module level so that the CLI starts without torch."""
+    from ivt.model.config import MODEL_SIZES, POOLS, STEMS
+    from ivt.model.factory import ARCHS
+    from ivt.model.token_drop import TOKEN_DROP_MODES
+
+    return {"model.size": tuple(MODEL_SIZES), "model.arch": ARCHS, "loss.name": LOSSES, "optim.name": OPTIMIZERS,
+            "token_drop.mode": TOKEN_DROP_MODES, "train.sampler": SAMPLERS, "train.precision": PRECISIONS,
+            "optim.schedule": SCHEDULES, "align.word_positives": WORD_POSITIVES,
+            "model.stem": (None, *STEMS), "model.pool": (None, *POOLS)}
 
 
 def _get(cfg: Config, key: str) -> Any:
@@ -268,8 +267,8 @@ def validate_config(cfg: Config) -> None:
 
     Raises one :class:`ConfigError` listing every problem (key, value, what is allowed).
     """
-    problems = [f"{key}: {_get(cfg, key)!r} is not one of {', '.join(choices)}"
-                for key, choices in _CHOICES.items() if _get(cfg, key) not in choices]
+    problems = [f"{key}: {_get(cfg, key)!r} is not one of {', '.join(c for c in choices if c is not None)}"
+                for key, choices in _choices().items() if _get(cfg, key) not in choices]
     try:
         check_device(cfg.train.device)
     except DeviceError as exc:
@@ -282,7 +281,7 @@ def validate_config(cfg: Config) -> None:
         ("optim.min_lr_ratio", 0 <= cfg.optim.min_lr_ratio <= 1, "in [0, 1]"),
         ("optim.clip_grad", cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "> 0 (or null to disable)"),
         ("loss.temperature", cfg.loss.temperature > 0, "> 0"),
-        ("mask.ratio", 0 <= cfg.mask.ratio < 1, "in [0, 1)"),
+        ("token_drop.ratio", 0 <= cfg.token_drop.ratio < 1, "in [0, 1)"),
         ("augment.padding", cfg.augment.padding >= 0, ">= 0"),
         ("augment.flip_p", 0 <= cfg.augment.flip_p <= 1, "in [0, 1]"),
         ("augment.erase_p", 0 <= cfg.augment.erase_p <= 1, "in [0, 1]"),
@@ -322,10 +321,6 @@ def validate_config(cfg: Config) -> None:
         value = _get(cfg, key)
         if value is not None and (len(value) != 3 or (key.endswith("std") and min(value) <= 0)):
             problems.append(f"model.{key.split('.')[1]}: {value!r} must be 3 numbers (std > 0)")
-    if cfg.model.stem not in (None, *STEMS):
-        problems.append(f"model.stem: {cfg.model.stem!r} is not one of {', '.join(STEMS)}")
-    if cfg.model.pool not in (None, *POOLS):
-        problems.append(f"model.pool: {cfg.model.pool!r} is not one of {', '.join(POOLS)}")
     if cfg.train.sampler != "random" and cfg.train.batch_size % cfg.train.k_per_id:
         problems.append(f"train.batch_size: {cfg.train.batch_size} must be a multiple of train.k_per_id "
                         f"({cfg.train.k_per_id}) with train.sampler={cfg.train.sampler}")
@@ -408,7 +403,5 @@ def config_to_dict(cfg: Config) -> dict:
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved configuration as YAML (atomically)."""
     p = Path(path)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(p)
+    atomic_write(p, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return p

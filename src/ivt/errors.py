@@ -46,5 +46,19 @@ class DeviceError(IvtError, ValueError):
     """A device or precision that this machine cannot provide."""
 
 
+class IndexStoreError(IvtError, ValueError):
+    """An index directory that is missing, damaged, or does not fit the model it is used with."""
+
+
+class ApiError(Exception):
+    """A web-service answer other than 200, with its status and a message for the client (not an
+    :class:`IvtError`: the service turns it into a JSON response, the CLI never sees it)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 #: What the CLI reports as one message with exit status 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (IvtError,)

@@ -1,9 +1,13 @@
-"""File helpers shared by checkpoints and indexes (torch-free, so the index can import them)."""
+"""File helpers shared by checkpoints, configs, tokenizers and indexes (torch-free, so the index
+can import them): hashing, the one atomic write, and the rule for paths under a root."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -22,6 +26,37 @@ def fsync_dir(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_synced(path: str | Path, data: bytes | Iterable[bytes | memoryview],
+                 exclusive: bool = False) -> dict[str, Any]:
+    """Write ``data`` (bytes or chunks) to ``path`` and fsync it; ``exclusive`` refuses an existing
+    file. Returns the ``size`` and ``sha256`` of what was written (indexes record both)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "xb" if exclusive else "wb") as fh:
+        for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+            fh.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def atomic_write(path: str | Path, data: bytes | str, tmp: str | Path | None = None) -> None:
+    """Replace ``path`` by ``data`` so that a crash leaves either the old file or the new one,
+    never a torn one: write and fsync ``tmp`` (default ``NAME.tmp`` beside it; give a unique name
+    where several processes may write the same path), rename it over ``path``, fsync the folder."""
+    path = Path(path)
+    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".tmp")
+    write_synced(tmp, data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """:func:`atomic_write` of ``obj`` as indented JSON."""
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def relative_path_problem(path: object) -> str | None:

@@ -14,7 +14,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from ivt.config import PRECISIONS, check_device
+from ivt.devices import PRECISIONS, check_device
 from ivt.errors import DeviceError
 
 log = logging.getLogger("ivt")

@@ -28,8 +28,6 @@ from ivt.runtime import to_device
 ERASE_FILLS = ("pixel", "zero")
 
 
-
-
 def load_image(path: str | os.PathLike[str], size: Sequence[int],
                interpolation: str = "bicubic") -> Tensor:
     """Decode ``path`` as RGB and resize it to ``size`` = (H, W) (``bicubic`` or ``bilinear``).
@@ -181,22 +179,13 @@ class TrainAugment(_Normalize):
         self.erase_fill = erase_fill
         self.erase_attempts = int(erase_attempts)
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None,
-                 seeds: Sequence[int] | None = None, device: torch.device | str | None = None) -> Tensor:
-        """Augment uint8 ``images``.
-
-        Random parameters come from the CPU ``generator`` (one stream for the batch), or, with
-        ``seeds``, from one generator per image seeded with its entry: then an image's
-        augmentation does not depend on which batch or process it lands in (what the trainer
-        uses, for exact resume and sharding); ``device`` is where the output goes (with seeds,
-        the uint8 crops are moved there before normalising, a quarter of the bytes of floats).
+    def __call__(self, images: Tensor, seeds: Sequence[int], device: torch.device | str | None = None) -> Tensor:
+        """Augment uint8 ``images``, image ``i`` with random parameters drawn from a CPU generator
+        seeded with ``seeds[i]``: an image's augmentation does not depend on which batch or process
+        it lands in (exact resume and sharding). ``device`` is where the output goes (the uint8
+        crops are moved there before normalising, a quarter of the bytes of floats).
         """
         batch, single = _as_batch(images)
-        if seeds is None:
-            out = self.normalize(to_device(self.crop_and_flip(batch, generator), device))
-            if self.erase_p > 0:
-                out = self.erase(out, generator)
-            return out[0] if single else out
         if len(seeds) != len(batch):
             raise ValueError(f"got {len(seeds)} seeds for {len(batch)} images")
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -269,16 +258,3 @@ class TrainAugment(_Normalize):
         return torch.stack(
             [top, left, torch.where(apply, eh, zero), torch.where(apply, ew, zero)], dim=1
         )
-
-    def erase(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Erase one random rectangle in some samples of normalised float ``images``, in place."""
-        b, c, h, w = images.shape
-        for i, (top, left, eh, ew) in enumerate(self.erase_boxes(b, h, w, generator).tolist()):
-            if eh == 0:
-                continue
-            if self.erase_fill == "zero":
-                images[i, :, top:top + eh, left:left + ew] = 0.0
-            else:
-                noise = torch.randn((c, eh, ew), generator=generator, dtype=images.dtype)
-                images[i, :, top:top + eh, left:left + ew] = to_device(noise, images.device)
-        return images

@@ -1,5 +1,6 @@
 """Retrieval evaluation of an encoder on a dataset split: queries = every caption of the split,
-gallery = every image of the split once; cosine similarity of L2-normalised token-0 embeddings."""
+gallery = every image of the split once; cosine similarity of the L2-normalised retrieval embeddings
+(pooled as the model is configured: token 0, or the mean of the output tokens)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ivt.errors import ConfigError, DataError, IvtError
+from ivt.errors import ConfigError, DataError, IndexStoreError, IvtError
 from ivt.files import ConfinedRoot, file_sha256
 from ivt.index.backends import (
     SearchBackend,
@@ -31,7 +31,6 @@ from ivt.index.backends import (
 )
 from ivt.index.gallery import check_compatible
 from ivt.index.store import (
-    IndexStoreError,
     IndexWriter,
     Item,
     VideoRef,

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from ivt.errors import IndexStoreError
 from ivt.files import ConfinedRoot
 from ivt.index.backends import SEARCH_PARAMS, SearchBackend, load_backend
 from ivt.index.store import (
-    IndexStoreError,
     Item,
     StoredIndex,
     VideoRef,

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ivt.errors import CheckpointError, DataError, IvtError
+from ivt.errors import CheckpointError, DataError, IndexStoreError, IvtError
 from ivt.index.gallery import Gallery
-from ivt.index.store import IndexStoreError
 from ivt.terminal import printable
 from ivt.viz import image_data_uri
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ivt.errors import IvtError
-from ivt.files import fsync_dir, relative_path_problem
+from ivt.errors import IndexStoreError
+from ivt.files import atomic_write, fsync_dir, relative_path_problem, write_synced
 
 FORMAT = "ivt-index"
 FORMAT_VERSION = 1
@@ -51,10 +51,6 @@ _VERSION_RE = re.compile(r"^v(\d{6})$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _REQUIRED_KEYS = ("format", "version", "created", "updated", "model", "tokenizer", "embedding",
                   "backend", "roots", "sources", "files")
-
-
-class IndexStoreError(IvtError, ValueError):
-    """An index directory that is missing, damaged, or does not fit the model it is used with."""
 
 
 @dataclass(frozen=True)
@@ -322,20 +318,6 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
 # Writing
 
 
-def _write_file(path: Path, chunks: Sequence[bytes | memoryview]) -> dict[str, int | str]:
-    """Write and fsync a new file; returns its size and sha256 for the manifest."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "xb") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return {"size": size, "sha256": digest.hexdigest()}
-
-
 def _npy_chunks(array: np.ndarray) -> list[bytes | memoryview]:
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
@@ -344,16 +326,6 @@ def _npy_chunks(array: np.ndarray) -> list[bytes | memoryview]:
 
 def _versions(index_dir: Path) -> list[str]:
     return sorted(p.name for p in index_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
-
-
-def _atomic_pointer(index_dir: Path, version: str) -> None:
-    tmp = index_dir / (CURRENT + ".tmp")
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(version + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, index_dir / CURRENT)
-    fsync_dir(index_dir)
 
 
 class IndexWriter:
@@ -383,12 +355,7 @@ class IndexWriter:
                 if not folder.exists():
                     folder.mkdir()
                     self._created.append(folder)
-            tmp = path.with_name(f"{TMP_PREFIX}{sha}.{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, data, tmp=path.with_name(f"{TMP_PREFIX}{sha}.{os.getpid()}"))
             self._created.append(path)
         return rel, sha
 
@@ -419,7 +386,7 @@ class IndexWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fsync_dir(self.directory)
-        _atomic_pointer(self.directory, version)
+        atomic_write(self.directory / CURRENT, version + "\n")
         self.committed = True
         self._cleanup(version)
         return version
@@ -428,17 +395,18 @@ class IndexWriter:
     def _write_version(tmp: Path, manifest: dict[str, Any], embeddings: np.ndarray, items: Sequence[Item],
                        ann: bytes | None) -> None:
         files = {
-            EMBEDDINGS: _write_file(tmp / EMBEDDINGS, _npy_chunks(embeddings)),
-            ITEMS: _write_file(tmp / ITEMS, ["".join(i.to_json() + "\n" for i in items).encode("utf-8")]),
+            EMBEDDINGS: write_synced(tmp / EMBEDDINGS, _npy_chunks(embeddings), exclusive=True),
+            ITEMS: write_synced(tmp / ITEMS, "".join(i.to_json() + "\n" for i in items).encode("utf-8"),
+                                exclusive=True),
         }
         if ann is not None:
-            files[ANN] = _write_file(tmp / ANN, [ann])
+            files[ANN] = write_synced(tmp / ANN, ann, exclusive=True)
         manifest = {**manifest, "format": FORMAT, "version": FORMAT_VERSION, "updated": now_iso(),
                     "files": files}
         manifest["embedding"] = {**manifest.get("embedding", {}), "dim": int(embeddings.shape[1]),
                                  "count": len(items), "dtype": "float32"}
         manifest.setdefault("created", manifest["updated"])
-        _write_file(tmp / MANIFEST, [(json.dumps(manifest, indent=2) + "\n").encode("utf-8")])
+        write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"), exclusive=True)
         fsync_dir(tmp)
 
     def _cleanup(self, live: str) -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ivt.errors import CheckpointError
+from ivt.model.adapters import listing, shape_text
 
 __all__ = [
     "CheckpointError", "CheckpointNotFoundError", "StateDictSource", "read_state_dict", "unwrap_state_dict",
@@ -18,7 +19,6 @@ __all__ = [
 
 StateDictSource = Union[Mapping[str, torch.Tensor], str, os.PathLike]
 _WRAPPER_KEYS = ("state_dict", "model", "module")
-_MAX_LISTED = 40
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
@@ -71,16 +71,6 @@ def read_state_dict(source: StateDictSource) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(obj, str(path))
 
 
-def _fmt(shape: Any) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = items[:_MAX_LISTED]
-    more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {s}" for s in shown) + more
-
-
 def state_dict_problems(expected: Mapping[str, Any], state_dict: Mapping[str, Any],
                         *, allow_unexpected: bool = False) -> list[str]:
     """Human-readable problems between expected shapes (or tensors) and a state dict."""
@@ -89,15 +79,15 @@ def state_dict_problems(expected: Mapping[str, Any], state_dict: Mapping[str, An
     missing = sorted(k for k in exp if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in exp)
     mismatched = sorted(
-        f"{k}: expected {_fmt(exp[k])}, found {_fmt(state_dict[k].shape)}"
+        f"{k}: expected {shape_text(exp[k])}, found {shape_text(state_dict[k].shape)}"
         for k in exp if k in state_dict and tuple(state_dict[k].shape) != exp[k])
     sections = []
     if missing:
-        sections.append(_listing("missing keys", missing))
+        sections.append(listing("missing keys", missing))
     if unexpected and not allow_unexpected:
-        sections.append(_listing("unexpected keys", unexpected))
+        sections.append(listing("unexpected keys", unexpected))
     if mismatched:
-        sections.append(_listing("shape mismatches", mismatched))
+        sections.append(listing("shape mismatches", mismatched))
     return sections
 
 

@@ -5,10 +5,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ivt.config import INTERPOLATIONS, POOLS, STEMS
+from ivt.model.token_drop import check_token_drop
 
 __all__ = ["EncoderConfig", "MODEL_SIZES", "model_config", "IMAGENET_MEAN", "IMAGENET_STD", "HALF",
-           "INTERPOLATIONS"]
+           "INTERPOLATIONS", "POOLS", "STEMS"]
+
+STEMS = ("patch", "conv", "hmlp")         # see ivt.model.stem
+POOLS = ("cls", "mean")
+INTERPOLATIONS = ("bicubic", "bilinear")  # image resizing at evaluation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,6 +51,8 @@ class EncoderConfig:
     text_dropout: float | None = None   # after the text embeddings; None: ``dropout`` (paper: 0.1, vision 0)
     attn_dropout: float = 0.0
     drop_path: float = 0.1
+    token_drop: float = 0.0               # BMM: drop up to this fraction of the tokens in training
+    token_drop_mode: str = "batch"        # see ivt.model.token_drop
     # Preprocessing travels with the model, so a checkpoint is always fed what it was trained on.
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
@@ -91,6 +97,10 @@ class EncoderConfig:
         for name in ("dropout", "attn_dropout", "drop_path"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 errors.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        try:
+            check_token_drop(float(self.token_drop), self.token_drop_mode)
+        except ValueError as exc:
+            errors.append(str(exc))
         if self.text_dropout is not None and not 0.0 <= float(self.text_dropout) < 1.0:
             errors.append(f"text_dropout must be in [0, 1) or None, got {self.text_dropout}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std, default=0) <= 0:

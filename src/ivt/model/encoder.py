@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivt.model.config import EncoderConfig
-from ivt.model.masking import TOKEN_DROP_MODES, TokenDropMode, drop_tokens
 from ivt.model.packing import PackedTexts
 from ivt.model.stem import HMLPStem, conv_stem
+from ivt.model.token_drop import TokenDrop
 from ivt.model.transformer import Block, Modality, key_padding_to_attn_mask
 
 __all__ = ["IVTEncoder", "PatchEmbed", "TextEmbeddings"]
@@ -105,12 +105,11 @@ class TextEmbeddings(nn.Module):
 class IVTEncoder(nn.Module):
     """Unified image/text transformer of IVT (parameter names follow the official code).
 
-    Token dropping (BMM) is applied only in training mode when the ratio is > 0;
-    see :meth:`set_token_drop`.
+    Its :class:`~ivt.model.token_drop.TokenDrop` layer (BMM, ``config.token_drop``) drops tokens
+    of either modality before the blocks, in training mode only.
     """
 
-    def __init__(self, config: EncoderConfig | None = None, *, token_drop_ratio: float = 0.0,
-                 token_drop_mode: TokenDropMode = "batch") -> None:
+    def __init__(self, config: EncoderConfig | None = None) -> None:
         super().__init__()
         self.config = config = config if config is not None else EncoderConfig()
         width = config.width
@@ -129,10 +128,7 @@ class IVTEncoder(nn.Module):
                   eps=config.ln_eps)
             for rate in rates)
         self.norm = nn.LayerNorm(width, eps=config.ln_eps)
-        self.token_drop_ratio = 0.0
-        self.token_drop_mode: TokenDropMode = "batch"
-        self.token_drop_generator: torch.Generator | None = None
-        self.set_token_drop(token_drop_ratio, token_drop_mode)
+        self.token_drop = TokenDrop(config.token_drop, config.token_drop_mode)  # type: ignore[arg-type]
         self.init_weights()
 
     @torch.no_grad()
@@ -164,25 +160,12 @@ class IVTEncoder(nn.Module):
         """Parameter names usually excluded from weight decay."""
         return {"cls_token", "pos_embed", "type_embed"}
 
-    def set_token_drop(self, ratio: float, mode: TokenDropMode = "batch",
-                       generator: torch.Generator | None = None) -> None:
-        """Configure BMM: drop up to ``ratio`` of the tokens during training (0 disables)."""
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"token-drop ratio must be in [0, 1), got {ratio}")
-        if mode not in TOKEN_DROP_MODES:
-            raise ValueError(f"token-drop mode must be one of {TOKEN_DROP_MODES}, got {mode!r}")
-        self.token_drop_ratio = float(ratio)
-        self.token_drop_mode = mode
-        self.token_drop_generator = generator
-
     def _run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, modality: Modality,
-                    token_drop: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    drop: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the blocks; returns the output tokens and their key-padding mask (both shortened
-        when BMM drops tokens)."""
-        ratio = self.token_drop_ratio if token_drop is None else token_drop
-        if self.training and ratio > 0.0:
-            x, mask, _ = drop_tokens(x, mask, ratio, self.token_drop_mode,
-                                     self.token_drop_generator)
+        when the token-drop layer drops tokens; ``drop=False`` skips it)."""
+        if drop:
+            x, mask = self.token_drop(x, mask)
         attn_mask = key_padding_to_attn_mask(mask)
         for block in self.blocks:
             x = block(x, attn_mask, modality)
@@ -205,10 +188,9 @@ class IVTEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1) + self.pos_embed + self.type_embed
         return self.pos_drop(x)
 
-    def encode_image_tokens(self, images: torch.Tensor, *,
-                            token_drop: float | None = None) -> torch.Tensor:
+    def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """All output tokens (B, 1+P, C) of a batch of images (fewer under BMM in training)."""
-        return self._run_blocks(self.embed_image(images), None, "image", token_drop)[0]
+        return self._run_blocks(self.embed_image(images), None, "image")[0]
 
     def encode_image_subset(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Output tokens (B, 1+K, C) when only the patches ``keep`` (B, K), indices into the P
@@ -220,29 +202,28 @@ class IVTEncoder(nn.Module):
             x = x.expand(keep.shape[0], -1, -1)
         index = torch.cat([torch.zeros_like(keep[:, :1]), keep + 1], dim=1)
         x = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return self._run_blocks(x, None, "image", 0.0)[0]
+        return self._run_blocks(x, None, "image", drop=False)[0]
 
     def encode_text_tokens(self, input_ids: torch.Tensor,
-                           attention_mask: torch.Tensor | None = None, *,
-                           token_drop: float | None = None) -> torch.Tensor:
+                           attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """All output tokens (B, L, C) of token ids; ``attention_mask`` 1 = real, 0 = padding."""
-        return self._encode_text(input_ids, attention_mask, token_drop)[0]
+        return self._encode_text(input_ids, attention_mask)[0]
 
-    def _encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     token_drop: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode_text(self, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids "
                              f"shape {tuple(input_ids.shape)}")
         x = self.embeddings(input_ids)
-        return self._run_blocks(x, attention_mask, "text", token_drop)
+        return self._run_blocks(x, attention_mask, "text")
 
     def encode_packed_text(self, packed: PackedTexts) -> torch.Tensor:
         """Retrieval embeddings (N, C) of packed texts (:mod:`ivt.model.packing`), equal to
         :meth:`encode_text` of the same texts padded. BMM does not apply: token dropping works on
         padded rows, so a packed batch is encoded whole."""
-        if self.training and self.token_drop_ratio > 0.0:
+        if self.token_drop.active:
             raise ValueError("packed texts cannot be encoded with BMM token dropping on "
-                             f"(ratio {self.token_drop_ratio}); pad the texts instead")
+                             f"(ratio {self.token_drop.ratio}); pad the texts instead")
         x = self.embeddings(packed.input_ids, packed.positions)
         attn_mask = packed.attn_mask()
         for block in self.blocks:
@@ -255,24 +236,11 @@ class IVTEncoder(nn.Module):
             0, packed.segments.flatten()[real], tokens[real])
         return sums / packed.lengths.to(sums.dtype).unsqueeze(-1)
 
-    def encode_image(self, images: torch.Tensor, *,
-                     token_drop: float | None = None) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Retrieval embedding (B, C), pooled by ``config.pool`` (not normalised)."""
-        return self.pool(self.encode_image_tokens(images, token_drop=token_drop))
+        return self.pool(self.encode_image_tokens(images))
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    *, token_drop: float | None = None) -> torch.Tensor:
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Retrieval embedding (B, C), pooled by ``config.pool`` over the real tokens (not
         normalised)."""
-        return self.pool(*self._encode_text(input_ids, attention_mask, token_drop))
-
-    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                modality: Modality = "image") -> torch.Tensor:
-        """All output tokens of ``inputs`` (images or token ids, picked by ``modality``)."""
-        if modality == "image":
-            if attention_mask is not None:
-                raise ValueError("attention_mask is only used with modality='text'")
-            return self.encode_image_tokens(inputs)
-        if modality == "text":
-            return self.encode_text_tokens(inputs, attention_mask)
-        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        return self.pool(*self._encode_text(input_ids, attention_mask))

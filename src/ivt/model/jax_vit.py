@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ivt.errors import CheckpointError
+from ivt.model.adapters import Adapted
 
 __all__ = ["jax_vit_to_timm", "read_npz"]
 
@@ -51,9 +52,9 @@ class _Taker:
         return torch.from_numpy(np.ascontiguousarray(self.arrays[key]))
 
 
-def jax_vit_to_timm(arrays: Mapping[str, np.ndarray]
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
-    """(timm-named tensors, timm key -> the npz key(s) it came from, npz keys not converted).
+def jax_vit_to_timm(arrays: Mapping[str, np.ndarray]) -> Adapted:
+    """The file in timm's names: tensors, ``used`` (timm key -> the npz key(s) it came from) and
+    ``unknown`` (npz keys not converted), the shape of every adapter (:mod:`ivt.model.adapters`).
 
     Raises :class:`CheckpointError` listing the arrays a converted layer needs but the file lacks.
     """
@@ -87,8 +88,7 @@ def jax_vit_to_timm(arrays: Mapping[str, np.ndarray]
     if take.absent:
         raise CheckpointError("the JAX ViT file lacks arrays that the layers it has need:\n    "
                               + "\n    ".join(take.absent))
-    leftover = sorted(k for k in arrays if k not in take.used)
-    return out, origin, leftover
+    return Adapted(out, origin, unknown=sorted(k for k in arrays if k not in take.used))
 
 
 def _convert_block(i: int, take: _Taker, put: Callable[..., None]) -> None:

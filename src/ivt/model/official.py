@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ivt.model.adapters import Adapted, adapt, keep, skip
 from ivt.model.checkpoint_io import (
     CheckpointError,
     StateDictSource,
@@ -25,13 +26,18 @@ from ivt.model.encoder import IVTEncoder
 from ivt.model.factory import create_encoder
 
 __all__ = [
-    "load_official_encoder", "convert_official_state_dict", "infer_official_config",
+    "load_official_encoder", "adapt_official", "infer_official_config",
     "encoder_state_shapes", "OFFICIAL_PREFIXES", "CheckpointError",
 ]
 
 OFFICIAL_PREFIXES = ("module.", "encoder_vl.")
-_TRAINING_ONLY = re.compile(r"^(temp|classifier_[^.]*\..*|bottleneck_[^.]*\..*|"
-                            r"embeddings\.position_ids)$")
+#: Our parameter names are the official ones: everything maps to itself but what only training used.
+OFFICIAL_RULES = (
+    skip(r"temp", "the loss temperature of official training"),
+    skip(r"(classifier|bottleneck)_[^.]*\..*", "an identity classifier / bottleneck of official training"),
+    skip(r"embeddings\.position_ids", "a buffer of position indices, not a weight"),
+    keep(r"(.+)", r"\1"),
+)
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight",
              "embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
@@ -49,21 +55,14 @@ def strip_prefixes(key: str, prefixes: tuple[str, ...] = OFFICIAL_PREFIXES) -> s
     return key
 
 
-def convert_official_state_dict(
-        state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official keys -> our keys. Returns (encoder state dict, dropped training-only keys)."""
-    out: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    for key, value in state_dict.items():
-        name = strip_prefixes(key)
-        if _TRAINING_ONLY.match(name):
-            dropped.append(key)
-            continue
-        if name in out:
-            raise CheckpointError(f"two checkpoint entries map to {name!r} after stripping "
-                                  f"the prefixes {OFFICIAL_PREFIXES}")
-        out[name] = value
-    return out, dropped
+def adapt_official(state_dict: Mapping[str, torch.Tensor]) -> Adapted:
+    """Official keys -> our keys (prefixes stripped, training-only entries skipped with a reason);
+    CheckpointError when two entries map to one key."""
+    adapted = adapt(state_dict, OFFICIAL_RULES, strip_prefixes)
+    if adapted.collisions:
+        raise CheckpointError(f"two checkpoint entries map to one key after stripping the prefixes "
+                              f"{OFFICIAL_PREFIXES}: {'; '.join(adapted.collisions)}")
+    return adapted
 
 
 def _grid(size: int, patch: int, stride: int) -> int:
@@ -148,7 +147,8 @@ def encoder_state_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
 def load_official_encoder(state_dict_or_path: StateDictSource, *,
                           image_size: tuple[int, int] = (384, 128), patch_size: int = 16,
                           patch_stride: int | None = None, num_heads: int = 12,
-                          strict: bool = True, **config_overrides: Any) -> IVTEncoder:
+                          strict: bool = True, config: EncoderConfig | None = None,
+                          **config_overrides: Any) -> IVTEncoder:
     """Build an :class:`IVTEncoder` (eval mode, float32) from official IVT weights.
 
     Accepts a dict of tensors, a ``.safetensors`` file, or a ``.pth``/``.pt`` checkpoint (read
@@ -157,15 +157,16 @@ def load_official_encoder(state_dict_or_path: StateDictSource, *,
     12 or 16 from ``pos_embed``. Keys that are neither encoder weights nor known training-only
     entries raise :class:`CheckpointError` (``strict=False``: warn and ignore them). Missing
     keys and shape mismatches always raise. A dict of meta tensors gives a meta-device encoder
-    (cheap key/shape checks).
+    (cheap key/shape checks). ``config`` loads into that architecture instead of the one inferred
+    (a caller that inferred and adjusted it already); every key and shape is still checked.
     """
     source = (str(state_dict_or_path) if not isinstance(state_dict_or_path, Mapping)
               else "official state dict")
     raw = read_state_dict(state_dict_or_path)
-    converted, _ = convert_official_state_dict(raw)
-    config = infer_official_config(converted, image_size=image_size, patch_size=patch_size,
-                                   patch_stride=patch_stride, num_heads=num_heads,
-                                   **config_overrides)
+    converted = adapt_official(raw).tensors
+    if config is None:
+        config = infer_official_config(converted, image_size=image_size, patch_size=patch_size,
+                                       patch_stride=patch_stride, num_heads=num_heads, **config_overrides)
     expected = encoder_state_shapes(config)
     extra = sorted(k for k in converted if k not in expected)
     if extra and not strict:

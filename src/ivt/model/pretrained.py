@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivt.errors import CheckpointError
+from ivt.model.adapters import KeyRule, adapt, keep, listing, shape_text, skip
 from ivt.model.checkpoint_io import read_state_dict
 from ivt.model.jax_vit import jax_vit_to_timm, read_npz
 
@@ -43,7 +44,6 @@ __all__ = [
 
 POS_INTERPOLATIONS = ("bilinear", "bicubic")
 _BERT_DIR_FILES = ("model.safetensors", "pytorch_model.bin")
-_MAX_LISTED = 40
 
 
 @dataclass
@@ -87,64 +87,37 @@ def _groups(keys) -> str:
     return ", ".join(k if n == 1 else f"{k} (x{n})" for k, n in counts.items()) or "nothing"
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """File keys matching ``pattern`` go to ``target`` (a re.sub template), or are skipped for ``reason``."""
-
-    pattern: re.Pattern[str]
-    target: str | None = None
-    reason: str = ""
-
-
-def _map(pattern: str, target: str) -> _Rule:
-    return _Rule(re.compile(pattern + r"$"), target)
-
-
-def _skip(pattern: str, reason: str) -> _Rule:
-    return _Rule(re.compile(pattern + r"$"), None, reason)
-
-
 _VIT_RULES = (
-    _map(r"cls_token", "cls_token"),
-    _map(r"pos_embed", "pos_embed"),
-    _map(r"patch_embed\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
-    _map(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj)\.(weight|bias)", r"blocks.\1.\2.\3"),
-    _map(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp_vis.\2.\3"),
-    _map(r"norm\.(weight|bias)", r"norm.\1"),
-    _skip(r"head\.(weight|bias)", "the ImageNet classifier"),
-    _skip(r"head_dist\.(weight|bias)", "the DeiT distillation classifier"),
-    _skip(r"pre_logits\.fc\.(weight|bias)", "the classifier's representation layer"),
-    _skip(r"dist_token", "the DeiT distillation token (its position embedding is dropped too)"),
+    keep(r"cls_token", "cls_token"),
+    keep(r"pos_embed", "pos_embed"),
+    keep(r"patch_embed\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
+    keep(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj)\.(weight|bias)", r"blocks.\1.\2.\3"),
+    keep(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp_vis.\2.\3"),
+    keep(r"norm\.(weight|bias)", r"norm.\1"),
+    skip(r"head\.(weight|bias)", "the ImageNet classifier"),
+    skip(r"head_dist\.(weight|bias)", "the DeiT distillation classifier"),
+    skip(r"pre_logits\.fc\.(weight|bias)", "the classifier's representation layer"),
+    skip(r"dist_token", "the DeiT distillation token (its position embedding is dropped too)"),
 )
 #: Encoder keys a ViT file must provide.
 _VIT_TARGETS = re.compile(r"(cls_token|pos_embed|patch_embed\.proj\.\w+|norm\.\w+|"
                           r"blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp_vis\.fc1|mlp_vis\.fc2)\.\w+)$")
 
 _BERT_RULES = (
-    _map(r"embeddings\.(word_embeddings|position_embeddings|token_type_embeddings)\.weight",
+    keep(r"embeddings\.(word_embeddings|position_embeddings|token_type_embeddings)\.weight",
          r"embeddings.\1.weight"),
-    _map(r"embeddings\.LayerNorm\.(weight|bias)", r"embeddings.LayerNorm.\1"),
-    _map(r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp_txt.fc1.\2"),
-    _map(r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp_txt.fc2.\2"),
-    _skip(r"embeddings\.position_ids", "a buffer of position indices, not a weight"),
-    _skip(r"encoder\.layer\.\d+\.attention\..+",
+    keep(r"embeddings\.LayerNorm\.(weight|bias)", r"embeddings.LayerNorm.\1"),
+    keep(r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp_txt.fc1.\2"),
+    keep(r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp_txt.fc2.\2"),
+    skip(r"embeddings\.position_ids", "a buffer of position indices, not a weight"),
+    skip(r"encoder\.layer\.\d+\.attention\..+",
           "attention is shared by both modalities in IVT and comes from the ViT"),
-    _skip(r"encoder\.layer\.\d+\.output\.LayerNorm\.(weight|bias)",
+    skip(r"encoder\.layer\.\d+\.output\.LayerNorm\.(weight|bias)",
           "IVT blocks use the shared pre-norms, which come from the ViT"),
-    _skip(r"pooler\.dense\.(weight|bias)", "BERT's pooler is not part of IVT"),
-    _skip(r"cls\..+", "BERT's pre-training heads"),
+    skip(r"pooler\.dense\.(weight|bias)", "BERT's pooler is not part of IVT"),
+    skip(r"cls\..+", "BERT's pre-training heads"),
 )
 _BERT_TARGETS = re.compile(r"(embeddings\.\w+\.\w+|blocks\.\d+\.mlp_txt\.fc[12]\.\w+)$")
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = items[:_MAX_LISTED]
-    more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {s}" for s in shown) + more
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, prefix_tokens: int, grid: tuple[int, int],
@@ -180,8 +153,8 @@ def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[st
     if p.suffix == ".npz":
         if kind != "vit":
             raise CheckpointError(f"{p}: .npz files are read as JAX ViT releases, not as text weights")
-        tensors, origin, leftover = jax_vit_to_timm(read_npz(p))
-        return tensors, origin, leftover, "jax-npz"
+        timm = jax_vit_to_timm(read_npz(p))
+        return timm.tensors, timm.used, timm.unknown, "jax-npz"
     try:
         tensors = read_state_dict(p)
     except FileNotFoundError as exc:
@@ -200,47 +173,35 @@ def _normalise_vit_key(key: str) -> str:
     return key.removeprefix("module.")
 
 
-def _load(encoder: nn.Module, path: str | Path, kind: str, rules: tuple[_Rule, ...],
+def _load(encoder: nn.Module, path: str | Path, kind: str, rules: tuple[KeyRule, ...],
           targets: re.Pattern[str], normalise: Callable[[str], str],
           convert: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], LoadReport], None]
           ) -> LoadReport:
     raw, origin, leftover, file_format = _read(path, kind)
-    report = LoadReport(str(path), kind, file_format)
-    mapped: dict[str, torch.Tensor] = {}
-    unknown = [f"{k} (not converted)" for k in leftover]
-    duplicates = []
-    for key, tensor in raw.items():
-        name = normalise(key)
-        rule = next((r for r in rules if r.pattern.match(name)), None)
-        if rule is None:
-            unknown.append(origin[key])
-        elif rule.target is None:
-            report.skipped[origin[key]] = rule.reason
-        else:
-            target = rule.pattern.sub(rule.target, name)
-            if target in mapped:
-                duplicates.append(f"{origin[key]} and {report.used[target]} both map to {target}")
-            mapped[target] = tensor
-            report.used[target] = origin[key]
+    adapted = adapt(raw, rules, normalise, origin)
+    report = LoadReport(str(path), kind, file_format, used=adapted.used, skipped=adapted.skipped)
+    mapped = adapted.tensors
+    unknown = [f"{k} (not converted)" for k in leftover] + adapted.unknown
+    duplicates = adapted.collisions
     own = encoder.state_dict(keep_vars=True)
     convert(mapped, own, report)
     expected = [k for k in own if targets.match(k)]
     report.not_from_file = [k for k in own if not targets.match(k)]
     beyond = [f"{report.used[t]} -> {t}" for t in mapped if t not in own]
     missing = [k for k in expected if k not in mapped]
-    mismatched = [f"{t} (from {report.used[t]}): file {_fmt(v.shape)}, encoder {_fmt(own[t].shape)}"
+    mismatched = [f"{t} (from {report.used[t]}): file {shape_text(v.shape)}, encoder {shape_text(own[t].shape)}"
                   for t, v in mapped.items() if t in own and tuple(v.shape) != tuple(own[t].shape)]
     problems = []
     if duplicates:
-        problems.append(_listing("keys that collide", duplicates))
+        problems.append(listing("keys that collide", duplicates))
     if unknown:
-        problems.append(_listing("keys that map to no encoder weight", sorted(unknown)))
+        problems.append(listing("keys that map to no encoder weight", sorted(unknown)))
     if beyond:
-        problems.append(_listing("weights the encoder does not have (more layers than model.depth?)", beyond))
+        problems.append(listing("weights the encoder does not have (more layers than model.depth?)", beyond))
     if missing:
-        problems.append(_listing(f"encoder weights this {kind.upper()} file lacks", missing))
+        problems.append(listing(f"encoder weights this {kind.upper()} file lacks", missing))
     if mismatched:
-        problems.append(_listing("shape mismatches", mismatched))
+        problems.append(listing("shape mismatches", mismatched))
     if problems:
         raise CheckpointError(f"{path} does not fit the encoder as {kind.upper()} weights (nothing was "
                               f"loaded):\n" + "\n".join(problems) + _hint(kind, mismatched, encoder))
@@ -291,7 +252,7 @@ def init_from_vit(encoder: nn.Module, path: str | Path, *, pos_interpolation: st
             side = round((pos.shape[1] - 1) ** 0.5)
             gh, gw = config.grid_size
             resized = resize_pos_embed(pos, 1, (gh, gw), pos_interpolation)
-            report.resized["pos_embed"] = (f"{_fmt(pos.shape)} -> {_fmt(resized.shape)}: {side}x{side} "
+            report.resized["pos_embed"] = (f"{shape_text(pos.shape)} -> {shape_text(resized.shape)}: {side}x{side} "
                                            f"patch grid -> {gh}x{gw}, {pos_interpolation}")
             pos = resized
         mapped["pos_embed"] = pos
@@ -350,7 +311,7 @@ def format_reports(reports: list[LoadReport], encoder: nn.Module) -> str:
 
 def write_init_report(run_dir: str | Path, reports: list[LoadReport], encoder: nn.Module) -> Path:
     """Write ``init_report.txt`` (as printed) and ``init_report.json`` (every key) into ``run_dir``."""
-    from ivt.checkpoint import atomic_write_bytes, atomic_write_json
+    from ivt.files import atomic_write, atomic_write_json
 
     run_dir = Path(run_dir)
     covered = {k for r in reports for k in r.used}
@@ -358,5 +319,5 @@ def write_init_report(run_dir: str | Path, reports: list[LoadReport], encoder: n
         "files": [r.to_dict() for r in reports],
         "from_scratch": [k for k in encoder.state_dict() if k not in covered]})
     path = run_dir / "init_report.txt"
-    atomic_write_bytes(path, (format_reports(reports, encoder) + "\n").encode())
+    atomic_write(path, format_reports(reports, encoder) + "\n")
     return path

@@ -26,10 +26,8 @@ class TwoTowerEncoder(nn.Module):
         tower = replace(config, mlp_ratio=max(config.mlp_ratio - 1.0, 1.0))
         self.image_tower = IVTEncoder(tower)
         self.text_tower = IVTEncoder(tower)
-
-    def set_token_drop(self, ratio: float, mode: str = "batch", generator: torch.Generator | None = None) -> None:
-        self.image_tower.set_token_drop(ratio, mode, generator)
-        self.text_tower.set_token_drop(ratio, mode, generator)
+        # One token-drop layer (and random stream) for both towers, as IVT has one for both modalities.
+        self.text_tower.token_drop = self.image_tower.token_drop
 
     def no_weight_decay(self) -> set[str]:
         return {f"{t}.{n}" for t in ("image_tower", "text_tower") for n in IVTEncoder.no_weight_decay(self.image_tower)}

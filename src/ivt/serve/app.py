@@ -28,10 +28,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
-from ivt.errors import DataError, IvtError
+from ivt.errors import ApiError, DataError, IndexStoreError, IvtError
 from ivt.index.gallery import Gallery
 from ivt.index.query import encode_query, open_for_search, results
-from ivt.index.store import IndexStoreError
 from ivt.terminal import printable
 
 if TYPE_CHECKING:
@@ -59,15 +58,6 @@ class SearchRequest(BaseModel):
     text: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
     k: StrictInt = Field(default=10, ge=1, le=MAX_K)
     per_track: StrictBool = False
-
-
-class ApiError(Exception):
-    """An answer other than 200 with a message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def _error(status: int, message: str) -> JSONResponse:

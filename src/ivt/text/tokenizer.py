@@ -22,6 +22,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from ivt.errors import TokenizerError
+from ivt.files import atomic_write
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TOKENIZER_FILE = "tokenizer.json"
@@ -139,13 +140,12 @@ class Tokenizer:
         if p.is_dir():
             p = p / TOKENIZER_FILE
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
         self._batching(False)
         try:
-            self.hf.save(str(tmp))
+            text = self.hf.to_str(pretty=True)
         finally:
             self._batching(True)
-        tmp.replace(p)
+        atomic_write(p, text)
         return p
 
     def __call__(self, texts: Sequence[str] | str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import random
 
 import torch
+from torch import nn
+
+from ivt.model.token_drop import TokenDrop
 
 _MASK = (1 << 64) - 1
 
@@ -29,6 +32,14 @@ def derive_seed(*parts: int) -> int:
 def python_rng(*parts: int) -> random.Random:
     """A ``random.Random`` seeded from ``parts``."""
     return random.Random(derive_seed(*parts))
+
+
+def reseed_token_drop(model: nn.Module, *parts: int) -> None:
+    """Seed the generator of every token-drop layer of ``model`` from ``parts`` (e.g. seed, stream,
+    step): the tokens a step drops are then a function of the step, as all training randomness."""
+    for module in model.modules():
+        if isinstance(module, TokenDrop):
+            module.generator.manual_seed(derive_seed(*parts))
 
 
 def torch_generator(*parts: int, device: str | torch.device = "cpu") -> torch.Generator:

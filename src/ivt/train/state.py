@@ -1,13 +1,15 @@
 """Resumable training state: optimiser, loss parameters and loop position, without pickle.
 
-Tensors go to ``last.state.safetensors``; the structure (param-group hyper-parameters, counters)
+Tensors go to ``last.state.safetensors``; the structure (param-group hyper-parameters, the loop's TrainState)
 to ``last.state.json``, with the sha256 of the tensor file so that a damaged state is refused at
 resume instead of silently continuing the run from other numbers (as the weights are verified).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,27 @@ from ivt.files import file_sha256
 
 STATE_TENSORS = "last.state.safetensors"
 STATE_JSON = "last.state.json"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: what the loop advances and a resume restores (in ``last.state.json``)."""
+
+    epoch: int = 0                      # whole epochs done
+    batch: int = 0                      # batches done in the current epoch
+    step: int = 0                       # optimisation steps done
+    train_seconds: float = 0.0          # time in steps, against train.max_minutes
+    best_score: list[float] | None = None   # [R1, mAP] of the best checkpoint
+    best_epoch: float | None = None
+    evaluated_epoch: float | None = None    # the last epoch validated (once per epoch)
+    world_size: int = 1
+    precision: str = "fp32"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        """The state saved in ``values`` (other entries, such as the optimiser's, ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -46,7 +69,7 @@ def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, tor
 
 
 def train_state_files(*, optimizer: torch.optim.Optimizer, extra_modules: dict[str, torch.nn.Module],
-                      counters: dict[str, Any]) -> dict[str, bytes]:
+                      state: TrainState) -> dict[str, bytes]:
     """The files of the resumable state (``last.state.safetensors`` + ``last.state.json``).
 
     No RNG state is needed: every random draw of training is derived from (seed, step or epoch,
@@ -57,7 +80,7 @@ def train_state_files(*, optimizer: torch.optim.Optimizer, extra_modules: dict[s
         for key, value in module.state_dict().items():
             tensors[f"{prefix}.{key}"] = value
     data = tensors_bytes(tensors)
-    info = {"optimizer": optim_info, **counters, "tensors_sha256": hashlib.sha256(data).hexdigest()}
+    info = {"optimizer": optim_info, **dataclasses.asdict(state), "tensors_sha256": hashlib.sha256(data).hexdigest()}
     return {STATE_TENSORS: data, STATE_JSON: (json.dumps(info, indent=2) + "\n").encode()}
 
 
@@ -79,8 +102,8 @@ def _verified_tensors(run_dir: Path, info: dict) -> dict[str, torch.Tensor]:
 
 
 def load_train_state(run_dir: Path, *, optimizer: torch.optim.Optimizer,
-                     extra_modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
-    """Restore what :func:`train_state_files` wrote; returns the counters."""
+                     extra_modules: dict[str, torch.nn.Module]) -> TrainState:
+    """Restore what :func:`train_state_files` wrote; returns the loop's state."""
     info = read_json(run_dir / STATE_JSON)
     tensors = _verified_tensors(run_dir, info)
     try:
@@ -90,4 +113,4 @@ def load_train_state(run_dir: Path, *, optimizer: torch.optim.Optimizer,
             module.load_state_dict(sub, strict=True)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{run_dir}: the training state does not fit this run ({exc})") from exc
-    return {k: v for k, v in info.items() if k not in ("optimizer", "tensors_sha256")}
+    return TrainState.from_dict(info)

@@ -14,9 +14,11 @@ validation + checkpointing. ``train(cfg)`` is what ``ivt train`` runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,12 +34,11 @@ from ivt.evaluate.metrics import METRIC_KEYS
 from ivt.evaluate.retrieval import embed_split, split_metrics
 from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss
-from ivt.model.factory import build_encoder
 from ivt.model.packing import PackedTexts, pack_texts
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
 from ivt.runtime import PrecisionChoice, autocast, precision_choice, resolve_device, to_device, training_attention
 from ivt.text.tokenizer import Tokenizer
-from ivt.train.data import (
+from ivt.train.batches import (
     EpochSampler,
     PairBatch,
     attribute_positives,
@@ -56,9 +57,10 @@ from ivt.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from ivt.train.encoder_from_config import build_encoder
 from ivt.train.optim import build_optimizer, build_schedule
-from ivt.train.rng import derive_seed, torch_generator
-from ivt.train.state import STATE_JSON, load_train_state, train_state_files
+from ivt.train.rng import derive_seed, reseed_token_drop
+from ivt.train.state import STATE_JSON, TrainState, load_train_state, train_state_files
 from ivt.transforms import TrainAugment
 
 RUN_FILES = ("last.safetensors", "best.safetensors", "last.state.json")
@@ -81,16 +83,6 @@ class PairEncoder(nn.Module):
         txt = (self.encoder.encode_packed_text(texts) if isinstance(texts, PackedTexts) else
                torch.cat([self.encoder.encode_text(ids, mask) for ids, mask in texts]))
         return img, txt
-
-
-def level_chunks(batch: PairBatch) -> list[list[str]]:
-    """The batch's texts cut into runs of one alignment level (texts are level-major)."""
-    chunks: list[list[str]] = []
-    for i, text in enumerate(batch.texts):
-        if i == 0 or batch.levels[i] != batch.levels[i - 1]:
-            chunks.append([])
-        chunks[-1].append(text)
-    return chunks
 
 
 class _Log:
@@ -181,21 +173,21 @@ class Trainer:
         init_reports = []
         if resume:
             self.tokenizer = Tokenizer.from_file(self.run_dir, max_length=cfg.data.max_text_len)
-            model, _ = load_model(self.run_dir, "last", "cpu")
+            model, _ = load_model(self.run_dir, "last", "cpu", overrides={
+                "token_drop": cfg.token_drop.ratio, "token_drop_mode": cfg.token_drop.mode})
         else:
             vocab = cfg.data.tokenizer or text_vocab_for(cfg.model.init_text)
             self.tokenizer = (Tokenizer.from_file(vocab, max_length=cfg.data.max_text_len) if vocab else
                               Tokenizer.train([s.caption for s in self.samples], vocab_size=cfg.data.vocab_size,
                                               max_length=cfg.data.max_text_len))
-            model = build_encoder(cfg.model, self.tokenizer.vocab_size, cfg.data.max_text_len)
+            model = build_encoder(cfg.model, self.tokenizer.vocab_size, cfg.data.max_text_len, cfg.token_drop)
             init_reports = init_pretrained(model, cfg.model.init_image, cfg.model.init_text)
         self.model = model
-        self.model.set_token_drop(cfg.mask.ratio, cfg.mask.mode)
         self.model.to(self.device).train()
         self.pair_encoder: nn.Module = PairEncoder(self.model)
         # Packing changes no number (tests/test_packing.py), only the padding computed; BMM drops
         # tokens of padded rows, so with it on the texts stay padded.
-        self.pack_texts = t.pack_texts and cfg.mask.ratio == 0
+        self.pack_texts = t.pack_texts and cfg.token_drop.ratio == 0
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.pair_encoder = nn.parallel.DistributedDataParallel(
@@ -211,16 +203,15 @@ class Trainer:
         self.augment = TrainAugment(padding=cfg.augment.padding, flip_p=cfg.augment.flip_p,
                                     erase_p=cfg.augment.erase_p, mean=config.image_mean, std=config.image_std)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
-        self.counters = {"epoch": 0, "batch": 0, "step": 0, "train_seconds": 0.0, "best_score": None,
-                         "best_epoch": None, "evaluated_epoch": None, "world_size": self.dist.world_size,
-                         "precision": self.precision.name}
+        self.state = TrainState(world_size=self.dist.world_size, precision=self.precision.name)
         if resume:
             state = load_train_state(self.run_dir, optimizer=self.optimizer, extra_modules={"loss": self.loss_fn})
-            if state.get("world_size", 1) != self.dist.world_size:
-                raise RunDirError(f"{self.run_dir} was trained on {state.get('world_size', 1)} process(es); resume it "
+            if state.world_size != self.dist.world_size:
+                raise RunDirError(f"{self.run_dir} was trained on {state.world_size} process(es); resume it "
                                   f"on as many (now {self.dist.world_size}) so batches stay the same")
-            self.counters.update(state)
-            self.counters["precision"] = self.precision.name
+            self.state = dataclasses.replace(state, precision=self.precision.name)
+            if self.state.batch >= len(self.sampler):  # saved by versions that rolled epochs over later
+                self.state.epoch, self.state.batch = self.state.epoch + 1, 0
         self.bank = ImageBank(paths, tuple(config.image_size), cache=cfg.data.cache_images,
                               threads=cfg.data.decode_threads,
                               entries=[self.dataset.describe_entry(r) for r in train_records])
@@ -267,18 +258,29 @@ class Trainer:
                                     self.cfg.train.seed, epoch))
         return attribute_positives(concat_pairs(ranks))
 
+    def batches(self) -> Iterator[PairBatch]:
+        """This rank's batches from where the run stands (``state.epoch``, ``state.batch``) to the
+        end of the last epoch: the one source of batches, for :meth:`fit` and the benchmarks."""
+        epoch, start = self.state.epoch, self.state.batch
+        while epoch < self.cfg.train.epochs:
+            order = self.sampler.epoch(epoch)
+            for index in range(start, len(order)):
+                yield self.make_batch(epoch, index, order[index])
+            epoch, start = epoch + 1, 0
+
     def train_step(self, batch: PairBatch) -> dict[str, torch.Tensor]:
-        """One optimisation step; returns device tensors (``loss``, and ``grad_norm`` with clipping)."""
-        seed, step = self.cfg.train.seed, self.counters["step"]
+        """One optimisation step, and the run's position advanced past ``batch`` (to the next
+        epoch after its last batch); returns device tensors (``loss``, and ``grad_norm`` with
+        clipping)."""
+        seed, step = self.cfg.train.seed, self.state.step
         # Dropout / drop-path and BMM draws are functions of (seed, step): exact resume for free.
         torch.manual_seed(derive_seed(seed, _DROPOUT, step, self.dist.rank))
-        self.model.set_token_drop(self.cfg.mask.ratio, self.cfg.mask.mode,
-                                  torch_generator(seed, _TOKEN_DROP, step))
+        reseed_token_drop(self.model, seed, _TOKEN_DROP, step)
         images = self.augment(batch.images, seeds=batch.augment_seeds, device=self.device)
-        chunks = [self.tokenizer(chunk) for chunk in level_chunks(batch)]
+        chunks = [self.tokenizer(run) for run in batch.pairs.by_level()]
         texts = (pack_texts(chunks).to(self.device) if self.pack_texts else
                  [tuple(to_device(t, self.device) for t in chunk) for chunk in chunks])
-        labels = to_device(batch.labels, self.device)
+        labels = to_device(batch.pairs.labels, self.device)
         with autocast(self.device, self.amp), training_attention(self.device):
             img, txt = self.pair_encoder(images, texts)
         if len(img) != len(txt):  # one shared view per sample: pair it with every level's text
@@ -294,13 +296,17 @@ class Trainer:
             out["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_grad).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.state.step += 1
+        self.state.batch += 1
+        if self.state.batch == len(self.sampler):
+            self.state.epoch, self.state.batch = self.state.epoch + 1, 0
         return out
 
     # -- the loop -------------------------------------------------------------------------
     def progress(self) -> float:
         """Fraction of the run done: steps, or the time budget when that is further along."""
-        frac = self.counters["step"] / max(self.total_steps, 1)
-        return max(frac, self.counters["train_seconds"] / self.budget) if self.budget else frac
+        frac = self.state.step / max(self.total_steps, 1)
+        return max(frac, self.state.train_seconds / self.budget) if self.budget else frac
 
     def _due(self, epoch: int) -> bool:
         every = self.cfg.train.eval_every
@@ -308,46 +314,45 @@ class Trainer:
 
     def fit(self) -> Path:
         """Train until the last epoch, the time budget or the pause point; returns the run dir."""
-        t, c = self.cfg.train, self.counters
+        t, c = self.cfg.train, self.state
         # A run stopped between an epoch's last step and its validation validates first.
-        if c["batch"] == 0 and c["epoch"] > 0 and self._due(c["epoch"]) and c["evaluated_epoch"] != c["epoch"]:
-            self.end_epoch(c["epoch"])
+        if c.batch == 0 and c.epoch > 0 and self._due(c.epoch) and c.evaluated_epoch != c.epoch:
+            self.end_epoch(c.epoch)
         steps_this_run = 0
         out_of_time = False
-        while c["epoch"] < t.epochs:
-            epoch = c["epoch"]
-            batches = self.sampler.epoch(epoch)
-            bar = tqdm(total=len(batches), initial=c["batch"], desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
+        per_epoch = len(self.sampler)
+        batches = self.batches()
+        while c.epoch < t.epochs:
+            epoch = c.epoch
+            bar = tqdm(total=per_epoch, initial=c.batch, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
                        disable=None if self.dist.is_main else True)
             window_start, window_pairs = time.perf_counter(), 0
             loss_sum, loss_count = None, 0
             paused = False
-            while c["batch"] < len(batches):
+            while c.epoch == epoch:
                 started = time.perf_counter()
-                lr = self.schedule.set_progress(self.progress(), c["step"])
-                batch = self.make_batch(epoch, c["batch"], batches[c["batch"]])
+                lr = self.schedule.set_progress(self.progress(), c.step)
+                batch = next(batches)
                 metrics = self.train_step(batch)
                 loss_sum = metrics["loss"] if loss_sum is None else loss_sum + metrics["loss"]
                 loss_count += 1
-                c["step"] += 1
-                c["batch"] += 1
-                c["train_seconds"] += time.perf_counter() - started
+                c.train_seconds += time.perf_counter() - started
                 steps_this_run += 1
                 window_pairs += len(batch) * self.dist.world_size
                 bar.update(1)
-                if c["step"] % t.log_every == 0:
+                if c.step % t.log_every == 0:
                     mean_loss = (loss_sum / loss_count).item()  # the one host sync per log window
                     self._check_loss(mean_loss)
                     now = time.perf_counter()
-                    record = {"kind": "train", "epoch": epoch, "step": c["step"], "loss": round(mean_loss, 5),
+                    record = {"kind": "train", "epoch": epoch, "step": c.step, "loss": round(mean_loss, 5),
                               "lr": lr, "pairs_per_s": round(window_pairs / (now - window_start), 2)}
                     if "grad_norm" in metrics:
                         record["grad_norm"] = round(float(metrics["grad_norm"]), 4)
-                    self.log.write(record, c["step"])
+                    self.log.write(record, c.step)
                     bar.set_postfix(loss=f"{mean_loss:.3f}")
                     window_start, window_pairs, loss_sum, loss_count = now, 0, None, 0
                 if self.budget is not None:
-                    out_of_time = broadcast_flag(c["train_seconds"] >= self.budget, self.dist, self.device)
+                    out_of_time = broadcast_flag(c.train_seconds >= self.budget, self.dist, self.device)
                     if out_of_time:
                         break
                 if t.stop_after_steps and steps_this_run >= t.stop_after_steps:
@@ -358,15 +363,14 @@ class Trainer:
                 self._check_loss((loss_sum / loss_count).item())
             self._check_weights()
             if out_of_time:
-                fraction = round(epoch + c["batch"] / len(batches), 2)
+                fraction = c.epoch if c.batch == 0 else round(epoch + c.batch / per_epoch, 2)
                 self.end_epoch(fraction, validate=bool(self.eval_records))
                 if self.dist.is_main:
-                    tqdm.write(f"time budget of {t.max_minutes:g} min reached after {c['step']} steps "
+                    tqdm.write(f"time budget of {t.max_minutes:g} min reached after {c.step} steps "
                                f"(epoch {format_epoch(fraction)})")
                 break
-            if c["batch"] == len(batches):
-                c["epoch"], c["batch"] = epoch + 1, 0
-                self.end_epoch(c["epoch"])
+            if c.epoch > epoch:
+                self.end_epoch(c.epoch)
             elif paused:
                 self.save()
             if paused:
@@ -392,12 +396,12 @@ class Trainer:
     def _diverged(self, what: str) -> None:
         """Raise the user error of a diverged run before anything is saved: the run directory keeps
         the checkpoints it had (the last commit, which ``--resume`` would continue from)."""
-        c = self.counters
+        c = self.state
         saved = ("its checkpoints are unchanged" if (self.run_dir / "last.json").is_file()
                  else "no checkpoint was written")
         fp32 = "" if self.amp is None else " or train.precision=fp32"
         raise TrainingDivergedError(
-            f"training diverged: {what} by step {c['step']} (epoch {max(1, c['epoch'] + bool(c['batch']))}) with "
+            f"training diverged: {what} by step {c.step} (epoch {max(1, c.epoch + bool(c.batch))}) with "
             f"optim.lr={self.cfg.optim.lr:g}; lower optim.lr (e.g. --set optim.lr={self.cfg.optim.lr / 10:g}){fp32} "
             f"and train again; {self.run_dir}: {saved}")
 
@@ -412,39 +416,39 @@ class Trainer:
         if not (bool(torch.isfinite(emb.image).all()) and bool(torch.isfinite(emb.text).all())):
             self._diverged("the validation embeddings became inf/nan")
         m = split_metrics(emb)
-        record = {"kind": "eval", "epoch": epoch, "step": self.counters["step"], "split": t.eval_split,
+        record = {"kind": "eval", "epoch": epoch, "step": self.state.step, "split": t.eval_split,
                   **{k: round(float(m[k]), 4) for k in METRIC_KEYS}}
-        self.log.write(record, self.counters["step"])
+        self.log.write(record, self.state.step)
         tqdm.write(f"epoch {format_epoch(epoch)}: {t.eval_split} R1 {m['R1']:.2f}  R5 {m['R5']:.2f}  "
                    f"mAP {m['mAP']:.2f}")
         return record
 
     def end_epoch(self, epoch: float, validate: bool | None = None) -> None:
         """Validate when due (once per epoch), then commit ``last`` (and ``best`` if it improved)."""
-        c = self.counters
+        c = self.state
         if validate is None:
-            validate = self._due(int(epoch)) and c["evaluated_epoch"] != epoch
+            validate = self._due(int(epoch)) and c.evaluated_epoch != epoch
         best_meta = None
         if validate and self.dist.is_main:
             record = self.validate(epoch)
-            c["evaluated_epoch"] = epoch
+            c.evaluated_epoch = epoch
             score = [record["R1"], record["mAP"]]
-            if c["best_score"] is None or score > c["best_score"]:
-                c["best_score"], c["best_epoch"] = score, epoch
+            if c.best_score is None or score > c.best_score:
+                c.best_score, c.best_epoch = score, epoch
                 best_meta = {"epoch": epoch, "selected_on": self.cfg.train.eval_split, "metrics": record}
         self.save(best_meta)
 
     def save(self, best_meta: dict | None = None) -> None:
         """Commit ``last`` weights + resumable state (+ ``best`` when given) in one crash-safe write."""
         if self.dist.is_main:
-            c = self.counters
-            meta = {"epoch": c["epoch"], "step": c["step"], "text_max_length": self.tokenizer.max_length,
+            c = self.state
+            meta = {"epoch": c.epoch, "step": c.step, "text_max_length": self.tokenizer.max_length,
                     "precision": self.precision.name, "precision_reason": self.precision.reason}
             files = checkpoint_files("last", self.model, meta)
             if best_meta is not None:
                 files.update(checkpoint_files("best", self.model, {**meta, **best_meta}))
             files.update(train_state_files(optimizer=self.optimizer, extra_modules={"loss": self.loss_fn},
-                                           counters=c))
+                                           state=c))
             commit_files(self.run_dir, files)
         barrier(self.dist)
 

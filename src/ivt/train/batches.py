@@ -204,6 +204,15 @@ class PairTexts:
     image_attributes: list[frozenset[str]]        # the attribute phrases of each pair's image
     augment_seeds: list[int]
 
+    def by_level(self) -> list[list[str]]:
+        """The texts cut into runs of one alignment level (each is tokenised to its own length)."""
+        runs: list[list[str]] = []
+        for i, text in enumerate(self.texts):
+            if i == 0 or self.levels[i] != self.levels[i - 1]:
+                runs.append([])
+            runs[-1].append(text)
+        return runs
+
 
 def pair_texts(samples: Sequence[Sample], positions: Sequence[int], levels: Sequence[str], seed: int,
                epoch: int) -> PairTexts:
@@ -247,24 +256,20 @@ def attribute_positives(pairs: PairTexts) -> torch.Tensor:
 
 @dataclass
 class PairBatch:
-    """uint8 images (N, 3, H, W), their texts and identity labels; N = levels x samples.
+    """uint8 images (N, 3, H, W) and the texts they pair with (N = levels x samples).
 
-    ``augment_seeds`` holds one seed per pair for its image augmentation, derived from the
-    sample's position in the epoch, so augmentation does not depend on batching or sharding.
-    ``levels`` names each text's alignment level; ``pairs`` keeps what decides positives. With a
-    shared view (see :func:`make_pair_batch`) ``images`` holds one view per sample.
+    ``augment_seeds`` holds one seed per image for its augmentation, derived from the sample's
+    position in the epoch, so augmentation does not depend on batching or sharding. With a shared
+    view (see :func:`make_pair_batch`) ``images`` and ``augment_seeds`` hold one entry per sample.
     """
 
     images: torch.Tensor
-    texts: list[str]
-    labels: torch.Tensor
-    augment_seeds: list[int]
-    levels: list[str]
     pairs: PairTexts
+    augment_seeds: list[int]
     positives: torch.Tensor | None = None  # (N, N) image x text matches, when not by identity alone
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.pairs.texts)
 
 
 def make_pair_batch(samples: Sequence[Sample], positions: Sequence[int], bank: ImageBank,
@@ -278,6 +283,5 @@ def make_pair_batch(samples: Sequence[Sample], positions: Sequence[int], bank: I
     images = bank.get([s.image for s in samples])
     pairs = pair_texts(samples, positions, levels, seed, epoch)
     if shared_view:
-        return PairBatch(images, pairs.texts, pairs.labels, pairs.augment_seeds[:len(samples)], pairs.levels, pairs)
-    return PairBatch(images.repeat(len(levels), 1, 1, 1), pairs.texts, pairs.labels, pairs.augment_seeds,
-                     pairs.levels, pairs)
+        return PairBatch(images, pairs, pairs.augment_seeds[:len(samples)])
+    return PairBatch(images.repeat(len(levels), 1, 1, 1), pairs, pairs.augment_seeds)

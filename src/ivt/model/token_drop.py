@@ -1,24 +1,26 @@
-"""Bidirectional mask modeling (BMM): random token dropping before the transformer blocks.
+"""Token dropping: the layer behind IVT's bidirectional mask modeling (BMM, in the paper's words).
 
 IVT drops a random number of non-cls tokens of the embedded image or text during training,
 which forces the shared encoder to align modalities from partial evidence. The number of
 dropped tokens is drawn uniformly from ``[0, int(ratio * L)]`` (``L`` counts the cls token, as
 in the official code) and is capped at ``L - 1``. Token 0 (cls) is always kept and the kept
-tokens stay in their original order.
+tokens stay in their original order. :class:`TokenDrop` is the layer an encoder owns (as timm's
+and open_clip's ``PatchDropout``); :func:`drop_tokens` is its draw.
 """
 from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
 import torch
+from torch import nn
 
-from ivt.config import MASK_MODES
 from ivt.runtime import to_device
 
-__all__ = ["TokenDropResult", "drop_tokens", "TOKEN_DROP_MODES"]
+__all__ = ["TokenDrop", "TokenDropResult", "drop_tokens", "TOKEN_DROP_MODES"]
 
 TokenDropMode = Literal["batch", "sample"]
-TOKEN_DROP_MODES: tuple[str, ...] = MASK_MODES
+#: ``batch``: the same positions for every sample (the official code); ``sample``: per sample.
+TOKEN_DROP_MODES: tuple[str, ...] = ("batch", "sample")
 
 
 class TokenDropResult(NamedTuple):
@@ -29,11 +31,41 @@ class TokenDropResult(NamedTuple):
     index: torch.Tensor
 
 
-def _check(ratio: float, mode: str) -> None:
+def check_token_drop(ratio: float, mode: str) -> None:
+    """ValueError unless ``ratio`` is in [0, 1) and ``mode`` one of :data:`TOKEN_DROP_MODES`."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"token-drop ratio must be in [0, 1), got {ratio}")
     if mode not in TOKEN_DROP_MODES:
         raise ValueError(f"token-drop mode must be one of {TOKEN_DROP_MODES}, got {mode!r}")
+
+
+class TokenDrop(nn.Module):
+    """Drops up to ``ratio`` of the non-cls tokens in training mode; the identity otherwise.
+
+    Its draws come from ``generator`` when set: the trainer reseeds it at every step from (seed,
+    step) (:func:`ivt.train.rng.seed_generators`), so a resumed run drops the same tokens.
+    """
+
+    def __init__(self, ratio: float = 0.0, mode: TokenDropMode = "batch") -> None:
+        super().__init__()
+        check_token_drop(ratio, mode)
+        self.ratio, self.mode = float(ratio), mode
+        self.generator = torch.Generator()
+
+    @property
+    def active(self) -> bool:
+        """Whether a forward pass in the current mode drops tokens."""
+        return self.training and self.ratio > 0.0
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens, key-padding mask), shortened when active."""
+        if not self.active:
+            return tokens, mask
+        out, out_mask, _ = drop_tokens(tokens, mask, self.ratio, self.mode, self.generator)
+        return out, out_mask
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio}, mode={self.mode!r}"
 
 
 def drop_tokens(tokens: torch.Tensor, mask: torch.Tensor | None, ratio: float,
@@ -45,7 +77,7 @@ def drop_tokens(tokens: torch.Tensor, mask: torch.Tensor | None, ratio: float,
     ``mode="sample"`` draws positions per sample (the count is shared so shapes stay
     rectangular). Random draws use ``generator`` (on its device) when given.
     """
-    _check(ratio, mode)
+    check_token_drop(ratio, mode)
     if tokens.dim() != 3:
         raise ValueError(f"tokens must be (B, L, C), got shape {tuple(tokens.shape)}")
     b, length, c = tokens.shape
