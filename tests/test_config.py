@@ -51,5 +51,8 @@ def test_the_old_section_name_mask_still_loads(tmp_path):
     old.write_text("mask:\n  ratio: 0.3\n  mode: sample\n")
     cfg = load_config(old, ["mask.ratio=0.1"])
     assert (cfg.token_drop.ratio, cfg.token_drop.mode) == (0.1, "sample")
+    assert load_config(old, ["token_drop.ratio=0.2"]).token_drop.ratio == 0.2  # either name, override wins
+    both = tmp_path / "both.yaml"
+    both.write_text("mask:\n  ratio: 0.3\ntoken_drop:\n  ratio: 0.1\n")
     with pytest.raises(ConfigError, match="'mask' is the old name of 'token_drop'"):
-        load_config(old, ["token_drop.ratio=0.1"])
+        load_config(both)

@@ -232,16 +232,22 @@ RENAMED_SECTIONS = {"mask": "token_drop"}
 
 def config_from_dict(values: dict | None) -> Config:
     """A Config from nested dicts; unknown keys, wrong types and bad values raise ConfigError."""
-    values = dict(values or {})
+    values = _renamed(values or {})
+    cfg = Config()
+    _update(cfg, values)
+    validate_config(cfg)
+    return cfg
+
+
+def _renamed(values: dict) -> dict:
+    """``values`` with old section names replaced by the new ones (ConfigError when both appear)."""
+    values = dict(values)
     for old, new in RENAMED_SECTIONS.items():
         if old in values:
             if new in values:
                 raise ConfigError(f"'{old}' is the old name of '{new}'; give only '{new}'")
             values[new] = values.pop(old)
-    cfg = Config()
-    _update(cfg, values)
-    validate_config(cfg)
-    return cfg
+    return values
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -387,8 +393,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, train, ...)")
+    values = _renamed(values)
     for text in overrides:
-        values = _merge(values, parse_override(text))
+        values = _merge(values, _renamed(parse_override(text)))
     try:
         return config_from_dict(values)
     except ConfigError as exc:
