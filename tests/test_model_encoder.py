@@ -184,7 +184,7 @@ def test_mean_pooling_averages_the_real_tokens_only() -> None:
     model.token_drop = TokenDrop(0.5, "sample")
     model.token_drop.generator.manual_seed(1)
     torch.manual_seed(2)  # drop-path
-    tokens, kept = model._encode_text(long_ids, lengths)
+    tokens, kept, _ = model._encode_text(long_ids, lengths)
     assert tokens.shape[1] < 11 and kept is not None and (kept == 0).any()
     model.token_drop.generator.manual_seed(1)
     torch.manual_seed(2)

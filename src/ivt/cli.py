@@ -117,7 +117,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_checkpoint(
         args.checkpoint, args.data, data_format=args.format, split=args.split, device=args.device,
         batch_size=args.batch_size, which=args.which, image_root=args.image_root, i2t=args.i2t,
-        precision=args.precision,
+        precision=args.precision, rerank=args.rerank,
     )
     print(format_metrics(result))
     if args.json:
@@ -235,8 +235,10 @@ def _cmd_search(args: argparse.Namespace) -> None:
         raise DataError(f"--top-k must be from 1 to 1000, got {args.top_k}")
     gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     start = time.perf_counter()
+    if args.rerank:
+        model.require_rerank()
     query, ignored = encode_query(model, text)
-    hits = results(gallery, query, args.top_k, args.per_track)
+    hits = results(gallery, query, args.top_k, args.per_track, (model, text, args.rerank) if args.rerank else None)
     took = 1000 * (time.perf_counter() - start)
     if args.json:
         print(json.dumps({"text": text, "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
@@ -321,6 +323,8 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, metavar="INDEX_DIR")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
+    p.add_argument("--rerank", type=_int_in(0, 1000), default=0, metavar="K",
+                   help="re-order the top K with the model's image-text matching head (0: off)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--html", metavar="OUT.html", type=_output_file, help="also write a self-contained HTML result grid")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
@@ -403,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_precision(p)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
+    p.add_argument("--rerank", type=_int_in(0, 1000), default=0, metavar="K",
+                   help="re-order each query's top K with the model's image-text matching head (0: off)")
     p.add_argument("--json", metavar="OUT", type=_output_file, help="write the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)
 

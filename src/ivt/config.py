@@ -61,6 +61,8 @@ class ModelConfig:
     patch_stride: int | None = None
     stem: str | None = None                # patch (one conv, the paper) | conv | hmlp (ivt.model.stem); None: patch
     pool: str | None = None                # embedding: cls (output token 0, the paper) | mean (of real tokens)
+    itm: bool = False                      # image-text matching head: re-rank with a joint image-text pass
+    itm_layers: int = 1                    # the last blocks that also run jointly over an image and a text
     drop_path: float | None = None
     dropout: float | None = None
     init: str | None = None                # official IVT checkpoint (.pth/.safetensors) to start from
@@ -106,6 +108,7 @@ class LossConfig:
     name: str = "cmpm"                     # cmpm | infonce | sdm
     temperature: float = 0.02              # initial temperature for infonce / sdm
     learn_temperature: bool = True         # infonce / sdm: learn the temperature (else keep it fixed)
+    itm_weight: float = 1.0                # weight of the image-text matching loss (with model.itm)
 
 
 @dataclass
@@ -317,6 +320,8 @@ def validate_config(cfg: Config) -> None:
         ("model.drop_path", cfg.model.drop_path is None or 0 <= cfg.model.drop_path < 1, "in [0, 1)"),
         ("model.text_dropout", cfg.model.text_dropout is None or 0 <= cfg.model.text_dropout < 1, "in [0, 1)"),
         ("optim.bias_lr_factor", cfg.optim.bias_lr_factor > 0, "> 0"),
+        ("loss.itm_weight", cfg.loss.itm_weight >= 0, ">= 0"),
+        ("model.itm_layers", cfg.model.itm_layers >= 1, ">= 1"),
         ("optim.warmup_start", cfg.optim.warmup_start is None or 0 <= cfg.optim.warmup_start <= 1,
          "in [0, 1] (or null)"),
     ]
@@ -333,6 +338,14 @@ def validate_config(cfg: Config) -> None:
     if cfg.model.init and (cfg.model.init_image or cfg.model.init_text):
         problems.append("model.init already holds every weight of the encoder; drop model.init_image / "
                         "model.init_text (they initialise a model trained from ImageNet / BERT weights)")
+    if cfg.model.itm and cfg.model.arch != "ivt":
+        problems.append(f"model.itm runs IVT's shared blocks over an image and a text together; model.arch is "
+                        f"{cfg.model.arch!r}")
+    if cfg.model.itm and cfg.model.init:
+        problems.append("model.itm adds a matching head that official checkpoints (model.init) do not have; "
+                        "train it from model.init_image / model.init_text or from scratch")
+    if cfg.model.itm and not cfg.align.sentence:
+        problems.append("model.itm matches images with their captions: it needs align.sentence=true")
     if (cfg.model.init_image or cfg.model.init_text) and cfg.model.arch != "ivt":
         problems.append(f"model.init_image / model.init_text fill the shared IVT encoder; model.arch is "
                         f"{cfg.model.arch!r}")

@@ -170,6 +170,72 @@ class RetrievalModel:
             return torch.empty(0, self.embed_dim)
         return F.normalize(torch.cat(out), dim=-1).cpu()
 
+    # -- image-text matching (re-ranking) ---------------------------------------------------
+    @property
+    def can_rerank(self) -> bool:
+        """Whether the model has an image-text matching head (trained with ``model.itm``)."""
+        return getattr(self.encoder, "itm_head", None) is not None
+
+    def require_rerank(self, option: str = "--rerank") -> None:
+        """A clear error naming ``option`` when the model cannot re-rank."""
+        if not self.can_rerank:
+            raise CheckpointError(f"{option} needs a model trained with an image-text matching head "
+                                  f"(model.itm=true); {self.run_dir or 'this model'} has none")
+
+    @torch.inference_mode()
+    def encode_images_with_states(self, images: Sequence[ImageInput] | torch.Tensor,
+                                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised embeddings (N, D) and the tokens entering the joint blocks (N, T, D),
+        float32 on the CPU: what a gallery caches to re-rank (see :meth:`match_scores`)."""
+        self.require_rerank("image-text matching")
+        _check_batch_size(batch_size)
+        if not (isinstance(images, torch.Tensor) and images.dim() == 4):
+            images = torch.stack([_preprocess_at(self, i, x) for i, x in
+                                  enumerate(_as_list(images, "images", (str, os.PathLike, Image.Image), "image"))])
+        embeddings, states = [], []
+        for start in range(0, len(images), batch_size):
+            x = self.transform(to_device(images[start:start + batch_size], self.device))
+            with autocast(self.device, self.dtype):
+                emb, st = self.encoder.encode_image_with_states(x)
+            embeddings.append(emb.float())
+            states.append(st.float().cpu())
+        return F.normalize(torch.cat(embeddings), dim=-1).cpu(), torch.cat(states)
+
+    @torch.inference_mode()
+    def encode_texts_with_states(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L2-normalised embeddings (N, D), the tokens entering the joint blocks (N, L, D) and
+        their mask (N, L) of a batch of texts (one forward; float32 on the CPU)."""
+        self.require_rerank("image-text matching")
+        ids, mask = self.tokenizer(list(texts))
+        with autocast(self.device, self.dtype):
+            emb, states, mask = self.encoder.encode_text_with_states(to_device(ids, self.device),
+                                                                     to_device(mask, self.device))
+        return F.normalize(emb.float(), dim=-1).cpu(), states.float().cpu(), mask.cpu()
+
+    @torch.inference_mode()
+    def match_scores(self, image_states: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
+                     batch_size: int = 256) -> torch.Tensor:
+        """ITM log-odds (N,) of N image-text pairs given by their states (a single image or text is
+        paired with every one of the other side): higher means a better match."""
+        self.require_rerank("image-text matching")
+        n = max(len(image_states), len(text_states))
+        out = []
+        for start in range(0, n, batch_size):
+            part = slice(start, start + batch_size)
+            img = image_states if len(image_states) == 1 else image_states[part]
+            txt, msk = (text_states, text_mask) if len(text_states) == 1 else (text_states[part], text_mask[part])
+            with autocast(self.device, self.dtype):
+                logits = self.encoder.itm_logits(to_device(img, self.device), to_device(txt, self.device),
+                                                 to_device(msk, self.device))
+            out.append(self.encoder.itm_score(logits).float().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def rerank(self, text: str, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
+        """ITM log-odds of ``text`` against each of ``images`` (candidates to re-order)."""
+        _, image_states = self.encode_images_with_states(images)
+        _, text_states, text_mask = self.encode_texts_with_states([text])
+        return self.match_scores(image_states, text_states, text_mask)
+
     def similarity(self, texts: Sequence[str], images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``(len(texts), len(images))``."""
         return self.encode_texts(texts) @ self.encode_images(images).T

@@ -199,3 +199,32 @@ class RetrievalLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, learn_temperature={self.learn_temperature}"
+
+
+def hard_negatives(image_emb: Tensor, text_emb: Tensor, labels: Tensor, generator: torch.Generator,
+                   scale: float = 1 / 0.07) -> tuple[Tensor, Tensor]:
+    """For every pair of a batch, a hard negative text for its image and a hard negative image for
+    its text (ALBEF's sampling): drawn with probability softmax(scale * cosine) over the other
+    identities' items, never the same identity. Returns CPU indices (B,), (B,); a row whose every
+    item shares its identity gets -1. The draw uses ``generator`` (CPU) only, so a run resumed or
+    sharded over processes draws what an uninterrupted single process does."""
+    with torch.no_grad():
+        sim = (F.normalize(image_emb.detach().float(), dim=1) @ F.normalize(text_emb.detach().float(), dim=1).t())
+        sim, labels = sim.cpu(), labels.cpu()
+        same = labels[:, None] == labels[None, :]
+        out = []
+        for scores in (sim, sim.t()):
+            weights = torch.softmax(scale * scores, dim=1).masked_fill(same, 0.0)
+            empty = weights.sum(1) == 0
+            weights[empty] = 1.0                       # any row will do; reported as -1 below
+            picked = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+            out.append(picked.masked_fill(empty, -1))
+        return out[0], out[1]
+
+
+def itm_loss(logits: Tensor, num_positives: int) -> Tensor:
+    """Cross-entropy of ITM logits whose first ``num_positives`` rows are matching pairs and the
+    rest hard negatives (float32)."""
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    target[:num_positives] = 1
+    return F.cross_entropy(logits.float(), target)

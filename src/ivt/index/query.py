@@ -3,10 +3,12 @@ data, a terminal table and a self-contained HTML grid. The CLI and the web servi
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from ivt.errors import CheckpointError, DataError, IndexStoreError, IvtError
 from ivt.index.gallery import Gallery
@@ -68,18 +70,34 @@ def index_model(index_dir: str | Path, built: dict[str, Any], checkpoint: str | 
                               f"pass --checkpoint if the run directory has moved") from exc
 
 
-def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False) -> list[dict[str, Any]]:
+def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False,
+            rerank: tuple[RetrievalModel, str, int] | None = None) -> list[dict[str, Any]]:
     """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
-    provenance); every score is a finite number (JSON has no NaN), else a CheckpointError."""
+    provenance); every score is a finite number (JSON has no NaN), else a CheckpointError.
+
+    ``rerank`` = (model, text, K): the cosine's top K are re-ordered by the model's image-text
+    matching head (each hit of them also gets ``match``, its ITM log-odds); below K, cosine order.
+    """
     if not np.isfinite(np.asarray(query, dtype=np.float64)).all():
         raise CheckpointError("the model gave NaN or infinite values for the query: its weights are damaged "
                               "(retrain or restore the run directory); no results")
-    hits = gallery.search(query, k, per_track=per_track)
+    depth = max(k, rerank[2]) if rerank else k
+    hits = gallery.search(query, depth, per_track=per_track)
     if not all(np.isfinite(hit.score) for hit in hits):
         raise IndexStoreError(f"index {gallery.directory}: a search score is NaN or infinite; rebuild the index")
-    return [{"rank": rank, "id": hit.id, "score": round(hit.score, 6), "image_url": f"/api/images/{hit.id}",
-             "provenance": gallery.describe(hit.id, hit.track)}
-            for rank, hit in enumerate(hits, 1)]
+    matches: dict[int, float] = {}
+    if rerank and hits:
+        model, text, top_k = rerank
+        top = hits[:top_k]
+        images = [Image.open(io.BytesIO(gallery.read_image(hit.id))) for hit in top]
+        scores = model.rerank(text, images).tolist()
+        order = sorted(range(len(top)), key=lambda i: -scores[i])
+        hits = [top[i] for i in order] + hits[top_k:]
+        matches = {top[i].id: scores[i] for i in range(len(top))}
+    return [{"rank": rank, "id": hit.id, "score": round(hit.score, 6),
+             **({"match": round(matches[hit.id], 4)} if hit.id in matches else {}),
+             "image_url": f"/api/images/{hit.id}", "provenance": gallery.describe(hit.id, hit.track)}
+            for rank, hit in enumerate(hits[:k], 1)]
 
 
 def _fmt_time(seconds: float) -> str:
@@ -104,8 +122,12 @@ def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery, took
     timing = f", {took_ms:.1f} ms" if took_ms is not None else ""
     lines = [f'query: "{printable(text)}"  ({len(gallery)} indexed images, {backend} search{timing})',
              f"{'rank':>4}  {'score':>6}  {'id':>6}  image"]
-    lines += [f"{h['rank']:>4}  {h['score']:6.3f}  {h['id']:>6}  {printable(describe_short(h['provenance']))}"
-              for h in hits]
+    reranked = any("match" in h for h in hits)
+    if reranked:
+        lines[1] = f"{'rank':>4}  {'score':>6}  {'match':>7}  {'id':>6}  image"
+    lines += [f"{h['rank']:>4}  {h['score']:6.3f}  " + (f"{h['match']:7.2f}  " if "match" in h else
+                                                        ("         " if reranked else ""))
+              + f"{h['id']:>6}  {printable(describe_short(h['provenance']))}" for h in hits]
     if not hits:
         lines.append("  (no results)")
     return "\n".join(lines)

@@ -53,6 +53,10 @@ class EncoderConfig:
     drop_path: float = 0.1
     token_drop: float = 0.0               # BMM: drop up to this fraction of the tokens in training
     token_drop_mode: str = "batch"        # see ivt.model.token_drop
+    # Image-text matching (re-ranking): the last ``itm_layers`` blocks also run once over an image's
+    # and a text's tokens together, and a 2-way head on the fused first token scores the pair.
+    itm: bool = False
+    itm_layers: int = 1
     # Preprocessing travels with the model, so a checkpoint is always fed what it was trained on.
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
@@ -92,6 +96,8 @@ class EncoderConfig:
             for side, size in zip(("height", "width"), self.image_size):
                 if size < self.patch_size:
                     errors.append(f"image {side} {size} is smaller than patch_size {self.patch_size}")
+        if not 1 <= int(self.itm_layers) <= max(int(self.depth), 1):
+            errors.append(f"itm_layers must be from 1 to depth ({self.depth}), got {self.itm_layers}")
         if self.mlp_ratio <= 0:
             errors.append(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         for name in ("dropout", "attn_dropout", "drop_path"):

@@ -129,6 +129,7 @@ class IVTEncoder(nn.Module):
             for rate in rates)
         self.norm = nn.LayerNorm(width, eps=config.ln_eps)
         self.token_drop = TokenDrop(config.token_drop, config.token_drop_mode)  # type: ignore[arg-type]
+        self.itm_head = nn.Linear(width, 2) if config.itm else None
         self.init_weights()
 
     @torch.no_grad()
@@ -160,16 +161,25 @@ class IVTEncoder(nn.Module):
         """Parameter names usually excluded from weight decay."""
         return {"cls_token", "pos_embed", "type_embed"}
 
+    @property
+    def itm_split(self) -> int:
+        """The index of the first block that also runs jointly for image-text matching."""
+        return self.config.depth - self.config.itm_layers
+
     def _run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, modality: Modality,
-                    drop: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run the blocks; returns the output tokens and their key-padding mask (both shortened
-        when the token-drop layer drops tokens; ``drop=False`` skips it)."""
+                    drop: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Run the blocks; returns the output tokens, their key-padding mask (both shortened when
+        the token-drop layer drops tokens; ``drop=False`` skips it) and the tokens that entered
+        block :attr:`itm_split` (what a joint image-text pass starts from; no extra cost)."""
         if drop:
             x, mask = self.token_drop(x, mask)
         attn_mask = key_padding_to_attn_mask(mask)
-        for block in self.blocks:
+        states = x
+        for i, block in enumerate(self.blocks):
+            if i == self.itm_split:
+                states = x
             x = block(x, attn_mask, modality)
-        return self.norm(x), mask
+        return self.norm(x), mask, states
 
     def pool(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Output tokens (B, L, C) -> retrieval embedding (B, C) by ``config.pool``: ``"cls"`` is
@@ -209,8 +219,8 @@ class IVTEncoder(nn.Module):
         """All output tokens (B, L, C) of token ids; ``attention_mask`` 1 = real, 0 = padding."""
         return self._encode_text(input_ids, attention_mask)[0]
 
-    def _encode_text(self, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids "
                              f"shape {tuple(input_ids.shape)}")
@@ -221,14 +231,29 @@ class IVTEncoder(nn.Module):
         """Retrieval embeddings (N, C) of packed texts (:mod:`ivt.model.packing`), equal to
         :meth:`encode_text` of the same texts padded. BMM does not apply: token dropping works on
         padded rows, so a packed batch is encoded whole."""
+        return self._encode_packed(packed)[0]
+
+    def encode_packed_text_with_states(self, packed: PackedTexts) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`encode_text_with_states` of packed texts: the states come back padded, one row per
+        text (N, L, C), with their mask (N, L)."""
+        embeddings, states = self._encode_packed(packed)
+        return (embeddings, *packed.unpack(states))
+
+    def _encode_packed(self, packed: PackedTexts) -> tuple[torch.Tensor, torch.Tensor]:
         if self.token_drop.active:
             raise ValueError("packed texts cannot be encoded with BMM token dropping on "
                              f"(ratio {self.token_drop.ratio}); pad the texts instead")
         x = self.embeddings(packed.input_ids, packed.positions)
         attn_mask = packed.attn_mask()
-        for block in self.blocks:
+        states = x
+        for i, block in enumerate(self.blocks):
+            if i == self.itm_split:
+                states = x
             x = block(x, attn_mask, "text")
         tokens = self.norm(x).flatten(0, 1)
+        return self._pool_packed(packed, tokens), states
+
+    def _pool_packed(self, packed: PackedTexts, tokens: torch.Tensor) -> torch.Tensor:
         if self.config.pool == "cls":
             return tokens[packed.starts]
         real = packed.segments.flatten() >= 0
@@ -243,4 +268,47 @@ class IVTEncoder(nn.Module):
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Retrieval embedding (B, C), pooled by ``config.pool`` over the real tokens (not
         normalised)."""
-        return self.pool(*self._encode_text(input_ids, attention_mask))
+        tokens, mask, _ = self._encode_text(input_ids, attention_mask)
+        return self.pool(tokens, mask)
+
+    # -- image-text matching (re-ranking) ---------------------------------------------------
+    def encode_image_with_states(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The retrieval embedding (B, C) and the tokens entering the joint blocks (B, 1+P, C),
+        from one pass: what a gallery caches for re-ranking."""
+        tokens, _, states = self._run_blocks(self.embed_image(images), None, "image")
+        return self.pool(tokens), states
+
+    def encode_text_with_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The retrieval embedding (B, C), the tokens entering the joint blocks (B, L, C) and their
+        key-padding mask (B, L), from one pass."""
+        tokens, mask, states = self._encode_text(input_ids, attention_mask)
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        return self.pool(tokens, mask), states, mask
+
+    def itm_logits(self, image_states: torch.Tensor, text_states: torch.Tensor,
+                   text_mask: torch.Tensor) -> torch.Tensor:
+        """(N, 2) float32 logits (no match, match) of N image-text pairs: the last
+        ``config.itm_layers`` blocks over ``[image tokens; text tokens]`` at once (every text
+        token attends to every image token and back, padding never; each token through its own
+        modality's feed-forward), the final norm, and the ITM head on the fused first token.
+        A batch of one image (or text) is paired with every text (or image)."""
+        if self.itm_head is None:
+            raise ValueError("this model has no image-text matching head (trained without model.itm); "
+                             "it cannot re-rank")
+        n = max(image_states.shape[0], text_states.shape[0])
+        image_states = image_states.expand(n, -1, -1)
+        text_states, text_mask = text_states.expand(n, -1, -1), text_mask.expand(n, -1)
+        split = image_states.shape[1]
+        x = torch.cat([image_states, text_states.to(image_states.dtype)], dim=1)
+        mask = torch.cat([torch.ones(n, split, dtype=torch.bool, device=x.device), text_mask.bool()], dim=1)
+        attn_mask = key_padding_to_attn_mask(mask)
+        for block in self.blocks[self.itm_split:]:
+            x = block.forward_joint(x, attn_mask, split)
+        return self.itm_head(self.norm(x[:, 0])).float()
+
+    @staticmethod
+    def itm_score(logits: torch.Tensor) -> torch.Tensor:
+        """The ranking score of ITM logits: log-odds of a match."""
+        return logits[:, 1] - logits[:, 0]

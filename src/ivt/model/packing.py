@@ -51,6 +51,18 @@ class PackedTexts(NamedTuple):
         """Fraction of the slots that hold a token."""
         return float(self.lengths.sum()) / max(self.input_ids.numel(), 1)
 
+    def unpack(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-slot values ``rows`` (R, P, C) back to one right-padded row per text: (N, L, C)
+        and its mask (N, L), L the longest text (gradients flow back to ``rows``)."""
+        segments, positions = self.segments.flatten(), self.positions.flatten()
+        real = segments >= 0
+        length = int(self.lengths.max())
+        out = rows.new_zeros(self.num_texts, length, rows.shape[-1])
+        out[segments[real], positions[real]] = rows.flatten(0, 1)[real]
+        mask = torch.zeros(self.num_texts, length, dtype=torch.long, device=rows.device)
+        mask[segments[real], positions[real]] = 1
+        return out, mask
+
     def to(self, device: torch.device | str) -> PackedTexts:
         """On ``device``, copied as every training input is (:func:`ivt.runtime.to_device`)."""
         return PackedTexts(*(to_device(t, device) for t in self))

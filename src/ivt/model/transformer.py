@@ -119,6 +119,13 @@ class Block(nn.Module):
         self.mlp_vis = Mlp(dim, hidden, drop=drop)
         self.mlp_txt = Mlp(dim, hidden, drop=drop)
 
+    def forward_joint(self, x: torch.Tensor, attn_mask: torch.Tensor | None, split: int) -> torch.Tensor:
+        """One pass over an image's tokens (the first ``split``) and a text's (the rest) together:
+        attention across both, each token through its own modality's feed-forward."""
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+        h = self.norm2(x)
+        return x + self.drop_path(torch.cat([self.mlp_vis(h[:, :split]), self.mlp_txt(h[:, split:])], dim=1))
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 modality: Modality = "image") -> torch.Tensor:
         """``modality`` picks the feed-forward: ``"image"`` -> mlp_vis, ``"text"`` -> mlp_txt."""

@@ -58,6 +58,7 @@ class SearchRequest(BaseModel):
     text: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
     k: StrictInt = Field(default=10, ge=1, le=MAX_K)
     per_track: StrictBool = False
+    rerank: StrictInt = Field(default=0, ge=0, le=MAX_K)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -153,7 +154,10 @@ class SearchService:
             raise ApiError(404, f"no image with id {raw[:40]!r}")
         return int(raw)
 
-    def search(self, text: str, k: int, per_track: bool) -> dict[str, Any]:
+    def search(self, text: str, k: int, per_track: bool, rerank: int = 0) -> dict[str, Any]:
+        if rerank and not self.model.can_rerank:
+            raise ApiError(422, "rerank needs a model trained with an image-text matching head (model.itm); "
+                                "this index's model has none")
         start = time.perf_counter()
         with self._model_lock:
             try:
@@ -161,12 +165,13 @@ class SearchService:
             except DataError as exc:
                 raise ApiError(422, str(exc)) from exc
         try:
-            hits = results(self.gallery, query, k, per_track)
+            with self._model_lock:
+                hits = results(self.gallery, query, k, per_track, (self.model, text, rerank) if rerank else None)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
             print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             raise ApiError(500, "the search gave no finite scores (damaged model or index); see the server log") \
                 from exc
-        return {"text": text, "k": k, "per_track": per_track, "count": len(self.gallery),
+        return {"text": text, "k": k, "per_track": per_track, "rerank": rerank, "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "ignored_words": ignored, "results": hits}
 
     def image(self, item_id: int) -> tuple[bytes, str]:
@@ -266,7 +271,7 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
         text = body.text.strip()
         if not text:
             raise ApiError(422, f"text must be 1 to {MAX_TEXT} characters")
-        return svc.search(text, body.k, body.per_track)
+        return svc.search(text, body.k, body.per_track, body.rerank)
 
     @app.get("/api/images/{item_id}")
     def image(item_id: str) -> Response:

@@ -30,6 +30,8 @@ def encoder_config_for(model_cfg: ModelConfig, vocab_size: int, max_text_len: in
         if v is not None}
     if token_drop is not None:
         overrides.update(token_drop=token_drop.ratio, token_drop_mode=token_drop.mode)
+    if model_cfg.itm:
+        overrides.update(itm=True, itm_layers=model_cfg.itm_layers)
     try:
         config = model_config(model_cfg.size, vocab_size=vocab_size, **overrides)
     except ValueError as exc:

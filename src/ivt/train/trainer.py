@@ -19,9 +19,11 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -33,7 +35,7 @@ from ivt.errors import RunDirError, TrainingDivergedError
 from ivt.evaluate.metrics import METRIC_KEYS
 from ivt.evaluate.retrieval import embed_split, split_metrics
 from ivt.inference import RetrievalModel
-from ivt.losses import RetrievalLoss
+from ivt.losses import RetrievalLoss, hard_negatives, itm_loss
 from ivt.model.packing import PackedTexts, pack_texts
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
 from ivt.runtime import PrecisionChoice, autocast, precision_choice, resolve_device, to_device, training_attention
@@ -55,34 +57,93 @@ from ivt.train.distributed import (
     gather_labels,
     gather_with_grad,
     init_distributed,
+    max_over_ranks,
     shutdown_distributed,
 )
 from ivt.train.encoder_from_config import build_encoder
 from ivt.train.optim import build_optimizer, build_schedule
-from ivt.train.rng import derive_seed, reseed_token_drop
+from ivt.train.rng import derive_seed, reseed_token_drop, torch_generator
 from ivt.train.state import STATE_JSON, TrainState, load_train_state, train_state_files
 from ivt.transforms import TrainAugment
 
 RUN_FILES = ("last.safetensors", "best.safetensors", "last.state.json")
-_DROPOUT, _TOKEN_DROP = 3, 4  # stream tags for derive_seed
+_DROPOUT, _TOKEN_DROP, _ITM = 3, 4, 5  # stream tags for derive_seed
+
+
+@dataclass
+class ItmRequest:
+    """What the image-text matching loss of one step needs besides the encodings: which texts are
+    the captions (MLA level ``level``, ``per_level`` texts each), their identities, the step's
+    generator for hard negatives and the scale of the similarities they are drawn from."""
+
+    level: int
+    per_level: int
+    labels: torch.Tensor
+    generator: torch.Generator
+    scale: float
+    dist: DistInfo
 
 
 class PairEncoder(nn.Module):
-    """Image and text embeddings of a batch of pairs in one forward (what DDP wraps)."""
+    """Image and text embeddings of a batch of pairs in one forward (what DDP wraps), and, with
+    an :class:`ItmRequest`, the image-text matching loss of the captions and their hard negatives."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, images: torch.Tensor, texts: list[tuple[torch.Tensor, torch.Tensor]] | PackedTexts
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, texts: list[tuple[torch.Tensor, torch.Tensor]] | PackedTexts,
+                itm: ItmRequest | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``texts``: all texts packed into rows (:mod:`ivt.model.packing`), or chunks of (ids,
         mask), each padded to its own length (one per MLA level: word-level texts are short,
         sentences long), encoded separately and concatenated."""
-        img = self.encoder.encode_image(images)  # first: the order of dropout's random draws
-        txt = (self.encoder.encode_packed_text(texts) if isinstance(texts, PackedTexts) else
-               torch.cat([self.encoder.encode_text(ids, mask) for ids, mask in texts]))
-        return img, txt
+        if itm is None:
+            img = self.encoder.encode_image(images)  # first: the order of dropout's random draws
+            txt = (self.encoder.encode_packed_text(texts) if isinstance(texts, PackedTexts) else
+                   torch.cat([self.encoder.encode_text(ids, mask) for ids, mask in texts]))
+            return img, txt, None
+        img, img_states = self.encoder.encode_image_with_states(images)
+        rows = slice(itm.level * itm.per_level, (itm.level + 1) * itm.per_level)
+        if isinstance(texts, PackedTexts):
+            txt, txt_states, txt_mask = self.encoder.encode_packed_text_with_states(texts)
+            txt_states, txt_mask = txt_states[rows], txt_mask[rows]
+            longest = int(txt_mask.sum(1).max())
+            txt_states, txt_mask = txt_states[:, :longest], txt_mask[:, :longest]
+        else:
+            parts = []
+            for level, (ids, mask) in enumerate(texts):
+                if level == itm.level:
+                    emb, txt_states, txt_mask = self.encoder.encode_text_with_states(ids, mask)
+                else:
+                    emb = self.encoder.encode_text(ids, mask)
+                parts.append(emb)
+            txt = torch.cat(parts)
+        image_rows = slice(None) if len(img) == itm.per_level else rows  # one shared view, or one per level
+        loss = self._itm_loss(img[image_rows], img_states[image_rows], txt[rows], txt_states, txt_mask, itm)
+        return img, txt, loss
+
+    def _itm_loss(self, img: torch.Tensor, img_states: torch.Tensor, txt: torch.Tensor, txt_states: torch.Tensor,
+                  txt_mask: torch.Tensor, itm: ItmRequest) -> torch.Tensor:
+        """Each caption with its image (a match), each image with a hard negative caption and each
+        caption with a hard negative image (no match), the negatives drawn from every rank's batch."""
+        dist, b = itm.dist, len(img)
+        neg_text, neg_image = hard_negatives(gather_with_grad(img, dist), gather_with_grad(txt, dist),
+                                             gather_labels(itm.labels, dist), itm.generator, itm.scale)
+        mine = slice(dist.rank * b, (dist.rank + 1) * b)
+        neg_text, neg_image = neg_text[mine], neg_image[mine]
+        length = max_over_ranks(txt_states.shape[1], dist, txt_states.device)
+        txt_states = F.pad(txt_states, (0, 0, 0, length - txt_states.shape[1]))
+        txt_mask = F.pad(txt_mask, (0, length - txt_mask.shape[1]))
+        all_img, all_txt = gather_with_grad(img_states, dist), gather_with_grad(txt_states, dist)
+        all_mask = gather_labels(txt_mask, dist)
+        has_text, has_image = neg_text >= 0, neg_image >= 0
+        nt, ni = to_device(neg_text[has_text], txt.device), to_device(neg_image[has_image], img.device)
+        ht, hi = to_device(has_text, txt.device), to_device(has_image, img.device)
+        logits = self.encoder.itm_logits(
+            torch.cat([img_states, img_states[ht], all_img[ni]]),
+            torch.cat([txt_states, all_txt[nt], txt_states[hi]]),
+            torch.cat([txt_mask, all_mask[nt], txt_mask[hi]]))
+        return itm_loss(logits, b)
 
 
 class _Log:
@@ -143,9 +204,23 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False) -> None:
         self.cfg = cfg
-        t = cfg.train
-        self.dist, device_name = init_distributed(t.device)
+        self.dist, device_name = init_distributed(cfg.train.device)
         self.device = resolve_device(device_name)
+        train_records = self._setup_data()
+        self._setup_run(resume)
+        paths, self.samples = build_samples(self.dataset, train_records)
+        init_reports = self._setup_model(resume)
+        self._setup_optimisation()
+        self.state = self._restore(resume)
+        self._setup_images(paths, train_records)
+        self.log = _Log(self.run_dir, self.dist.is_main)
+        self.budget = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
+        if self.dist.is_main:
+            self._write_run_files(resume, init_reports)
+
+    def _setup_data(self) -> list:
+        """The dataset, its training records (returned) and the validation records, checked."""
+        cfg, t = self.cfg, self.cfg.train
         self.levels = enabled_levels(cfg.align)
         self.dataset = load_dataset(cfg.data.path, cfg.data.format, image_root=cfg.data.image_root)
         train_records = self.dataset.split("train")
@@ -157,6 +232,11 @@ class Trainer:
             raise DataError(f"{self.dataset.annotation}: no '{t.eval_split}' split for choosing the best checkpoint "
                             f"(present: {', '.join(self.dataset.splits)}); set train.eval_split to another split "
                             f"or train.eval_every=0")
+        return train_records
+
+    def _setup_run(self, resume: bool) -> None:
+        """The run directory (checked; recovered after a crash), threads, precision and seed."""
+        t = self.cfg.train
         self.run_dir = Path(t.out_dir)
         _check_run_dir(self.run_dir, resume)
         if resume and self.dist.is_main:
@@ -165,11 +245,14 @@ class Trainer:
         barrier(self.dist)
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.precision = _training_precision(t.precision, self.device, Path(t.out_dir) if resume else None)
+        self.precision = _training_precision(t.precision, self.device, self.run_dir if resume else None)
         self.amp = self.precision.dtype
         torch.manual_seed(t.seed)
 
-        paths, self.samples = build_samples(self.dataset, train_records)
+    def _setup_model(self, resume: bool) -> list:
+        """The tokenizer and the encoder (the run's own when resuming), on the device, wrapped for
+        DDP; returns the reports of pretrained weights loaded into a new encoder."""
+        cfg, t = self.cfg, self.cfg.train
         init_reports = []
         if resume:
             self.tokenizer = Tokenizer.from_file(self.run_dir, max_length=cfg.data.max_text_len)
@@ -188,10 +271,17 @@ class Trainer:
         # Packing changes no number (tests/test_packing.py), only the padding computed; BMM drops
         # tokens of padded rows, so with it on the texts stay padded.
         self.pack_texts = t.pack_texts and cfg.token_drop.ratio == 0
+        # Image-text matching pairs the captions (the sentence level) with images and hard negatives.
+        self.itm_level = self.levels.index("sentence") if cfg.model.itm else None
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.pair_encoder = nn.parallel.DistributedDataParallel(
                 self.pair_encoder, device_ids=ids, find_unused_parameters=cfg.model.arch == "two-tower")
+        return init_reports
+
+    def _setup_optimisation(self) -> None:
+        """Loss, optimiser, sampler, schedule, augmentation and the fp16 gradient scaler."""
+        cfg, t = self.cfg, self.cfg.train
         self.loss_fn = RetrievalLoss(cfg.loss.name, cfg.loss.temperature, cfg.loss.learn_temperature).to(self.device)
         self.optimizer = build_optimizer(cfg.optim, {"encoder": self.model, "loss": self.loss_fn})
         self.global_batch = t.batch_size * self.dist.world_size
@@ -203,15 +293,24 @@ class Trainer:
         self.augment = TrainAugment(padding=cfg.augment.padding, flip_p=cfg.augment.flip_p,
                                     erase_p=cfg.augment.erase_p, mean=config.image_mean, std=config.image_std)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp is torch.float16)
-        self.state = TrainState(world_size=self.dist.world_size, precision=self.precision.name)
-        if resume:
-            state = load_train_state(self.run_dir, optimizer=self.optimizer, extra_modules={"loss": self.loss_fn})
-            if state.world_size != self.dist.world_size:
-                raise RunDirError(f"{self.run_dir} was trained on {state.world_size} process(es); resume it "
-                                  f"on as many (now {self.dist.world_size}) so batches stay the same")
-            self.state = dataclasses.replace(state, precision=self.precision.name)
-            if self.state.batch >= len(self.sampler):  # saved by versions that rolled epochs over later
-                self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+
+    def _restore(self, resume: bool) -> TrainState:
+        """A new run's state, or the saved one (optimiser and loss restored with it)."""
+        fresh = TrainState(world_size=self.dist.world_size, precision=self.precision.name)
+        if not resume:
+            return fresh
+        state = load_train_state(self.run_dir, optimizer=self.optimizer, extra_modules={"loss": self.loss_fn})
+        if state.world_size != self.dist.world_size:
+            raise RunDirError(f"{self.run_dir} was trained on {state.world_size} process(es); resume it "
+                              f"on as many (now {self.dist.world_size}) so batches stay the same")
+        state = dataclasses.replace(state, precision=self.precision.name)
+        if state.batch >= len(self.sampler):  # saved by versions that rolled epochs over later
+            state.epoch, state.batch = state.epoch + 1, 0
+        return state
+
+    def _setup_images(self, paths: list, train_records: list) -> None:
+        """The training images (decoded once when cached) and, on rank 0, the validation images."""
+        cfg, config = self.cfg, self.model.config
         self.bank = ImageBank(paths, tuple(config.image_size), cache=cfg.data.cache_images,
                               threads=cfg.data.decode_threads,
                               entries=[self.dataset.describe_entry(r) for r in train_records])
@@ -222,17 +321,18 @@ class Trainer:
                                          interpolation=config.eval_interpolation,
                                          entries=[self.dataset.describe_entry(r) for r in self.eval_records],
                                          ).get(range(len(self.eval_records)))
-        self.log = _Log(self.run_dir, self.dist.is_main)
-        self.budget = t.max_minutes * 60 if t.max_minutes else None
-        if self.dist.is_main:
-            tqdm.write(self.precision.describe())
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            if not resume:
-                self.tokenizer.save(self.run_dir)
-                if init_reports:
-                    write_init_report(self.run_dir, init_reports, self.model)
-                    tqdm.write(format_reports(init_reports, self.model))
+
+    def _write_run_files(self, resume: bool, init_reports: list) -> None:
+        """Say the precision; write the resolved config, and for a new run its tokenizer and the
+        report of pretrained weights (nothing is written before every input was checked)."""
+        tqdm.write(self.precision.describe())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        if not resume:
+            self.tokenizer.save(self.run_dir)
+            if init_reports:
+                write_init_report(self.run_dir, init_reports, self.model)
+                tqdm.write(format_reports(init_reports, self.model))
 
     # -- one step -------------------------------------------------------------------------
     def make_batch(self, epoch: int, batch_index: int, indices: list[int]) -> PairBatch:
@@ -281,15 +381,26 @@ class Trainer:
         texts = (pack_texts(chunks).to(self.device) if self.pack_texts else
                  [tuple(to_device(t, self.device) for t in chunk) for chunk in chunks])
         labels = to_device(batch.pairs.labels, self.device)
+        itm = None
+        if self.itm_level is not None:
+            per_level = len(batch.pairs.texts) // len(self.levels)
+            rows = slice(self.itm_level * per_level, (self.itm_level + 1) * per_level)
+            scale = self.loss_fn.logit_scale
+            itm = ItmRequest(self.itm_level, per_level, batch.pairs.labels[rows], torch_generator(seed, _ITM, step),
+                             float(scale.detach()) if scale is not None else 1 / 0.07, self.dist)
         with autocast(self.device, self.amp), training_attention(self.device):
-            img, txt = self.pair_encoder(images, texts)
+            img, txt, matching = self.pair_encoder(images, texts, itm)
         if len(img) != len(txt):  # one shared view per sample: pair it with every level's text
             img = img.repeat(len(txt) // len(img), 1)
         loss = self.loss_fn(gather_with_grad(img, self.dist), gather_with_grad(txt, self.dist),
                             gather_labels(labels, self.dist), positives=batch.positives)
+        out = {}
+        if matching is not None:
+            out["itm_loss"] = matching.detach()
+            loss = loss + self.cfg.loss.itm_weight * matching
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        out = {"loss": loss.detach()}
+        out["loss"] = loss.detach()
         if self.cfg.optim.clip_grad:
             self.scaler.unscale_(self.optimizer)
             params = list(self.model.parameters()) + list(self.loss_fn.parameters())
@@ -346,8 +457,9 @@ class Trainer:
                     now = time.perf_counter()
                     record = {"kind": "train", "epoch": epoch, "step": c.step, "loss": round(mean_loss, 5),
                               "lr": lr, "pairs_per_s": round(window_pairs / (now - window_start), 2)}
-                    if "grad_norm" in metrics:
-                        record["grad_norm"] = round(float(metrics["grad_norm"]), 4)
+                    for key in ("grad_norm", "itm_loss"):
+                        if key in metrics:
+                            record[key] = round(float(metrics[key]), 4)
                     self.log.write(record, c.step)
                     bar.set_postfix(loss=f"{mean_loss:.3f}")
                     window_start, window_pairs, loss_sum, loss_count = now, 0, None, 0

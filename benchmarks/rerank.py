@@ -1,0 +1,124 @@
+"""Re-ranking with IVT's own encoder: accuracy with and without it, at equal training time, and its cost.
+
+Each run is evaluated on its demo draw's test split, on fresh SynthPedes draws (never used to
+choose anything) and on the hand-labelled real crops of benchmarks/real: the cosine ranking
+(K = 0) and the ranking whose top K the image-text matching head re-orders (K = 8, 16, 32, 64).
+Runs without an ITM head (the dual encoder trained in the same time) get the K = 0 row only.
+The cost is the time to re-rank K candidates per query (CPU, the run's precision), measured on
+the demo test split, and the memory the cached states take per gallery image.
+
+    python benchmarks/rerank.py --runs runs/demo runs/demo-itm --fresh 7001 7002 7003 7004 7005 [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ivt.data import load_dataset
+from ivt.evaluate.metrics import ranking_metrics
+from ivt.evaluate.rerank import rerank_scores
+from ivt.evaluate.retrieval import embed_split, split_images
+from ivt.inference import load
+from ivt.runtime import cpu_info
+from learning import ensure_draw
+
+REAL = Path(__file__).with_name("real")
+KS = (8, 16, 32, 64)
+
+
+def set_metrics(model, data: Path, ks: tuple[int, ...]) -> tuple[dict[int, dict], dict]:
+    """{K: metrics} of one test split (K = 0: cosine), and the cost figures of re-ranking there."""
+    dataset = load_dataset(data)
+    records = dataset.split("test")
+    images = split_images(model, dataset, records)
+    emb = embed_split(model, dataset, records, images=images)
+    sim = emb.text @ emb.image.T
+    out = {0: ranking_metrics(sim, emb.text_pids, emb.image_pids)}
+    cost = {}
+    if model.can_rerank:
+        _, states = model.encode_images_with_states(images)
+        cost["bytes_per_image"] = states[0].numel() * 4
+        for k in ks:
+            start = time.perf_counter()
+            scores = rerank_scores(model, sim, emb.captions, states, k)
+            cost[k] = 1000 * (time.perf_counter() - start) / len(emb.captions)
+            out[k] = ranking_metrics(scores, emb.text_pids, emb.image_pids)
+    return out, cost
+
+
+def real_metrics(model, ks: tuple[int, ...]) -> dict[int, float]:
+    """{K: mAP} on the real crops (every crop is the gallery of every query)."""
+    spec = json.loads((REAL / "queries.json").read_text())
+    crops = [REAL / "crops" / c["file"] for c in spec["crops"]]
+    texts = [q["text"] for q in spec["queries"]]
+    ids = [c["id"] for c in spec["crops"]]
+    relevant = torch.tensor([[i in set(q["matches"]) for i in ids] for q in spec["queries"]]).long()
+
+    def m_ap(scores: torch.Tensor) -> float:
+        return statistics.mean(ranking_metrics(s[None], [1], rel, ks=(1,))["mAP"] for s, rel in zip(scores, relevant))
+
+    if not model.can_rerank:
+        return {0: m_ap(model.encode_texts(texts) @ model.encode_images(crops).T)}
+    emb, states = model.encode_images_with_states(crops)
+    sim = model.encode_texts(texts) @ emb.T
+    return {0: m_ap(sim), **{k: m_ap(rerank_scores(model, sim, texts, states, k)) for k in ks}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=Path, nargs="+", default=[Path("runs/demo"), Path("runs/demo-itm")])
+    ap.add_argument("--fresh", type=int, nargs="+", default=[7001, 7002, 7003, 7004, 7005])
+    ap.add_argument("--ids", type=int, default=400)
+    ap.add_argument("--write", action="store_true", help="regenerate the rerank section of RESULTS.md")
+    args = ap.parse_args()
+    draws = {f"fresh {s}": ensure_draw(Path("data/fresh") / f"seed{s}-{args.ids}", args.ids, s, workers=2)
+             for s in args.fresh}
+    lines = [f"Runs evaluated on {cpu_info().describe()} (fp32, 2 threads). Fresh draws: seeds "
+             f"{', '.join(map(str, args.fresh))} ({args.ids} identities each, test splits). K = 0: the cosine "
+             f"ranking; K > 0: its top K re-ordered by the image-text matching head.", "",
+             "| run | steps (train min) | K | fresh R1 | fresh R5 | fresh mAP | demo test R1 / mAP | real crops mAP |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    costs = []
+    for run in args.runs:
+        model = load(run, device="cpu", precision="fp32")
+        last = json.loads((run / "last.json").read_text())
+        state = json.loads((run / "last.state.json").read_text())
+        ks = KS if model.can_rerank else ()
+        test, cost = set_metrics(model, _data_of(run), ks)
+        fresh = {name: set_metrics(model, d, ks)[0] for name, d in draws.items()}
+        real = real_metrics(model, ks)
+        for k in (0, *ks):
+            r1 = [fresh[n][k]["R1"] for n in draws]
+            r5 = [fresh[n][k]["R5"] for n in draws]
+            mp = [fresh[n][k]["mAP"] for n in draws]
+            lines.append(f"| {run.name} | {last['step']:,} ({state['train_seconds'] / 60:.1f}) | {k} | "
+                         f"**{statistics.mean(r1):.2f}** ± {statistics.stdev(r1):.2f} | {statistics.mean(r5):.2f} | "
+                         f"**{statistics.mean(mp):.2f}** ± {statistics.stdev(mp):.2f} | "
+                         f"{test[k]['R1']:.2f} / {test[k]['mAP']:.2f} | {real[k]:.1f} |")
+            print(lines[-1], flush=True)
+        if cost:
+            costs.append(f"{run.name}: re-ranking K candidates costs " + ", ".join(
+                f"{cost[k]:.2f} ms (K = {k})" for k in ks) + f" per query; the cached states take "
+                f"{cost['bytes_per_image'] / 1024:.1f} KiB per gallery image (float32).")
+    text = "\n".join(lines + [""] + costs)
+    print(text)
+    if args.write:
+        from results_md import write_section
+
+        write_section("rerank", text, "Re-ranking with IVT's own encoder (`benchmarks/rerank.py`)")
+
+
+def _data_of(run: Path) -> Path:
+    """The dataset a run trained on (its config's ``data.path``)."""
+    import yaml
+
+    return Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["path"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Image-text matching with IVT's own encoder: the joint pass over [image tokens; text tokens]."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from ivt.model import EncoderConfig, IVTEncoder
+from ivt.model.packing import pack_texts
+from ivt.model.transformer import key_padding_to_attn_mask
+
+MICRO = dict(image_size=(32, 16), patch_size=8, patch_stride=8, width=32, depth=3, num_heads=2,
+             vocab_size=50, max_text_len=16, drop_path=0.0, itm=True, itm_layers=2)
+
+
+@pytest.fixture(scope="module")
+def model() -> IVTEncoder:
+    torch.manual_seed(0)
+    return IVTEncoder(EncoderConfig(**MICRO)).eval()
+
+
+def _inputs(n: int = 3, length: int = 7):
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(n, 3, 32, 16, generator=gen)
+    ids = torch.randint(5, 50, (n, length), generator=gen)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[1, 4:] = 0
+    return images, ids * mask, mask
+
+
+def _reference(model: IVTEncoder, image_states, text_states, text_mask):
+    """The joint pass written out token by token: attention over both with padding masked, then
+    image tokens through mlp_vis and text tokens through mlp_txt, block after block."""
+    x = torch.cat([image_states, text_states], dim=1)
+    p = image_states.shape[1]
+    keep = torch.cat([torch.ones(x.shape[0], p, dtype=torch.bool), text_mask.bool()], dim=1)
+    for block in model.blocks[model.itm_split:]:
+        x = x + block.attn(block.norm1(x), key_padding_to_attn_mask(keep))
+        h = block.norm2(x)
+        ffn = torch.stack([block.mlp_vis(h[:, i]) if i < p else block.mlp_txt(h[:, i]) for i in range(x.shape[1])], 1)
+        x = x + ffn
+    return model.itm_head(model.norm(x[:, 0]))
+
+
+def _states(model: IVTEncoder):
+    """(image states, text states, text mask) of the default inputs, without gradients."""
+    images, ids, mask = _inputs()
+    with torch.no_grad():
+        _, img = model.encode_image_with_states(images)
+        _, txt, txt_mask = model.encode_text_with_states(ids, mask)
+    return img, txt, txt_mask
+
+
+def test_joint_pass_equals_the_written_out_reference(model):
+    images, ids, mask = _inputs()
+    with torch.no_grad():
+        emb_i, img = model.encode_image_with_states(images)
+        emb_t, txt, txt_mask = model.encode_text_with_states(ids, mask)
+        logits = model.itm_logits(img, txt, txt_mask)
+        assert img.shape == (3, 1 + 8, 32) and txt.shape == (3, 7, 32) and logits.shape == (3, 2)
+        torch.testing.assert_close(logits, _reference(model, img, txt, txt_mask))
+        # the states are those entering block itm_split of the ordinary pass
+        torch.testing.assert_close(emb_i, model.encode_image(images))
+        torch.testing.assert_close(emb_t, model.encode_text(ids, mask))
+
+
+def test_swapping_the_feed_forwards_changes_the_score(model):
+    swapped = copy.deepcopy(model)
+    for block in swapped.blocks[swapped.itm_split:]:
+        block.mlp_vis, block.mlp_txt = block.mlp_txt, block.mlp_vis
+    img, txt, txt_mask = _states(model)
+    with torch.no_grad():
+        assert not torch.allclose(model.itm_logits(img, txt, txt_mask),
+                                  swapped.itm_logits(img, txt, txt_mask), atol=1e-4)
+
+
+def test_text_attends_to_the_image_and_padding_is_masked(model):
+    img, txt, txt_mask = _states(model)
+    with torch.no_grad():
+        base = model.itm_logits(img, txt, txt_mask)
+        other_image = model.itm_logits(img.roll(1, dims=0), txt, txt_mask)
+        assert not torch.allclose(base, other_image, atol=1e-4)   # the fused token sees the image
+        garbage = txt.clone()
+        garbage[1, 4:] = 100.0                                   # padding slots of text 1
+        torch.testing.assert_close(model.itm_logits(img, garbage, txt_mask), base)
+        # one image scored against every text equals the pairs spelled out
+        row = model.itm_logits(img[:1], txt, txt_mask)
+        torch.testing.assert_close(row, model.itm_logits(img[:1].expand(3, -1, -1), txt, txt_mask))
+
+
+def test_packed_texts_give_the_padded_states(model):
+    _, ids, mask = _inputs(4, 9)
+    with torch.no_grad():
+        emb, states, smask = model.encode_text_with_states(ids, mask)
+        pemb, pstates, pmask = model.encode_packed_text_with_states(pack_texts([(ids, mask)], row_len=12))
+    assert torch.equal(pmask, smask[:, :pmask.shape[1]]) and int(smask[:, pmask.shape[1]:].sum()) == 0
+    torch.testing.assert_close(pemb, emb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pstates * pmask[..., None], (states * smask[..., None])[:, :pmask.shape[1]],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_without_the_head_cannot_rerank():
+    plain = IVTEncoder(EncoderConfig(**{**MICRO, "itm": False})).eval()
+    with pytest.raises(ValueError, match="model.itm"):
+        plain.itm_logits(*_states(plain))
+    assert plain.itm_head is None and "itm_head.weight" not in plain.state_dict()
+    with pytest.raises(ValueError, match="itm_layers must be from 1 to depth"):
+        EncoderConfig(**{**MICRO, "itm_layers": 4})
+
+
+# ---------------------------------------------------------------- training
+def test_hard_negatives_are_other_identities_and_deterministic():
+    from ivt.losses import hard_negatives
+
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(12, 16, generator=gen)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    draws = [hard_negatives(emb, emb + 0.1, labels, torch.Generator().manual_seed(s)) for s in range(40)]
+    for text_for_image, image_for_text in draws:
+        assert (labels[text_for_image] != labels).all() and (labels[image_for_text] != labels).all()
+    again = hard_negatives(emb, emb + 0.1, labels, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(again, draws[3]))
+    # hard: the most similar other identity is drawn most often
+    near = emb.clone()
+    near[2] = emb[0] + 0.01                      # identity 1's first image looks like identity 0's
+    counts = torch.zeros(12)
+    for s in range(200):
+        counts[hard_negatives(near, near, labels, torch.Generator().manual_seed(s))[0][0]] += 1
+    assert counts.argmax() == 2 and counts[2] > 100
+    # a batch of one identity has no negative to give
+    alone = hard_negatives(emb[:2], emb[:2], labels[:2], torch.Generator().manual_seed(0))
+    assert alone[0].tolist() == [-1, -1] and alone[1].tolist() == [-1, -1]
+
+
+def test_itm_training_resumes_exactly_and_packing_changes_nothing(tmp_path):
+    from safetensors.torch import load_file
+
+    from helpers import write_toy_pedes
+    from ivt.config import load_config
+    from ivt.train.trainer import train
+    from test_train import FAST
+
+    data = write_toy_pedes(tmp_path / "toy")
+    itm = ["model.itm=true", "model.itm_layers=1", "train.epochs=2", "train.eval_every=1",
+           "loss.name=infonce", "align.shared_view=true"]
+
+    def cfg(out, *extra):
+        return load_config(None, FAST + [f"data.path={data}", f"train.out_dir={tmp_path / out}", *itm, *extra])
+
+    straight = train(cfg("a"))
+    log = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    itm_losses = [r["itm_loss"] for r in log if r["kind"] == "train"]
+    assert itm_losses and all(0 < v < 5 for v in itm_losses)
+    part = train(cfg("b", "train.stop_after_steps=3"))
+    resumed = train(load_config(part / "config.yaml", ["train.stop_after_steps=null"]), resume=True)
+    a, b = load_file(str(straight / "last.safetensors")), load_file(str(resumed / "last.safetensors"))
+    assert "itm_head.weight" in a and all(torch.equal(a[k], b[k]) for k in a)
+    padded = train(cfg("c", "train.pack_texts=false"))
+    c = load_file(str(padded / "last.safetensors"))
+    assert all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
+
+
+# ---------------------------------------------------------------- re-ranking
+CAPTIONS = ["a man in a red shirt", "a woman in a blue coat", "a man with a black backpack",
+            "a woman in a white dress", "a man in grey trousers"] * 2
+
+
+@pytest.fixture(scope="module")
+def retrieval(model):
+    from ivt.inference import RetrievalModel
+    from ivt.text.tokenizer import Tokenizer
+
+    return RetrievalModel(model, Tokenizer.train(CAPTIONS, vocab_size=50, max_length=16), {},
+                          device=torch.device("cpu"), dtype=None)
+
+
+def _gallery(n: int = 9) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 16), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+
+
+def test_reranking_everything_equals_brute_force_matching(retrieval):
+    from ivt.evaluate.rerank import rerank_scores
+
+    images = _gallery()
+    emb, states = retrieval.encode_images_with_states(images)
+    texts = CAPTIONS[:5]
+    sim = retrieval.encode_texts(texts) @ emb.T
+    scores = rerank_scores(retrieval, sim, texts, states, k=len(images), chunk=2)
+    for q, text in enumerate(texts):
+        brute = retrieval.rerank(text, images)          # every pair through the joint pass
+        assert torch.equal(scores[q].argsort(descending=True), brute.argsort(descending=True))
+        torch.testing.assert_close(scores[q] - scores[q].min(), brute - brute.min(), atol=1e-4, rtol=0)
+
+
+def test_reranking_moves_only_the_top_k(retrieval):
+    from ivt.evaluate.rerank import rerank_scores
+
+    images = _gallery()
+    emb, states = retrieval.encode_images_with_states(images)
+    texts = CAPTIONS[:5]
+    sim = retrieval.encode_texts(texts) @ emb.T
+    scores = rerank_scores(retrieval, sim, texts, states, k=4)
+    for q in range(len(texts)):
+        before, after = sim[q].argsort(descending=True), scores[q].argsort(descending=True)
+        assert set(after[:4].tolist()) == set(before[:4].tolist())   # the same candidates on top
+        assert torch.equal(after[4:], before[4:])                    # the rest in cosine order
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        rerank_scores(retrieval, sim, texts, states, k=0)
+
+
+# ---------------------------------------------------------------- every ranking path
+def test_every_ranking_path_reranks_and_a_model_without_the_head_says_so(tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from helpers import MICRO_MODEL, trained_toy_run
+    from ivt.cli import main
+    from ivt.serve.app import create_app, load_service
+
+    common = [*MICRO_MODEL, "train.epochs=2", "train.eval_every=0", "train.precision=fp32", "loss.name=infonce",
+              "train.batch_size=8", "data.vocab_size=200", "data.max_text_len=24"]
+    data, run = trained_toy_run(tmp_path / "itm", [*common, "model.itm=true"])
+    _, plain = trained_toy_run(tmp_path / "plain", common)
+    capsys.readouterr()
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--which", "last", "--device", "cpu",
+                 "--rerank", "5", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["rerank"] == 5 and set(result["cosine"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert result["R10"] == result["cosine"]["R10"]     # below the top 5 nothing moves: R10 >= 5 unchanged
+    assert "(cosine order)" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(plain), "--data", str(data), "--which", "last",
+                 "--device", "cpu", "--rerank", "5"]) == 2
+    assert "--rerank needs a model trained with an image-text matching head (model.itm=true)" in capsys.readouterr().err
+
+    index = tmp_path / "index"
+    assert main(["index", "build", "--checkpoint", str(run), "--which", "last", "--images", str(data),
+                 "--split", "test", "--out", str(index), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["search", "a person in a red shirt", "--index", str(index), "--device", "cpu", "--json",
+                 "--top-k", "4", "--rerank", "3"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 4 and all("match" in h for h in hits[:3]) and "match" not in hits[3]
+    assert [h["match"] for h in hits[:3]] == sorted((h["match"] for h in hits[:3]), reverse=True)
+    client = TestClient(create_app(service=load_service(index, device="cpu")))
+    body = client.post("/api/search", json={"text": "a person in a red shirt", "k": 4, "rerank": 3}).json()
+    assert [h["id"] for h in body["results"]] == [h["id"] for h in hits] and body["rerank"] == 3
