@@ -83,12 +83,15 @@ def main() -> None:
              f"ranking; K > 0: its top K re-ordered by the image-text matching head.", "",
              "| run | steps (train min) | K | fresh R1 | fresh R5 | fresh mAP | demo test R1 / mAP | real crops mAP |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    speeds = []
     costs = []
     for run in args.runs:
         model = load(run, device="cpu", precision="fp32")
         last = json.loads((run / "last.json").read_text())
         state = json.loads((run / "last.state.json").read_text())
         ks = KS if model.can_rerank else ()
+        # A shared machine's speed drifts: say what each run's own probe measured when it started.
+        speeds.append(f"{run.name}: {last.get('precision', '?')} ({last.get('precision_reason', 'no probe recorded')})")
         test, cost = set_metrics(model, _data_of(run), ks)
         fresh = {name: set_metrics(model, d, ks)[0] for name, d in draws.items()}
         real = real_metrics(model, ks)
@@ -105,7 +108,14 @@ def main() -> None:
             costs.append(f"{run.name}: re-ranking K candidates costs " + ", ".join(
                 f"{cost[k]:.2f} ms (K = {k})" for k in ks) + f" per query; the cached states take "
                 f"{cost['bytes_per_image'] / 1024:.1f} KiB per gallery image (float32).")
-    text = "\n".join(lines + [""] + costs)
+    # The cost of the matching loss per training step, side by side on this machine (round-robin).
+    from ablation import step_seconds
+
+    step = step_seconds(_data_of(args.runs[0]), {"dual": [], "itm": ["model.itm=true"]}, threads=2)
+    costs.append(f"A training step of the demo recipe (median of round-robin steps, same machine, same moment): "
+                 f"{1000 * step['dual']:.0f} ms without the matching loss, {1000 * step['itm']:.0f} ms with it "
+                 f"({step['itm'] / step['dual']:.2f}x).")
+    text = "\n".join(lines + ["", "Trained in: " + "; ".join(speeds) + ".", ""] + costs)
     print(text)
     if args.write:
         from results_md import write_section
