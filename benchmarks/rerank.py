@@ -69,6 +69,31 @@ def real_metrics(model, ks: tuple[int, ...]) -> dict[int, float]:
     return {0: m_ap(sim), **{k: m_ap(rerank_scores(model, sim, texts, states, k)) for k in ks}}
 
 
+def base_cost(ks: tuple[int, ...], text_len: int = 64, repeats: int = 3) -> str:
+    """Milliseconds to re-rank K candidates of one query with a ``base`` encoder (the paper's size:
+    384x128 images at stride 12, 311 image tokens; weights do not change the cost), from cached states."""
+    from ivt.model import IVTEncoder, model_config
+
+    encoder = IVTEncoder(model_config("base", itm=True)).eval()
+    tokens, width = 1 + encoder.config.num_patches, encoder.config.width
+    gen = torch.Generator().manual_seed(0)
+    text = torch.randn(1, text_len, width, generator=gen)
+    mask = torch.ones(1, text_len, dtype=torch.long)
+    out = []
+    with torch.inference_mode():
+        for k in ks:
+            images = torch.randn(k, tokens, width, generator=gen)
+            encoder.itm_logits(images, text, mask)                     # warm-up
+            start = time.perf_counter()
+            for _ in range(repeats):
+                encoder.itm_logits(images, text, mask)
+            out.append(f"{1000 * (time.perf_counter() - start) / repeats:.0f} ms (K = {k})")
+    return (f"base ({tokens} image tokens, a {text_len}-token text, width {width}, 1 joint block, fp32, "
+            f"{torch.get_num_threads()} threads): re-ranking K candidates costs " + ", ".join(out)
+            + f" per query; the cached states take {tokens * width * 4 / 1024:.0f} KiB per gallery image "
+            f"(float32).")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, nargs="+", default=[Path("runs/demo"), Path("runs/demo-itm")])
@@ -115,6 +140,7 @@ def main() -> None:
     costs.append(f"A training step of the demo recipe (median of round-robin steps, same machine, same moment): "
                  f"{1000 * step['dual']:.0f} ms without the matching loss, {1000 * step['itm']:.0f} ms with it "
                  f"({step['itm'] / step['dual']:.2f}x).")
+    costs.append(base_cost(KS))
     text = "\n".join(lines + ["", "Trained in: " + "; ".join(speeds) + ".", ""] + costs)
     print(text)
     if args.write:
