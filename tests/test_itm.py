@@ -243,6 +243,11 @@ def test_every_ranking_path_reranks_and_a_model_without_the_head_says_so(tmp_pat
     hits = json.loads(capsys.readouterr().out)["results"]
     assert len(hits) == 4 and all("match" in h for h in hits[:3]) and "match" not in hits[3]
     assert [h["match"] for h in hits[:3]] == sorted((h["match"] for h in hits[:3]), reverse=True)
-    client = TestClient(create_app(service=load_service(index, device="cpu")))
+    service = load_service(index, device="cpu")
+    client = TestClient(create_app(service=service))
     body = client.post("/api/search", json={"text": "a person in a red shirt", "k": 4, "rerank": 3}).json()
     assert [h["id"] for h in body["results"]] == [h["id"] for h in hits] and body["rerank"] == 3
+    # a candidate image that changed since it was indexed is not re-ranked silently
+    service.gallery.item_file(hits[0]["id"]).write_bytes(b"not the indexed image")
+    r = client.post("/api/search", json={"text": "a person in a red shirt", "k": 4, "rerank": 3})
+    assert r.status_code == 500 and "changed since it was indexed" in r.json()["error"]

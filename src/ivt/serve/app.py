@@ -169,8 +169,10 @@ class SearchService:
                 hits = results(self.gallery, query, k, per_track, (self.model, text, rerank) if rerank else None)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
             print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
-            raise ApiError(500, "the search gave no finite scores (damaged model or index); see the server log") \
-                from exc
+            what = ("the search gave no finite scores (damaged model or index)" if not rerank else
+                    "the search or its re-ranking failed (a damaged model or index, or an indexed image that "
+                    "changed since it was indexed)")
+            raise ApiError(500, f"{what}; see the server log") from exc
         return {"text": text, "k": k, "per_track": per_track, "rerank": rerank, "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "ignored_words": ignored, "results": hits}
 
