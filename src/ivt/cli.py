@@ -210,12 +210,14 @@ def _cmd_index(args: argparse.Namespace) -> None:
         model = ivt.load(args.checkpoint, device=args.device, which=args.which, precision=args.precision)
         report = build_index(args.out, model, images=images, videos=args.video or (), every=args.every,
                              detector=detector, backend=args.backend, backend_params=_backend_params(args.param),
-                             which=args.which, force=args.force, batch_size=args.batch_size, progress=progress)
+                             which=args.which, force=args.force, batch_size=args.batch_size, progress=progress,
+                             camera=args.camera, start_time=args.start_time)
     else:
         built = read_index(args.index, verify=False).manifest["model"]
         model = index_model(args.index, built, args.checkpoint, args.device, args.precision)
         report = add_to_index(args.index, model, images=images, videos=args.video or (), every=args.every,
-                              detector=detector, batch_size=args.batch_size, progress=progress)
+                              detector=detector, batch_size=args.batch_size, progress=progress,
+                              camera=args.camera, start_time=args.start_time)
     if images is not None:
         print(f"images: {printable(images.description)}")
     print(report.summary())
@@ -226,6 +228,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     import time
 
     from ivt.errors import DataError
+    from ivt.index.filters import SearchFilter
     from ivt.index.query import encode_query, format_results, ignored_note, open_for_search, results, results_html
 
     text = args.text.strip()
@@ -238,7 +241,9 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if args.rerank:
         model.require_rerank()
     query, ignored = encode_query(model, text)
-    hits = results(gallery, query, args.top_k, args.per_track, (model, text, args.rerank) if args.rerank else None)
+    where = SearchFilter.make(args.camera, args.after, args.before, args.track, args.min_score)
+    hits = results(gallery, query, args.top_k, args.per_track, (model, text, args.rerank) if args.rerank else None,
+                   where)
     took = 1000 * (time.perf_counter() - start)
     if args.json:
         print(json.dumps({"text": text, "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
@@ -313,6 +318,9 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--video", nargs="+", metavar="FILE", help="video file(s): index the people in them")
         c.add_argument("--every", type=_positive_int, default=1, help="with --video: process every N-th frame")
         c.add_argument("--detector", default="hog", help="person detector: hog, or package.module:factory")
+        c.add_argument("--camera", help="with --video: the camera's name (default: each video file's stem)")
+        c.add_argument("--start-time", metavar="ISO8601",
+                       help="with --video: wall-clock time of the first frame, e.g. 2026-12-03T10:15:00Z")
         _add_device_precision(c)
         c.add_argument("--batch-size", type=_positive_int, default=64)
         c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -323,6 +331,11 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, metavar="INDEX_DIR")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
+    p.add_argument("--camera", action="append", metavar="NAME", help="only crops of this camera (repeatable)")
+    p.add_argument("--after", metavar="T", help="only crops at or after T: ISO 8601, or seconds into the video")
+    p.add_argument("--before", metavar="T", help="only crops at or before T: ISO 8601, or seconds into the video")
+    p.add_argument("--track", type=_int_in(0), metavar="ID", help="only crops of this track")
+    p.add_argument("--min-score", type=float, metavar="S", help="only results with a cosine of at least S")
     p.add_argument("--rerank", type=_int_in(0, 1000), default=0, metavar="K",
                    help="re-order the top K with the model's image-text matching head (0: off)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from ivt.index.backends import (
     load_backend,
     resolve_params,
 )
+from ivt.index.filters import parse_time
 from ivt.index.gallery import check_compatible
 from ivt.index.store import (
     IndexWriter,
@@ -260,7 +262,8 @@ def _collect_images(collector: _Collector, source: ImageSource, root_index: int,
 
 
 def _collect_video(collector: _Collector, writer: IndexWriter, path: Path, sources: list[dict[str, Any]],
-                   detector: Detector, every: int, track_offset: int, progress: bool) -> int:
+                   detector: Detector, every: int, track_offset: int, progress: bool,
+                   camera: str | None = None, start_time: str | None = None) -> int:
     """Index the people of one video; returns the next free track id."""
     from ivt.video import extract_people, video_info
 
@@ -274,7 +277,8 @@ def _collect_video(collector: _Collector, writer: IndexWriter, path: Path, sourc
     source_index = len(sources)
     sources.append({"kind": "video", "path": str(path.resolve()), "name": path.name, "sha256": sha,
                     "fps": info.fps, "frame_count": info.frame_count, "width": info.width,
-                    "height": info.height, "every": every, "detector": detector.name, "added": now_iso()})
+                    "height": info.height, "every": every, "detector": detector.name, "added": now_iso(),
+                    "camera": camera or path.stem, "start_time": start_time})
     total = -(-info.frame_count // every) if info.frame_count else None
     bar = tqdm(total=total, desc=f"people in {printable(path.name)}", unit="frame", disable=not progress)
 
@@ -310,7 +314,7 @@ def _collect_video(collector: _Collector, writer: IndexWriter, path: Path, sourc
 def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: ImageSource | None,
             videos: Sequence[str | Path], every: int, detector: Detector | None, backend: str,
             backend_params: dict[str, Any] | None, which: str, force: bool, batch_size: int,
-            progress: bool) -> BuildReport:
+            progress: bool, camera: str | None = None, start_time: str | None = None) -> BuildReport:
     start = time.perf_counter()
     report = BuildReport(index_dir)
     if images is None and not videos:
@@ -320,6 +324,16 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
     if index_dir.exists() and not index_dir.is_dir():
         what = "give --out a new or empty directory" if create else "--index names an index directory"
         raise IndexStoreError(f"{index_dir} is a file, not an index directory; {what} (nothing was changed)")
+    if camera is not None and (not camera.strip() or not camera.isprintable()):
+        raise DataError(f"--camera {camera!r}: give a printable, non-empty camera name")
+    if start_time is not None:
+        when, wall_clock = parse_time(start_time, "--start-time")
+        if not wall_clock:
+            raise DataError(f"--start-time {start_time!r}: give the wall-clock time of the first frame in ISO 8601 "
+                            f"(e.g. 2026-12-03T10:15:00Z)")
+        start_time = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
+    if (camera or start_time) and not videos:
+        raise DataError("--camera and --start-time describe videos: give --video")
     video_paths = [Path(v) for v in videos]
     for v in video_paths:
         if not v.is_file():
@@ -360,7 +374,7 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
             next_track = max(tracks, default=-1) + 1
             for v in video_paths:
                 next_track = _collect_video(collector, writer, v, manifest["sources"], det, every, next_track,
-                                            progress)
+                                            progress, camera, start_time)
         old_count = len(keep) if keep else 0
         report.added = len(collector.items)
         report.total = old_count + report.added
@@ -393,7 +407,8 @@ def _backend_for(keep: Any, embeddings: np.ndarray, name: str, params: dict[str,
 def build_index(index_dir: str | Path, model: RetrievalModel, *, images: ImageSource | None = None,
                 videos: Sequence[str | Path] = (), every: int = 1, detector: Detector | None = None,
                 backend: str = "exact", backend_params: dict[str, Any] | None = None, which: str = "best",
-                force: bool = False, batch_size: int = 64, progress: bool = True) -> BuildReport:
+                force: bool = False, batch_size: int = 64, progress: bool = True, camera: str | None = None,
+                start_time: str | None = None) -> BuildReport:
     """Encode ``images`` and the people of ``videos`` into a new index at ``index_dir``.
 
     An existing index is only replaced with ``force`` (atomically: it stays usable until the new
@@ -402,14 +417,15 @@ def build_index(index_dir: str | Path, model: RetrievalModel, *, images: ImageSo
     resolve_params(backend, backend_params, 1 << 20, int(model.embed_dim))  # fail on bad names before encoding
     return _update(Path(index_dir), model, create=True, images=images, videos=videos, every=every,
                    detector=detector, backend=backend, backend_params=backend_params, which=which,
-                   force=force, batch_size=batch_size, progress=progress)
+                   force=force, batch_size=batch_size, progress=progress, camera=camera, start_time=start_time)
 
 
 def add_to_index(index_dir: str | Path, model: RetrievalModel, *, images: ImageSource | None = None,
                  videos: Sequence[str | Path] = (), every: int = 1, detector: Detector | None = None,
-                 batch_size: int = 64, progress: bool = True) -> BuildReport:
+                 batch_size: int = 64, progress: bool = True, camera: str | None = None,
+                 start_time: str | None = None) -> BuildReport:
     """Append new images / video people to an existing index (same model and tokenizer only);
     what it already holds is neither re-encoded nor re-trained."""
     return _update(Path(index_dir), model, create=False, images=images, videos=videos, every=every,
                    detector=detector, backend="exact", backend_params=None, which="best", force=False,
-                   batch_size=batch_size, progress=progress)
+                   batch_size=batch_size, progress=progress, camera=camera, start_time=start_time)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 from ivt.errors import IndexStoreError
 from ivt.files import ConfinedRoot
 from ivt.index.backends import SEARCH_PARAMS, SearchBackend, load_backend
+from ivt.index.filters import SearchFilter, camera_of, parse_time
 from ivt.index.store import (
     Item,
     StoredIndex,
@@ -95,15 +97,45 @@ class Gallery:
 
     # -- search ---------------------------------------------------------------------------------
 
-    def search(self, query: np.ndarray, k: int = 10, per_track: bool = False) -> list[Hit]:
+    def search(self, query: np.ndarray, k: int = 10, per_track: bool = False,
+               where: SearchFilter | None = None) -> list[Hit]:
         """The best ``k`` items for one L2-normalised query vector (D,).
 
         ``per_track``: one hit per video track (its best crop; images outside videos count as
         their own track), so a person who stays in view for many frames fills one slot, not k.
+        ``where``: only items that pass the filter (:mod:`ivt.index.filters`); ranked exactly
+        among those, so k results come back whenever k items pass.
         """
         if k <= 0 or not len(self):
             return []
         q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if where is not None and where.restricts_items:
+            hits = self._search_subset(q[0], where.mask(self.items, self.manifest["sources"]), k, per_track)
+        else:
+            hits = self._search_all(q, k, per_track)
+        if where is not None and where.min_score is not None:
+            hits = [h for h in hits if h.score >= where.min_score]
+        return hits
+
+    def _search_subset(self, q: np.ndarray, mask: np.ndarray, k: int, per_track: bool) -> list[Hit]:
+        """Exact ranking of the items of ``mask`` (their stored float32 embeddings)."""
+        ids = np.flatnonzero(mask)
+        scores = self.stored.embeddings[ids] @ q
+        hits: list[Hit] = []
+        seen: set[Any] = set()
+        for j in np.argsort(-scores, kind="stable"):
+            item = int(ids[j])
+            span = self._track_of.get(item) if per_track else None
+            key = ("track", span.track) if span is not None else ("item", item)
+            if key in seen:
+                continue
+            seen.add(key)
+            hits.append(Hit(item, float(scores[j]), span))
+            if len(hits) == k:
+                break
+        return hits
+
+    def _search_all(self, q: np.ndarray, k: int, per_track: bool) -> list[Hit]:
         if not per_track:
             scores, ids = self.backend.search(q, k)
             return [Hit(int(i), float(s)) for s, i in zip(scores[0], ids[0])]
@@ -160,7 +192,10 @@ class Gallery:
             source = self.manifest["sources"][ref.source]
             span = track or self.tracks.get(ref.track)
             info.update(video=source.get("name") or Path(source.get("path", "")).name, frame=ref.frame,
-                        time=round(ref.time, 3), box=list(ref.box), track=ref.track)
+                        time=round(ref.time, 3), box=list(ref.box), track=ref.track, camera=camera_of(source))
+            if source.get("start_time") is not None:
+                moment = datetime.fromtimestamp(parse_time(source["start_time"])[0] + ref.time, timezone.utc)
+                info["wall_time"] = moment.isoformat(timespec="milliseconds")
             if span is not None:
                 info.update(track_start=round(span.start, 3), track_end=round(span.end, 3),
                             track_items=len(span.items), first_frame=span.first_frame,

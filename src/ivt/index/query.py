@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ivt.errors import CheckpointError, DataError, IndexStoreError, IvtError
+from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Gallery
 from ivt.terminal import printable
 from ivt.viz import image_data_uri
@@ -71,18 +72,20 @@ def index_model(index_dir: str | Path, built: dict[str, Any], checkpoint: str | 
 
 
 def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False,
-            rerank: tuple[RetrievalModel, str, int] | None = None) -> list[dict[str, Any]]:
+            rerank: tuple[RetrievalModel, str, int] | None = None,
+            where: SearchFilter | None = None) -> list[dict[str, Any]]:
     """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
     provenance); every score is a finite number (JSON has no NaN), else a CheckpointError.
 
     ``rerank`` = (model, text, K): the cosine's top K are re-ordered by the model's image-text
     matching head (each hit of them also gets ``match``, its ITM log-odds); below K, cosine order.
+    ``where``: only hits that pass these metadata filters (camera, time, track, minimum score).
     """
     if not np.isfinite(np.asarray(query, dtype=np.float64)).all():
         raise CheckpointError("the model gave NaN or infinite values for the query: its weights are damaged "
                               "(retrain or restore the run directory); no results")
     depth = max(k, rerank[2]) if rerank else k
-    hits = gallery.search(query, depth, per_track=per_track)
+    hits = gallery.search(query, depth, per_track=per_track, where=where)
     if not all(np.isfinite(hit.score) for hit in hits):
         raise IndexStoreError(f"index {gallery.directory}: a search score is NaN or infinite; rebuild the index")
     matches: dict[int, float] = {}

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
 from ivt.errors import ApiError, DataError, IndexStoreError, IvtError
+from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Gallery
 from ivt.index.query import encode_query, open_for_search, results
 from ivt.terminal import printable
@@ -59,6 +60,11 @@ class SearchRequest(BaseModel):
     k: StrictInt = Field(default=10, ge=1, le=MAX_K)
     per_track: StrictBool = False
     rerank: StrictInt = Field(default=0, ge=0, le=MAX_K)
+    camera: list[StrictStr] | None = Field(default=None, max_length=64)
+    after: StrictStr | StrictFloat | StrictInt | None = None
+    before: StrictStr | StrictFloat | StrictInt | None = None
+    track: StrictInt | None = Field(default=None, ge=0)
+    min_score: StrictFloat | StrictInt | None = Field(default=None, ge=-1, le=1)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -154,7 +160,8 @@ class SearchService:
             raise ApiError(404, f"no image with id {raw[:40]!r}")
         return int(raw)
 
-    def search(self, text: str, k: int, per_track: bool, rerank: int = 0) -> dict[str, Any]:
+    def search(self, text: str, k: int, per_track: bool, rerank: int = 0,
+               where: SearchFilter | None = None) -> dict[str, Any]:
         if rerank and not self.model.can_rerank:
             raise ApiError(422, "rerank needs a model trained with an image-text matching head (model.itm); "
                                 "this index's model has none")
@@ -166,7 +173,8 @@ class SearchService:
                 raise ApiError(422, str(exc)) from exc
         try:
             with self._model_lock:
-                hits = results(self.gallery, query, k, per_track, (self.model, text, rerank) if rerank else None)
+                hits = results(self.gallery, query, k, per_track, (self.model, text, rerank) if rerank else None,
+                               where)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
             print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             what = ("the search gave no finite scores (damaged model or index)" if not rerank else
@@ -273,7 +281,11 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
         text = body.text.strip()
         if not text:
             raise ApiError(422, f"text must be 1 to {MAX_TEXT} characters")
-        return svc.search(text, body.k, body.per_track, body.rerank)
+        try:
+            where = SearchFilter.make(body.camera, body.after, body.before, body.track, body.min_score)
+        except DataError as exc:
+            raise ApiError(422, str(exc)) from exc
+        return svc.search(text, body.k, body.per_track, body.rerank, where)
 
     @app.get("/api/images/{item_id}")
     def image(item_id: str) -> Response:

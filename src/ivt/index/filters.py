@@ -1,0 +1,114 @@
+"""Metadata filters of a search: camera, time range, track and a minimum score.
+
+A video's crops carry its camera (``--camera``, by default the video file's stem) and, when the
+video was added with ``--start-time``, the wall-clock time of every frame. A time bound given in
+ISO 8601 (``2026-12-03T10:15:00+00:00``) compares wall-clock times, and only crops of videos with a
+start time can meet it; a plain number compares seconds into the video. Images added from folders
+have no camera and no time: a camera or time filter leaves them out.
+
+Filters restrict the items before ranking (the ranking is exact over the items that pass), so a
+filtered query returns k results whenever k items pass: no post-filter starvation.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ivt.errors import DataError
+from ivt.index.store import Item
+
+
+def parse_time(text: str | float | int, what: str = "time") -> tuple[float, bool]:
+    """(seconds, wall_clock): an ISO 8601 date-time (a naive one is UTC) as epoch seconds, or a
+    number of seconds into a video. DataError naming ``what`` and the value otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, clock = float(text), False
+    else:
+        raw = str(text).strip()
+        try:
+            value, clock = float(raw), False
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise DataError(f"{what} {raw!r} is neither an ISO 8601 date-time (e.g. 2026-12-03T10:15:00Z) "
+                                f"nor a number of seconds into a video") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            value, clock = moment.timestamp(), True
+    if not np.isfinite(value):
+        raise DataError(f"{what} {text!r} is not a finite time")
+    return value, clock
+
+
+def camera_of(source: Mapping[str, Any]) -> str:
+    """A video source's camera: the name it was added with, else its file's stem."""
+    return str(source.get("camera") or Path(str(source.get("name") or source.get("path", ""))).stem)
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """What a result must satisfy; the empty filter lets everything through."""
+
+    cameras: tuple[str, ...] = ()
+    after: tuple[float, bool] | None = None     # (seconds, wall clock?), inclusive
+    before: tuple[float, bool] | None = None    # (seconds, wall clock?), inclusive
+    track: int | None = None
+    min_score: float | None = None
+
+    @classmethod
+    def make(cls, cameras: Sequence[str] | None = None, after: str | float | None = None,
+             before: str | float | None = None, track: int | None = None,
+             min_score: float | None = None) -> SearchFilter:
+        """A filter from user values, each checked (DataError naming the field and value)."""
+        bounds = [parse_time(v, name) if v is not None else None for name, v in (("after", after), ("before", before))]
+        if all(bounds) and bounds[0][1] == bounds[1][1] and bounds[0][0] > bounds[1][0]:
+            raise DataError(f"after ({after}) is later than before ({before}): no item can match")
+        if track is not None and (isinstance(track, bool) or int(track) != track or track < 0):
+            raise DataError(f"track must be a track id (an integer >= 0), got {track!r}")
+        if min_score is not None and not (isinstance(min_score, (int, float)) and -1.0 <= min_score <= 1.0):
+            raise DataError(f"min_score must be a cosine from -1 to 1, got {min_score!r}")
+        names = tuple(dict.fromkeys(c.strip() for c in (cameras or ()) if c.strip()))
+        return cls(names, bounds[0], bounds[1], track, None if min_score is None else float(min_score))
+
+    @property
+    def restricts_items(self) -> bool:
+        """Whether the filter excludes items by their metadata (not only by score)."""
+        return bool(self.cameras) or self.after is not None or self.before is not None or self.track is not None
+
+    def mask(self, items: Sequence[Item], sources: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """(N,) bool: the items that pass (the score condition aside)."""
+        cameras = set(self.cameras)
+        starts = [_start(s) for s in sources]
+        out = np.zeros(len(items), dtype=bool)
+        for i, item in enumerate(items):
+            ref = item.video
+            if ref is None:
+                out[i] = not self.restricts_items
+                continue
+            if cameras and camera_of(sources[ref.source]) not in cameras:
+                continue
+            if self.track is not None and ref.track != self.track:
+                continue
+            out[i] = all(_within(bound, ref.time, starts[ref.source], later) for bound, later in
+                         ((self.after, True), (self.before, False)) if bound is not None)
+        return out
+
+
+def _start(source: Mapping[str, Any]) -> float | None:
+    start = source.get("start_time")
+    return None if start is None else parse_time(start)[0]
+
+
+def _within(bound: tuple[float, bool], time: float, start: float | None, later: bool) -> bool:
+    value, clock = bound
+    if clock:
+        if start is None:
+            return False
+        time = start + time
+    return time >= value if later else time <= value

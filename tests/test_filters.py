@@ -1,0 +1,144 @@
+"""Metadata filters of a search (camera, time, track, minimum score) in every local backend."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import ivt
+from ivt.cli import main
+from ivt.errors import DataError
+from ivt.index import Gallery
+from ivt.index.build import add_to_index, build_index
+from ivt.index.filters import SearchFilter, parse_time
+from ivt.serve.app import create_app, load_service
+from search_helpers import ColourDetector, tiny_trained_run, write_clip
+from test_serve import image_source
+
+QUERY = "a person in a red shirt, with blue trousers."
+
+
+@pytest.fixture(scope="module")
+def indexes(tmp_path_factory):
+    """The same gallery in an exact and an HNSW index: test images, a 'north' clip that started at
+    10:00:00 UTC (12 frames at 5 fps: 0 to 2.2 s) and a clip without camera or start time."""
+    run, data = tiny_trained_run(tmp_path_factory.getbasetemp())
+    model = ivt.load(run, device="cpu")
+    base = tmp_path_factory.mktemp("filters")
+    write_clip(base / "north.avi", frames=12)
+    _other_clip(base / "yard.avi", frames=8)
+    out = {}
+    for backend in ("exact", "hnsw"):
+        index = base / backend
+        build_index(index, model, images=image_source(data, split="test"), backend=backend, progress=False)
+        add_to_index(index, model, videos=[base / "north.avi"], detector=ColourDetector(), progress=False,
+                     camera="north", start_time="2026-12-03T10:00:00Z")
+        add_to_index(index, model, videos=[base / "yard.avi"], detector=ColourDetector(), progress=False)
+        out[backend] = index
+    return out, model
+
+
+def _other_clip(path, frames: int) -> None:
+    """Two other people (a green and a purple top) walking at 5 fps: other crops than write_clip's,
+    so the index does not deduplicate them."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (160, 120))
+    for f in range(frames):
+        frame = np.full((120, 160, 3), 110, np.uint8)
+        for bgr, x, y in (((40, 200, 40), 12 + 3 * f, 22), ((200, 40, 160), 128 - 3 * f, 58)):
+            frame[y:y + 8, x + 4:x + 10] = (150, 180, 220)
+            frame[y + 8:y + 24, x:x + 14] = bgr
+            frame[y + 24:y + 40, x + 2:x + 12] = (30, 30, 30)
+        writer.write(frame)
+    writer.release()
+
+
+def _query(model):
+    return model.encode_texts([QUERY])[0].numpy()
+
+
+def _brute(gallery: Gallery, query: np.ndarray, where: SearchFilter, k: int) -> list[int]:
+    ids = np.flatnonzero(where.mask(gallery.items, gallery.manifest["sources"]))
+    scores = gallery.stored.embeddings[ids] @ query
+    return [int(ids[j]) for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+@pytest.mark.parametrize("backend", ["exact", "hnsw"])
+def test_filtered_queries_are_exact_and_never_starve(indexes, backend):
+    dirs, model = indexes
+    gallery = Gallery.open(dirs[backend])
+    q = _query(model)
+    north = SearchFilter.make(["north"])
+    allowed = int(north.mask(gallery.items, gallery.manifest["sources"]).sum())
+    assert allowed == 24                                   # 2 people x 12 frames
+    # k of them come back even when they rank far below the rest (images outrank video crops here)
+    for k in (5, 24, 40):
+        hits = gallery.search(q, k, where=north)
+        assert [h.id for h in hits] == _brute(gallery, q, north, k) and len(hits) == min(k, allowed)
+        assert all(gallery.describe(h.id)["camera"] == "north" for h in hits)
+    yard = SearchFilter.make(["yard"])                     # the default camera: the file's stem
+    assert len(gallery.search(q, 100, where=yard)) == 16
+    both = SearchFilter.make(["north", "yard"])
+    assert len(gallery.search(q, 100, where=both)) == 40   # folder images have no camera
+
+
+def test_time_track_and_score_filters(indexes):
+    dirs, model = indexes
+    gallery = Gallery.open(dirs["exact"])
+    q = _query(model)
+    # wall clock: 10:00:01 to 10:00:02 is frames 5..10 of the north clip (0.2 s apart), 2 people each
+    window = SearchFilter.make(after="2026-12-03T10:00:01Z", before="2026-12-03T10:00:02+00:00")
+    hits = gallery.search(q, 100, where=window)
+    assert len(hits) == 12 and {gallery.describe(h.id)["camera"] for h in hits} == {"north"}
+    assert all("2026-12-03T10:00:01" <= gallery.describe(h.id)["wall_time"] <= "2026-12-03T10:00:02.000+00:00"
+               for h in hits)
+    # seconds into the video: both clips (the yard clip has no wall clock, but has seconds)
+    early = gallery.search(q, 100, where=SearchFilter.make(before=0.4))
+    assert len(early) == 2 * 3 + 2 * 3                     # frames 0, 1, 2 of each clip
+    track = gallery.describe(hits[0].id)["track"]
+    one = gallery.search(q, 100, where=SearchFilter.make(track=track))
+    assert one and all(gallery.describe(h.id)["track"] == track for h in one)
+    everything = gallery.search(q, len(gallery))
+    cut = everything[5].score
+    assert [h.id for h in gallery.search(q, 100, where=SearchFilter.make(min_score=cut))] == \
+        [h.id for h in everything if h.score >= cut]
+
+
+def test_bad_filters_are_clear_errors():
+    with pytest.raises(DataError, match="'yesterday' is neither an ISO 8601"):
+        SearchFilter.make(after="yesterday")
+    with pytest.raises(DataError, match="later than before"):
+        SearchFilter.make(after=5, before=2)
+    with pytest.raises(DataError, match="min_score must be a cosine"):
+        SearchFilter.make(min_score=3.0)
+    with pytest.raises(DataError, match="not a finite time"):
+        parse_time("nan")
+    assert parse_time("2026-12-03T10:00:00") == parse_time("2026-12-03T10:00:00Z") == (1796292000.0, True)
+
+
+def test_the_cli_and_the_api_filter(indexes, capsys):
+    dirs, _ = indexes
+    assert main(["search", QUERY, "--index", str(dirs["exact"]), "--device", "cpu", "--json", "--top-k", "30",
+                 "--camera", "north", "--after", "2026-12-03T10:00:01Z"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 2 * 7 and all(h["provenance"]["camera"] == "north" for h in hits)
+    assert main(["search", QUERY, "--index", str(dirs["exact"]), "--device", "cpu", "--after", "noon"]) == 2
+    assert "'noon' is neither an ISO 8601" in capsys.readouterr().err
+    client = TestClient(create_app(service=load_service(dirs["exact"], device="cpu")))
+    body = client.post("/api/search", json={"text": QUERY, "k": 50, "camera": ["yard"], "before": 0.4}).json()
+    assert len(body["results"]) == 6 and {h["provenance"]["camera"] for h in body["results"]} == {"yard"}
+    r = client.post("/api/search", json={"text": QUERY, "k": 5, "after": "soon"})
+    assert r.status_code == 422 and "neither an ISO 8601" in r.json()["error"]
+
+
+def test_camera_and_start_time_are_checked_at_ingest(indexes, tmp_path):
+    dirs, model = indexes
+    with pytest.raises(DataError, match="wall-clock time of the first frame"):
+        add_to_index(dirs["exact"], model, videos=[dirs["exact"].parent / "north.avi"], start_time="12.5",
+                     detector=ColourDetector(), progress=False)
+    _, data = tiny_trained_run(tmp_path)                   # the session's cached run and data
+    with pytest.raises(DataError, match="describe videos"):
+        add_to_index(dirs["exact"], model, images=image_source(data, split="test"), camera="x", progress=False)
