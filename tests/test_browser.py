@@ -12,7 +12,8 @@ import shutil
 import pytest
 
 import ivt
-from ivt.index.build import add_to_index, build_index, image_source
+from ivt.index.build import add_to_index, build_index
+from ivt.index.ingest import image_source
 from ivt.serve import create_app, load_service
 from search_helpers import ColourDetector, running_server, tiny_trained_run, write_clip
 

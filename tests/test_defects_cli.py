@@ -13,7 +13,8 @@ import ivt
 from helpers import trained_toy_run, write_toy_pedes
 from ivt.cli import build_parser, main
 from ivt.errors import ConfigError, DeviceError
-from ivt.index.build import build_index, image_source
+from ivt.index.build import build_index
+from ivt.index.ingest import image_source
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.precision=fp32",

@@ -21,7 +21,8 @@ from helpers import trained_toy_run
 from ivt.cli import main
 from ivt.errors import CheckpointError, ConfigError, DataError, ImageError
 from ivt.index import build as index_build
-from ivt.index.build import build_index, image_source
+from ivt.index.build import build_index
+from ivt.index.ingest import image_source
 from ivt.serve import create_app, load_service
 from search_helpers import write_clip
 

@@ -12,8 +12,9 @@ import torch
 import ivt
 from ivt.cli import main
 from ivt.errors import IndexStoreError
-from ivt.index.build import add_to_index, build_index, image_source
+from ivt.index.build import add_to_index, build_index
 from ivt.index.gallery import Gallery
+from ivt.index.ingest import image_source
 from ivt.index.query import open_for_search
 from ivt.index.store import read_index
 from search_helpers import tiny_trained_run, write_clip

@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 import ivt
 from ivt.cli import build_parser
 from ivt.errors import IndexStoreError
-from ivt.index.build import add_to_index, build_index, image_source
+from ivt.index.build import add_to_index, build_index
+from ivt.index.ingest import image_source
 from ivt.serve import create_app, load_service
 from search_helpers import ColourDetector, running_server, tiny_trained_run, write_clip
 

@@ -194,7 +194,8 @@ def _backend_params(pairs: Sequence[str] | None) -> dict[str, str]:
 
 def _cmd_index(args: argparse.Namespace) -> None:
     import ivt
-    from ivt.index.build import add_to_index, build_index, image_source
+    from ivt.index.build import add_to_index, build_index
+    from ivt.index.ingest import image_source
     from ivt.index.query import index_model
     from ivt.index.store import read_index
     from ivt.video.detect import load_detector

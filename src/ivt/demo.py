@@ -159,8 +159,9 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
     """Index the test gallery with the trained model and run the example searches: a table in
     the terminal and a self-contained HTML grid per query. Returns the HTML paths."""
     import ivt
-    from ivt.index.build import build_index, image_source
+    from ivt.index.build import build_index
     from ivt.index.gallery import Gallery
+    from ivt.index.ingest import image_source
     from ivt.index.query import format_results, results, results_html
 
     model = ivt.load(run_dir, device=device, precision=precision)
