@@ -194,27 +194,27 @@ def _backend_params(pairs: Sequence[str] | None) -> dict[str, str]:
 
 def _cmd_index(args: argparse.Namespace) -> None:
     import ivt
+    from ivt.errors import DataError
     from ivt.index.build import add_to_index, build_index
     from ivt.index.ingest import image_source
-    from ivt.index.query import index_model
-    from ivt.index.store import read_index
+    from ivt.index.query import index_manifest, index_model
     from ivt.video.detect import load_detector
 
     if args.images is None and not args.video:
-        from ivt.errors import DataError
-
         raise DataError("give --images DIR_OR_ANNOTATION and/or --video FILE")
     images = image_source(args.images, args.split, args.format) if args.images else None
     detector = load_detector(args.detector) if args.video else None
     progress = not args.quiet and sys.stderr.isatty()
     if args.index_command == "build":
+        if args.out is None and args.backend != "milvus":
+            raise DataError("give --out INDEX_DIR (or --backend milvus --param uri=... collection=...)")
         model = ivt.load(args.checkpoint, device=args.device, which=args.which, precision=args.precision)
         report = build_index(args.out, model, images=images, videos=args.video or (), every=args.every,
                              detector=detector, backend=args.backend, backend_params=_backend_params(args.param),
                              which=args.which, force=args.force, batch_size=args.batch_size, progress=progress,
                              camera=args.camera, start_time=args.start_time)
     else:
-        built = read_index(args.index, verify=False).manifest["model"]
+        built = index_manifest(args.index)["model"]
         model = index_model(args.index, built, args.checkpoint, args.device, args.precision)
         report = add_to_index(args.index, model, images=images, videos=args.video or (), every=args.every,
                               detector=detector, batch_size=args.batch_size, progress=progress,
@@ -302,15 +302,17 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
                                  else "add images or video people to an index (old ones are not re-encoded)")
         if action == "build":
             c.add_argument("--checkpoint", required=True, help="run directory of the model")
-            c.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create")
-            c.add_argument("--backend", default="exact", choices=BACKENDS,
-                           help="search structure: exact (default), hnsw or ivfpq for large galleries")
+            c.add_argument("--out", metavar="INDEX", help="index directory to create, or milvus:URI#COLLECTION")
+            c.add_argument("--backend", default="exact", choices=(*BACKENDS, "milvus"),
+                           help="search structure: exact (default), hnsw or ivfpq for large galleries; milvus: "
+                                "a Milvus collection (milvus-lite file, server or cluster)")
             c.add_argument("--param", nargs="*", metavar="KEY=VALUE",
-                           help="backend parameters, e.g. M=32 ef_search=64 (hnsw), nlist=1024 nprobe=32 (ivfpq)")
+                           help="backend parameters, e.g. M=32 ef_search=64 (hnsw), nlist=1024 nprobe=32 (ivfpq); "
+                                "milvus: uri=URI collection=NAME [crops=DIR] [index=FLAT|HNSW|IVF_FLAT|IVF_SQ8 ...]")
             c.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of the run")
             c.add_argument("--force", action="store_true", help="replace an existing index (atomically)")
         else:
-            c.add_argument("--index", required=True, metavar="INDEX_DIR")
+            c.add_argument("--index", required=True, metavar="INDEX", help="index directory or milvus:URI#COLLECTION")
             c.add_argument("--checkpoint", help="run directory, if it moved since the index was built")
         c.add_argument("--images", metavar="DIR_OR_ANNOTATION",
                        help="a folder of images (searched recursively) or a dataset annotation / dataset root")
@@ -329,7 +331,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("search", help="rank an index's images by a text description")
     p.add_argument("text", help='the description, e.g. "a man in a black jacket with a red backpack"')
-    p.add_argument("--index", required=True, metavar="INDEX_DIR")
+    p.add_argument("--index", required=True, metavar="INDEX", help="index directory or milvus:URI#COLLECTION")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
     p.add_argument("--camera", action="append", metavar="NAME", help="only crops of this camera (repeatable)")
@@ -358,7 +360,7 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("serve", help="web page and JSON API for searching an index")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR")
+    p.add_argument("--index", required=True, metavar="INDEX", help="index directory or milvus:URI#COLLECTION")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 1 to 65535 (default: %(default)s)")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")

@@ -1,10 +1,11 @@
-"""ivt's own index store: building a new versioned index directory, or adding to one.
+"""Building an index, or adding to one: ivt's own versioned directory, or a Milvus collection.
 
-``build_index`` makes a new index (or, with ``force``, replaces one atomically);
+``build_index`` makes a new index (or, with ``force``, replaces one: atomically in ivt's store);
 ``add_to_index`` appends to an existing one without re-encoding what it holds. What is indexed
 and how (files hashed first, content already held skipped, unreadable files reported) is
-:mod:`ivt.index.ingest`; this module is the store's side: the lock, the manifest, the search
-structure and the atomic commit.
+:mod:`ivt.index.ingest`; this module is the stores' side: for ivt's store the lock, the
+manifest, the search structure and the atomic commit; for Milvus (:mod:`ivt.index.milvus`) the
+collection made or checked, written batch by batch.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ivt.errors import IndexStoreError
+from ivt.errors import ConfigError, IndexStoreError
 from ivt.index.backends import (
     SearchBackend,
     build_backend,
@@ -32,6 +33,7 @@ from ivt.index.ingest import (
     collect,
     model_manifest,
 )
+from ivt.index.milvus import is_milvus
 from ivt.index.store import IndexWriter, Item, StoredIndex, index_writer, is_index, now_iso
 
 if TYPE_CHECKING:
@@ -138,7 +140,55 @@ def _backend_for(keep: Any, embeddings: np.ndarray, name: str, params: dict[str,
     return old.extended(embeddings)
 
 
-def build_index(index_dir: str | Path, model: RetrievalModel, *, images: ImageSource | None = None,
+def _milvus_update(location: str | Path | None, model: RetrievalModel, *, create: bool,
+                   images: ImageSource | None, videos: Sequence[str | Path], every: int,
+                   detector: Detector | None, backend_params: dict[str, Any] | None, which: str, force: bool,
+                   batch_size: int, progress: bool, camera: str | None, start_time: str | None) -> BuildReport:
+    from ivt.index import milvus
+
+    start = time.perf_counter()
+    video_paths, start_time = check_ingest(every, camera, start_time, videos, images)
+    params = dict(backend_params or {})
+    named = {k: str(params.pop(k)) for k in ("uri", "collection") if k in params}
+    if location is not None and named:
+        raise ConfigError(f"give the Milvus index either as {location} or with --param uri=... collection=..., "
+                          f"not both")
+    if location is not None:
+        address = milvus.parse_address(str(location))
+    elif len(named) == 2:
+        address = milvus.make_address(named["uri"], named["collection"])
+    else:
+        raise ConfigError("the milvus backend needs --param uri=URI collection=NAME (URI: a local .db file, or "
+                          "http://HOST:PORT of a Milvus server)")
+    crops = params.pop("crops", None)
+    connection, settings = milvus.resolve_params(params)
+    client = milvus.connect(address, connection)
+    if create:
+        store = crops or milvus.default_crop_store(address)
+        manifest = milvus.new_manifest(model_manifest(model, which), int(model.embed_dim), settings,
+                                       str(Path(store).expanduser().resolve()) if store else None)
+        milvus.create_collections(client, address, manifest, force)
+    else:
+        if crops is not None or settings != {"index": "FLAT", **milvus.DEFAULT_PARAMS["FLAT"]}:
+            raise ConfigError("index settings and the crop store are chosen when the index is built")
+        manifest = milvus.read_manifest(client, address)
+        check_compatible(manifest, model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {model.run_dir}",
+                         Path(str(address)), model.config.preprocessing())
+    report = BuildReport(str(address))
+    try:
+        collect(Collector(model, milvus.MilvusSink(client, address, manifest), batch_size, report), images,
+                video_paths, every, detector, progress, camera, start_time)
+        report.total = milvus.count_items(client, address)
+        check_something_indexed(report)
+    except BaseException:
+        if create and report.added == 0:
+            milvus.drop_collections(client, address)
+        raise
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def build_index(index_dir: str | Path | None, model: RetrievalModel, *, images: ImageSource | None = None,
                 videos: Sequence[str | Path] = (), every: int = 1, detector: Detector | None = None,
                 backend: str = "exact", backend_params: dict[str, Any] | None = None, which: str = "best",
                 force: bool = False, batch_size: int = 64, progress: bool = True, camera: str | None = None,
@@ -146,8 +196,19 @@ def build_index(index_dir: str | Path, model: RetrievalModel, *, images: ImageSo
     """Encode ``images`` and the people of ``videos`` into a new index at ``index_dir``.
 
     An existing index is only replaced with ``force`` (atomically: it stays usable until the new
-    one is complete). ``backend``: ``exact`` (default), ``hnsw`` or ``ivfpq`` with ``backend_params``.
+    one is complete). ``backend``: ``exact`` (default), ``hnsw`` or ``ivfpq`` with ``backend_params``;
+    or ``milvus`` (``index_dir`` ``milvus:URI#COLLECTION``, or None and ``uri`` / ``collection``
+    in ``backend_params``; see :mod:`ivt.index.milvus`).
     """
+    if backend == "milvus" or is_milvus(index_dir):
+        if backend not in ("milvus", "exact"):
+            raise ConfigError(f"{index_dir} is a Milvus index; its search structure is --param index=..., "
+                              f"not --backend {backend}")
+        return _milvus_update(index_dir, model, create=True, images=images, videos=videos, every=every,
+                              detector=detector, backend_params=backend_params, which=which, force=force,
+                              batch_size=batch_size, progress=progress, camera=camera, start_time=start_time)
+    if index_dir is None:
+        raise ConfigError("give the index directory to create (--out)")
     resolve_params(backend, backend_params, 1 << 20, int(model.embed_dim))  # fail on bad names before encoding
     return _update(Path(index_dir), model, create=True, images=images, videos=videos, every=every,
                    detector=detector, backend=backend, backend_params=backend_params, which=which,
@@ -159,7 +220,12 @@ def add_to_index(index_dir: str | Path, model: RetrievalModel, *, images: ImageS
                  batch_size: int = 64, progress: bool = True, camera: str | None = None,
                  start_time: str | None = None) -> BuildReport:
     """Append new images / video people to an existing index (same model and tokenizer only);
-    what it already holds is neither re-encoded nor re-trained."""
+    what it already holds is neither re-encoded nor re-trained. ``index_dir``: a directory, or
+    ``milvus:URI#COLLECTION`` (several processes may add to one Milvus server's index at once)."""
+    if is_milvus(index_dir):
+        return _milvus_update(index_dir, model, create=False, images=images, videos=videos, every=every,
+                              detector=detector, backend_params=None, which="best", force=False,
+                              batch_size=batch_size, progress=progress, camera=camera, start_time=start_time)
     return _update(Path(index_dir), model, create=False, images=images, videos=videos, every=every,
                    detector=detector, backend="exact", backend_params=None, which="best", force=False,
                    batch_size=batch_size, progress=progress, camera=camera, start_time=start_time)

@@ -28,8 +28,8 @@ class TrackSpan:
     """A person track of a video: its items (in time order) and the time range they cover."""
 
     track: int
-    source: int
-    items: tuple[int, ...]
+    source: int | str
+    items: tuple[int | str, ...]
     start: float
     end: float
     first_frame: int
@@ -38,10 +38,10 @@ class TrackSpan:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: item ``id`` (row of the index) and its cosine ``score``; with
-    ``per_track`` search, the best crop of a track and the track."""
+    """One search result: item ``id`` (row of ivt's own index; the content's sha256 in Milvus)
+    and its cosine ``score``; with ``per_track`` search, the best crop of a track and the track."""
 
-    id: int
+    id: int | str
     score: float
     track: TrackSpan | None = None
 
@@ -181,31 +181,50 @@ class Gallery:
         return data
 
     def describe(self, item_id: int, track: TrackSpan | None = None) -> dict[str, Any]:
-        """JSON-ready provenance of an item: file, person id, size, and for video crops the video,
-        frame, time, box and track (with its time range)."""
+        """JSON-ready provenance of an item (:func:`describe_item`)."""
         item = self._item(item_id)
-        info: dict[str, Any] = {"path": item.path, "width": item.width, "height": item.height}
-        if item.pid is not None:
-            info["pid"] = item.pid
-        if item.video is not None:
-            ref = item.video
-            source = self.manifest["sources"][ref.source]
-            span = track or self.tracks.get(ref.track)
-            info.update(video=source.get("name") or Path(source.get("path", "")).name, frame=ref.frame,
-                        time=round(ref.time, 3), box=list(ref.box), track=ref.track, camera=camera_of(source))
-            if source.get("start_time") is not None:
-                moment = datetime.fromtimestamp(parse_time(source["start_time"])[0] + ref.time, timezone.utc)
-                info["wall_time"] = moment.isoformat(timespec="milliseconds")
-            if span is not None:
-                info.update(track_start=round(span.start, 3), track_end=round(span.end, 3),
-                            track_items=len(span.items), first_frame=span.first_frame,
-                            last_frame=span.last_frame)
-        return info
+        source = self.manifest["sources"][item.video.source] if item.video is not None else None
+        span = track or (self.tracks.get(item.video.track) if item.video is not None else None)
+        return describe_item(item, source, span)
+
+    def item_path(self, item_id: int) -> str:
+        """The indexed file's path as recorded (relative to its root)."""
+        return self._item(item_id).path
+
+    def track_count(self) -> int:
+        """How many video tracks the index holds."""
+        return len(self.tracks)
+
+    def parse_id(self, raw: str) -> int | None:
+        """The item id a request names (decimal digits of an existing item), or None."""
+        if raw.isascii() and raw.isdigit() and len(raw) <= 12 and int(raw) < len(self):
+            return int(raw)
+        return None
 
     def _item(self, item_id: int) -> Item:
         if not isinstance(item_id, (int, np.integer)) or not 0 <= int(item_id) < len(self):
             raise IndexStoreError(f"no item {item_id!r} in this index ({len(self)} items)")
         return self.stored.items[int(item_id)]
+
+
+def describe_item(item: Item, source: Mapping[str, Any] | None, span: TrackSpan | None) -> dict[str, Any]:
+    """JSON-ready provenance of an item: file, person id, size, and for video crops (``source`` its
+    video's record) the video, camera, frame, time (and wall-clock time), box and track (with its
+    time range when ``span`` is known)."""
+    info: dict[str, Any] = {"path": item.path, "width": item.width, "height": item.height}
+    if item.pid is not None:
+        info["pid"] = item.pid
+    if item.video is not None and source is not None:
+        ref = item.video
+        info.update(video=source.get("name") or Path(source.get("path", "")).name, frame=ref.frame,
+                    time=round(ref.time, 3), box=list(ref.box), track=ref.track, camera=camera_of(source))
+        if source.get("start_time") is not None:
+            moment = datetime.fromtimestamp(parse_time(source["start_time"])[0] + ref.time, timezone.utc)
+            info["wall_time"] = moment.isoformat(timespec="milliseconds")
+        if span is not None:
+            info.update(track_start=round(span.start, 3), track_end=round(span.end, 3),
+                        track_items=len(span.items), first_frame=span.first_frame, last_frame=span.last_frame)
+    return info
 
 
 def check_compatible(manifest: Mapping[str, Any], fingerprint: str, tokenizer_fingerprint: str,

@@ -73,9 +73,10 @@ class BuildReport:
 
     def summary(self, max_listed: int = 10) -> str:
         """A few human-readable lines (file and video names with control characters escaped)."""
-        lines = [f"{printable(self.index_dir)}: {self.added} new item(s), {self.total} in total"
-                 + (f" (version {self.version})" if self.version else " (nothing new; index unchanged)")
-                 + f" in {self.seconds:.1f} s"]
+        state = (f" (version {self.version})" if self.version else
+                 "" if self.added else " (nothing new; index unchanged)")
+        lines = [f"{printable(self.index_dir)}: {self.added} new item(s), {self.total} in total{state}"
+                 f" in {self.seconds:.1f} s"]
         if self.already_indexed:
             lines.append(f"  {self.already_indexed} file(s) already in the index (same content): skipped")
         if self.duplicates:

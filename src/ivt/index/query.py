@@ -13,6 +13,8 @@ from PIL import Image
 from ivt.errors import CheckpointError, DataError, IndexStoreError, IvtError
 from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Gallery
+from ivt.index.milvus import MilvusGallery, is_milvus
+from ivt.index.store import read_index
 from ivt.terminal import printable
 from ivt.viz import image_data_uri
 
@@ -22,17 +24,34 @@ if TYPE_CHECKING:
 
 def open_for_search(index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
                     search_params: dict[str, int] | None = None,
-                    precision: str = "auto") -> tuple[Gallery, RetrievalModel]:
+                    precision: str = "auto") -> tuple[Gallery | MilvusGallery, RetrievalModel]:
     """The verified index and the model it was built with (from its manifest, or ``checkpoint``
     when the run directory has moved), refusing any other model or tokenizer.
     ``precision``: the query encoder's own (the index's embeddings are float32 whatever precision
     encoded them, so a search need not repeat the build's)"""
-    gallery = Gallery.open(index_dir, search_params)
+    gallery = open_gallery(index_dir, search_params)
     built = gallery.manifest["model"]
     model = index_model(gallery.directory, built, checkpoint, device, precision)
     source = f"checkpoint {checkpoint or built['checkpoint']}"
     gallery.check_model(model.fingerprint, model.tokenizer_fingerprint, source, model.config.preprocessing())
     return gallery, model
+
+
+def open_gallery(location: str | Path, search_params: dict[str, int] | None = None) -> Gallery | MilvusGallery:
+    """An index opened for search: a directory (ivt's store) or ``milvus:URI#COLLECTION``."""
+    if is_milvus(location):
+        return MilvusGallery.open(str(location), search_params)
+    return Gallery.open(location, search_params)
+
+
+def index_manifest(location: str | Path) -> dict[str, Any]:
+    """The manifest of an index (its model entry names the checkpoint it was built with)."""
+    if is_milvus(location):
+        from ivt.index import milvus
+
+        address = milvus.parse_address(str(location))
+        return milvus.read_manifest(milvus.connect(address), address)
+    return read_index(location, verify=False).manifest
 
 
 def encode_query(model: RetrievalModel, text: str) -> tuple[np.ndarray, list[str]]:
@@ -71,7 +90,7 @@ def index_model(index_dir: str | Path, built: dict[str, Any], checkpoint: str | 
                               f"pass --checkpoint if the run directory has moved") from exc
 
 
-def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False,
+def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_track: bool = False,
             rerank: tuple[RetrievalModel, str, int] | None = None,
             where: SearchFilter | None = None) -> list[dict[str, Any]]:
     """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
@@ -88,7 +107,7 @@ def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False
     hits = gallery.search(query, depth, per_track=per_track, where=where)
     if not all(np.isfinite(hit.score) for hit in hits):
         raise IndexStoreError(f"index {gallery.directory}: a search score is NaN or infinite; rebuild the index")
-    matches: dict[int, float] = {}
+    matches: dict[int | str, float] = {}
     if rerank and hits:
         model, text, top_k = rerank
         top = hits[:top_k]
@@ -101,6 +120,12 @@ def results(gallery: Gallery, query: np.ndarray, k: int, per_track: bool = False
              **({"match": round(matches[hit.id], 4)} if hit.id in matches else {}),
              "image_url": f"/api/images/{hit.id}", "provenance": gallery.describe(hit.id, hit.track)}
             for rank, hit in enumerate(hits[:k], 1)]
+
+
+def _short_id(item_id: int | str) -> str:
+    """An id for the table: a row number, or the first 12 hex digits of a Milvus item's sha256
+    (the JSON output has the whole id)."""
+    return str(item_id)[:12]
 
 
 def _fmt_time(seconds: float) -> str:
@@ -119,7 +144,8 @@ def describe_short(provenance: dict[str, Any]) -> str:
     return provenance["path"] + (f" (id {provenance['pid']})" if "pid" in provenance else "")
 
 
-def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery, took_ms: float | None = None) -> str:
+def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery | MilvusGallery,
+                   took_ms: float | None = None) -> str:
     """A terminal table of ranked hits; the query and file names with control characters escaped."""
     backend = printable(gallery.manifest["backend"]["name"])
     timing = f", {took_ms:.1f} ms" if took_ms is not None else ""
@@ -130,7 +156,7 @@ def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery, took
         lines[1] = f"{'rank':>4}  {'score':>6}  {'match':>7}  {'id':>6}  image"
     lines += [f"{h['rank']:>4}  {h['score']:6.3f}  " + (f"{h['match']:7.2f}  " if "match" in h else
                                                         ("         " if reranked else ""))
-              + f"{h['id']:>6}  {printable(describe_short(h['provenance']))}" for h in hits]
+              + f"{_short_id(h['id']):>6}  {printable(describe_short(h['provenance']))}" for h in hits]
     if not hits:
         lines.append("  (no results)")
     return "\n".join(lines)
@@ -143,7 +169,7 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:24px;color:#111}h1{font-si
         "figcaption{font-size:.8rem;line-height:1.3}.s{font-weight:600}.p{color:#666;word-break:break-all}")
 
 
-def results_html(text: str, hits: list[dict[str, Any]], gallery: Gallery, out_path: str | Path) -> Path:
+def results_html(text: str, hits: list[dict[str, Any]], gallery: Gallery | MilvusGallery, out_path: str | Path) -> Path:
     """A self-contained HTML page (images embedded) of the ranked hits; returns its path."""
     cards = []
     for h in hits:

@@ -152,13 +152,14 @@ class SearchService:
         self.explain_samples = explain_samples
         self._model_lock = threading.Lock()
         self._cache_lock = threading.Lock()
-        self._explained: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self._explained: OrderedDict[tuple[int | str, str], bytes] = OrderedDict()
 
-    def item_id(self, raw: str) -> int:
-        """An item id from a request: decimal digits naming an existing item, else 404."""
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or int(raw) >= len(self.gallery):
+    def item_id(self, raw: str) -> int | str:
+        """An item id from a request, naming an existing item, else 404."""
+        item = self.gallery.parse_id(raw)
+        if item is None:
             raise ApiError(404, f"no image with id {raw[:40]!r}")
-        return int(raw)
+        return item
 
     def search(self, text: str, k: int, per_track: bool, rerank: int = 0,
                where: SearchFilter | None = None) -> dict[str, Any]:
@@ -184,16 +185,16 @@ class SearchService:
         return {"text": text, "k": k, "per_track": per_track, "rerank": rerank, "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "ignored_words": ignored, "results": hits}
 
-    def image(self, item_id: int) -> tuple[bytes, str]:
+    def image(self, item_id: int | str) -> tuple[bytes, str]:
         try:
             data = self.gallery.read_image(item_id)
         except IndexStoreError as exc:  # the reason names server paths: it stays in the server's log
             print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             raise ApiError(410, f"image {item_id} has changed or gone since it was indexed") from exc
-        suffix = Path(self.gallery.items[item_id].path).suffix.lower()
+        suffix = Path(self.gallery.item_path(item_id)).suffix.lower()
         return data, _MEDIA.get(suffix, "application/octet-stream")
 
-    def explain(self, item_id: int, text: str) -> bytes:
+    def explain(self, item_id: int | str, text: str) -> bytes:
         from PIL import Image
 
         from ivt.explain import explain_png
@@ -273,7 +274,7 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         manifest = svc.gallery.manifest
-        return {"status": "ok", "items": len(svc.gallery), "tracks": len(svc.gallery.tracks),
+        return {"status": "ok", "items": len(svc.gallery), "tracks": svc.gallery.track_count(),
                 "backend": manifest["backend"]["name"], "model": manifest["model"]["fingerprint"][:12]}
 
     @app.post("/api/search", dependencies=[Depends(require_json)])

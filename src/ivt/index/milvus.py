@@ -1,0 +1,645 @@
+"""The index as a Milvus collection: one backend for a laptop, a server and a cluster.
+
+An index in Milvus is named ``milvus:URI#COLLECTION``. URI is a local ``.db`` file (milvus-lite,
+embedded, one process at a time), or ``http(s)://HOST:PORT`` of a Milvus standalone server or
+cluster (any number of ingest workers and searchers at once). ``pymilvus.MilvusClient`` speaks
+to all of them, so moving from a laptop to a cluster is a change of URI. A token for a server
+with authentication comes from ``MILVUS_TOKEN`` (never from the command line, where other users
+see it); ``https://`` turns TLS on.
+
+Two collections make one index:
+
+- ``COLLECTION`` holds the items: ``id`` (the content's sha256, the primary key), ``embedding``
+  (float32, L2-normalised), the filterable fields ``video`` / ``camera`` / ``track`` / ``frame``
+  / ``time`` (seconds into the video) / ``has_wall`` + ``wall_time`` (epoch seconds), and
+  ``record`` (JSON: path, size, person id, video provenance). Items are written with ``upsert``:
+  the same content written twice, even by two workers racing, is one entity.
+- ``COLLECTION__ivt_meta`` describes it: the ``manifest`` row (model and tokenizer fingerprints,
+  image preprocessing, embedding size, index type and parameters, the crop store) checked on
+  every open, and one ``source:SHA256`` row per video (its record, and whether it was read to
+  the end: a worker killed mid-video leaves it incomplete, and the next add of that video goes
+  through it again, keeping only what is not there yet).
+
+Video crops are files in a crop store, a directory every ingest worker and server can read (a
+shared mount): ``CROPS/ab/ab12...jpg``, content-addressed like ivt's own ``crops/``. A server
+serves an image only by id, and only while its bytes still have that sha256.
+
+Search runs in Milvus (FLAT, HNSW, IVF_FLAT, IVF_SQ8; filters are Milvus expressions, so they run
+inside the engine before ranking: k results come back whenever k items pass); the candidates'
+stored float32 vectors are then re-scored here, so returned scores are true cosines whatever
+the index type.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ivt.errors import ConfigError, DataError, IndexStoreError
+from ivt.files import ConfinedRoot, atomic_write
+from ivt.index.filters import SearchFilter, parse_time
+from ivt.index.gallery import Hit, TrackSpan, check_compatible, describe_item
+from ivt.index.store import NORM_TOLERANCE, Item, VideoRef, now_iso, sha256_bytes
+
+PREFIX = "milvus:"
+FORMAT = "ivt-milvus"
+FORMAT_VERSION = 1
+META_SUFFIX = "__ivt_meta"
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
+#: Parameters of each index type with their defaults; ``rerank`` x k candidates are re-scored.
+DEFAULT_PARAMS: dict[str, dict[str, int]] = {
+    "FLAT": {"rerank": 1},
+    "HNSW": {"M": 32, "ef_construction": 80, "ef_search": 128, "rerank": 1},
+    "IVF_FLAT": {"nlist": 1024, "nprobe": 32, "rerank": 1},
+    "IVF_SQ8": {"nlist": 1024, "nprobe": 32, "rerank": 4},
+}
+SEARCH_PARAMS = {"ef_search", "nprobe", "rerank"}
+#: Connection settings passed through to ``MilvusClient`` (never stored with the collection).
+CONNECTION_PARAMS = ("token", "db_name", "server_pem_path", "server_name", "ca_pem_path", "client_pem_path",
+                     "client_key_path")
+MAX_CANDIDATES = 16384          # Milvus's limit on one search's top-k
+TRACK_BITS = 24                 # tracks of one video: ids first_track .. first_track + 2**24 - 1
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+_TEXT = 1024                     # longest camera name stored
+
+
+@dataclass(frozen=True)
+class MilvusAddress:
+    """Where an index lives in Milvus: a client URI and a collection name."""
+
+    uri: str
+    collection: str
+
+    def __str__(self) -> str:
+        return f"{PREFIX}{self.uri}#{self.collection}"
+
+    @property
+    def meta(self) -> str:
+        return self.collection + META_SUFFIX
+
+    @property
+    def is_local(self) -> bool:
+        return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+def is_milvus(location: object) -> bool:
+    """Whether an index location names a Milvus collection (``milvus:URI#COLLECTION``)."""
+    return isinstance(location, str) and location.startswith(PREFIX)
+
+
+def make_address(uri: str, collection: str) -> MilvusAddress:
+    """A checked address: a non-empty URI (a local file must end in ``.db``) and a collection name
+    Milvus accepts. ConfigError naming the value otherwise."""
+    uri, collection = str(uri).strip(), str(collection).strip()
+    if not uri:
+        raise ConfigError("milvus: give the uri (a local .db file, or http://HOST:PORT of a server)")
+    if not _NAME_RE.match(collection) or collection.endswith(META_SUFFIX):
+        raise ConfigError(f"milvus: collection {collection!r} must start with a letter or '_', hold only letters, "
+                          f"digits and '_' (at most 201), and not end in {META_SUFFIX}")
+    address = MilvusAddress(uri, collection)
+    if address.is_local:
+        path = Path(uri).expanduser()
+        if path.suffix != ".db":
+            raise ConfigError(f"milvus: uri {uri!r} is neither http(s)://HOST:PORT nor a local file ending in .db")
+        if path.is_dir():
+            raise ConfigError(f"milvus: uri {uri!r} is a directory; give a .db file inside it")
+        address = MilvusAddress(str(path.resolve()), collection)
+    return address
+
+
+def parse_address(location: str) -> MilvusAddress:
+    """``milvus:URI#COLLECTION`` -> :class:`MilvusAddress` (ConfigError when malformed)."""
+    body = location[len(PREFIX):]
+    uri, sep, collection = body.rpartition("#")
+    if not sep:
+        raise ConfigError(f"{location!r}: a Milvus index is named milvus:URI#COLLECTION, e.g. "
+                          f"milvus:http://localhost:19530#people or milvus:/data/people.db#people")
+    return make_address(uri, collection)
+
+
+def connect(address: MilvusAddress, connection: Mapping[str, str] | None = None) -> Any:
+    """A ``MilvusClient`` for ``address``; IndexStoreError when Milvus cannot be reached."""
+    try:
+        from pymilvus import MilvusClient
+    except ImportError as exc:  # pragma: no cover - pymilvus is a dependency
+        raise ConfigError("the milvus backend needs pymilvus (pip install pymilvus milvus-lite)") from exc
+    kwargs = {k: v for k, v in (connection or {}).items() if k in CONNECTION_PARAMS}
+    if "token" not in kwargs and os.environ.get("MILVUS_TOKEN"):
+        kwargs["token"] = os.environ["MILVUS_TOKEN"]
+    if address.is_local:
+        Path(address.uri).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MilvusClient(address.uri, timeout=30, **kwargs)
+    except Exception as exc:  # pymilvus raises several types (MilvusException, connection errors)
+        raise IndexStoreError(f"cannot open Milvus at {address.uri} ({_reason(exc)})"
+                              + ("; a local .db file is open in one process at a time" if address.is_local else "")
+                              ) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "message", "") or exc).strip().splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def resolve_params(given: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """(connection settings, index settings) from ``--param`` values: ``index`` (FLAT, HNSW,
+    IVF_FLAT, IVF_SQ8) and its parameters, ``crops`` (the crop store directory), ``uri`` and
+    ``collection`` are taken out by the caller. ConfigError for unknown names and bad values."""
+    given = dict(given or {})
+    connection = {k: str(given.pop(k)) for k in list(given) if k in CONNECTION_PARAMS}
+    kind = str(given.pop("index", "FLAT")).upper()
+    if kind not in INDEX_TYPES:
+        raise ConfigError(f"milvus: index {kind!r} is not one of {', '.join(INDEX_TYPES)}")
+    params: dict[str, Any] = dict(DEFAULT_PARAMS[kind])
+    for key, value in given.items():
+        if key not in params:
+            valid = ", ".join(["index", "crops", *params, *CONNECTION_PARAMS])
+            raise ConfigError(f"milvus index {kind} has no parameter {key!r} (valid: {valid})")
+        params[key] = _positive(key, value)
+    return connection, {"index": kind, **params}
+
+
+def _positive(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"milvus parameter {key}={value!r} is not an integer") from None
+    if number <= 0:
+        raise ConfigError(f"milvus parameter {key}={value!r} must be positive")
+    return number
+
+
+def filter_expression(where: SearchFilter | None) -> str:
+    """The Milvus boolean expression of a filter ('' lets everything through); the score
+    condition stays outside (applied to the exact scores)."""
+    if where is None or not where.restricts_items:
+        return ""
+    parts = ["video == true"]
+    if where.cameras:
+        parts.append(f"camera in [{', '.join(json.dumps(c) for c in where.cameras)}]")
+    if where.track is not None:
+        parts.append(f"track == {int(where.track)}")
+    for bound, op in ((where.after, ">="), (where.before, "<=")):
+        if bound is not None:
+            value, clock = bound
+            parts.append(f"has_wall == true and wall_time {op} {value:.6f}" if clock else f"time {op} {value:.6f}")
+    return " and ".join(parts)
+
+
+def _milvus_call(what: str, address: MilvusAddress, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a client call; a Milvus failure becomes an IndexStoreError naming the collection."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - pymilvus has no single base class for its failures
+        if isinstance(exc, (IndexStoreError, ConfigError, DataError)):
+            raise
+        raise IndexStoreError(f"Milvus {address}: {what} failed ({_reason(exc)})") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Collections
+
+
+def _item_schema(client: Any, dim: int) -> Any:
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False,
+                                  description="ivt person-retrieval index (items)")
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+    schema.add_field("video", DataType.BOOL)
+    schema.add_field("camera", DataType.VARCHAR, max_length=_TEXT)
+    schema.add_field("track", DataType.INT64)
+    schema.add_field("frame", DataType.INT64)
+    schema.add_field("time", DataType.DOUBLE)
+    schema.add_field("has_wall", DataType.BOOL)
+    schema.add_field("wall_time", DataType.DOUBLE)
+    schema.add_field("record", DataType.JSON)
+    return schema
+
+
+def _meta_schema(client: Any) -> Any:
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False,
+                                  description="ivt person-retrieval index (manifest and videos)")
+    schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=128)
+    schema.add_field("value", DataType.JSON)
+    schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)   # Milvus needs a vector field
+    return schema
+
+
+def _index_params(client: Any, settings: Mapping[str, Any]) -> Any:
+    kind = settings["index"]
+    build = {"HNSW": {"M": settings.get("M"), "efConstruction": settings.get("ef_construction")},
+             "IVF_FLAT": {"nlist": settings.get("nlist")}, "IVF_SQ8": {"nlist": settings.get("nlist")}}.get(kind, {})
+    params = client.prepare_index_params()
+    params.add_index("embedding", index_type=kind, metric_type="IP", params=build)
+    return params
+
+
+def _search_params(settings: Mapping[str, Any]) -> dict[str, Any]:
+    kind = settings["index"]
+    inner = {"HNSW": {"ef": settings.get("ef_search")}, "IVF_FLAT": {"nprobe": settings.get("nprobe")},
+             "IVF_SQ8": {"nprobe": settings.get("nprobe")}}.get(kind, {})
+    return {"metric_type": "IP", "params": inner}
+
+
+def create_collections(client: Any, address: MilvusAddress, manifest: dict[str, Any], force: bool) -> None:
+    """Create the item and meta collections and write the manifest; an existing index is
+    refused without ``force`` (with it, dropped first: Milvus has no atomic replace)."""
+    exists = _milvus_call("listing collections", address, client.has_collection, address.collection)
+    meta_exists = _milvus_call("listing collections", address, client.has_collection, address.meta)
+    if (exists or meta_exists) and not force:
+        what = "an ivt index" if meta_exists else "a collection that is not an ivt index"
+        raise IndexStoreError(f"{address} already holds {what}; add to it with `ivt index add`, or pass --force to "
+                              f"replace it")
+    for name, present in ((address.collection, exists), (address.meta, meta_exists)):
+        if present:
+            _milvus_call("dropping the old collection", address, client.drop_collection, name)
+    dim = int(manifest["embedding"]["dim"])
+    _milvus_call("creating the collection", address, client.create_collection, address.collection,
+                 schema=_item_schema(client, dim), index_params=_index_params(client, manifest["backend"]["params"]),
+                 consistency_level="Strong")
+    meta_index = client.prepare_index_params()
+    meta_index.add_index("unused", index_type="FLAT", metric_type="L2")
+    _milvus_call("creating the collection", address, client.create_collection, address.meta,
+                 schema=_meta_schema(client), index_params=meta_index, consistency_level="Strong")
+    _put_meta(client, address, "manifest", manifest)
+
+
+def drop_collections(client: Any, address: MilvusAddress) -> None:
+    """Remove both collections of an index (a failed build leaves nothing behind)."""
+    for name in (address.collection, address.meta):
+        try:
+            if client.has_collection(name):
+                client.drop_collection(name)
+        except Exception:  # noqa: BLE001,S110 - best effort while already failing
+            pass
+
+
+def _put_meta(client: Any, address: MilvusAddress, key: str, value: Mapping[str, Any]) -> None:
+    _milvus_call(f"writing {key}", address, client.upsert, address.meta,
+                 [{"key": key, "value": dict(value), "unused": [0.0, 0.0]}])
+
+
+def _get_meta(client: Any, address: MilvusAddress, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    if not keys:
+        return {}
+    rows = _milvus_call("reading the index's description", address, client.query, address.meta,
+                        filter=f"key in [{', '.join(json.dumps(k) for k in keys)}]", output_fields=["key", "value"])
+    return {row["key"]: row["value"] for row in rows}
+
+
+def read_manifest(client: Any, address: MilvusAddress) -> dict[str, Any]:
+    """The index's manifest, checked; IndexStoreError when the collection is missing, is not an
+    ivt index, or does not match its description."""
+    for name in (address.collection, address.meta):
+        if not _milvus_call("listing collections", address, client.has_collection, name):
+            raise IndexStoreError(f"{address}: no collection {name} at {address.uri}; build the index with "
+                                  f"`ivt index build --backend milvus --param uri=... collection=...`")
+    _milvus_call("loading the collection", address, client.load_collection, address.meta)
+    manifest = _get_meta(client, address, ["manifest"]).get("manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexStoreError(f"{address}: {address.meta} holds no ivt manifest; this collection is not an ivt index")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise IndexStoreError(f"{address}: manifest version {manifest.get('version')!r}; this ivt reads "
+                              f"version {FORMAT_VERSION}")
+    for key in ("model", "tokenizer"):
+        if not isinstance(manifest.get(key), dict) or not isinstance(manifest[key].get("fingerprint"), str):
+            raise IndexStoreError(f"{address}: the manifest's {key} has no fingerprint")
+    dim = manifest.get("embedding", {}).get("dim")
+    fields = _milvus_call("describing the collection", address, client.describe_collection,
+                          address.collection)["fields"]
+    vector = next((f for f in fields if f["name"] == "embedding"), None)
+    if vector is None or int(vector.get("params", {}).get("dim", -1)) != dim:
+        raise IndexStoreError(f"{address}: the collection's embedding field does not have the manifest's "
+                              f"size {dim}")
+    _milvus_call("loading the collection", address, client.load_collection, address.collection)
+    return manifest
+
+
+def new_manifest(model_entries: Mapping[str, Any], dim: int, settings: Mapping[str, Any],
+                 crops: str) -> dict[str, Any]:
+    """The manifest of a new Milvus index."""
+    return {"format": FORMAT, "version": FORMAT_VERSION, "created": now_iso(), **model_entries,
+            "embedding": {"dim": int(dim), "dtype": "float32"},
+            "backend": {"name": "milvus", "params": dict(settings)}, "crops": crops,
+            "roots": [], "sources": []}
+
+
+def default_crop_store(address: MilvusAddress) -> str | None:
+    """Where crops go when ``crops`` is not given: beside a local .db file; a server needs one
+    named (a directory every worker and server can read)."""
+    return str(Path(address.uri).with_suffix("")) + "-crops" if address.is_local else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest
+
+
+class MilvusSink:
+    """:class:`~ivt.index.ingest.IndexSink` writing straight into the collection, batch by batch
+    (upserts keyed by sha256: nothing twice, whatever the workers do)."""
+
+    def __init__(self, client: Any, address: MilvusAddress, manifest: Mapping[str, Any]) -> None:
+        self.client = client
+        self.address = address
+        self.crops = Path(manifest["crops"]) if manifest.get("crops") else None
+        self.roots: list[str] = []
+        self.sources: list[dict[str, Any]] = []
+
+    def indexed(self, shas: Sequence[str]) -> set[str]:
+        if not shas:
+            return set()
+        rows = _milvus_call("looking up contents", self.address, self.client.query, self.address.collection,
+                            filter=f"id in [{', '.join(json.dumps(s) for s in shas)}]", output_fields=["id"])
+        return {row["id"] for row in rows}
+
+    def store_crop(self, data: bytes) -> tuple[str, str]:
+        if self.crops is None:
+            raise ConfigError(f"{self.address} has no crop store for the people of videos; build it with "
+                              f"--param crops=DIR (a directory every ingest worker and server can read)")
+        sha = sha256_bytes(data)
+        rel = f"{sha[:2]}/{sha}.jpg"
+        path = self.crops / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data, tmp=path.with_name(f".tmp-{sha}.{os.getpid()}.{threading.get_ident()}"))
+        return rel, sha
+
+    def add_video(self, record: dict[str, Any]) -> int | None:
+        key = "source:" + record["sha256"]
+        known = _get_meta(self.client, self.address, [key]).get(key)
+        if known is not None and known.get("complete"):
+            return None
+        record = {**record, "complete": False}
+        if known is None:
+            _put_meta(self.client, self.address, key, record)
+        else:                          # a worker stopped in this video: its record stays as it was
+            record = {**known, "complete": False}
+        self.sources.append(record)
+        return len(self.sources) - 1
+
+    def first_track(self, source: int) -> int:
+        return int(self.sources[source]["sha256"][:7], 16) << TRACK_BITS
+
+    def video_done(self, source: int, tracks: set[int]) -> None:
+        record = {**self.sources[source], "complete": True}
+        _put_meta(self.client, self.address, "source:" + record["sha256"], record)
+
+    def put(self, items: Sequence[Item], embeddings: np.ndarray) -> None:
+        check_embeddings(embeddings, f"{self.address}: new embeddings")
+        rows = [self._row(item, vector) for item, vector in zip(items, embeddings)]
+        _milvus_call("writing items", self.address, self.client.upsert, self.address.collection, rows)
+
+    def _row(self, item: Item, vector: np.ndarray) -> dict[str, Any]:
+        record: dict[str, Any] = {"path": item.path, "width": item.width, "height": item.height,
+                                  "root": None if item.root is None else self.roots[item.root]}
+        if item.pid is not None:
+            record["pid"] = item.pid
+        row = {"id": item.sha256, "embedding": vector.astype(np.float32).tolist(), "video": False, "camera": "",
+               "track": -1, "frame": -1, "time": -1.0, "has_wall": False, "wall_time": 0.0}
+        ref = item.video
+        if ref is not None:
+            source = self.sources[ref.source]
+            first = self.first_track(ref.source)
+            if not first <= ref.track < first + (1 << TRACK_BITS):
+                raise IndexStoreError(f"{source['name']}: more than {1 << TRACK_BITS} tracks in one video")
+            start = source.get("start_time")
+            record["video"] = {"source": source["sha256"], "frame": ref.frame, "time": ref.time, "box": list(ref.box),
+                               "track": ref.track, "score": ref.score}
+            row.update(video=True, camera=str(source.get("camera") or "")[:_TEXT], track=ref.track, frame=ref.frame,
+                       time=float(ref.time), has_wall=start is not None,
+                       wall_time=parse_time(start)[0] + ref.time if start is not None else 0.0)
+        row["record"] = record
+        return row
+
+
+def check_embeddings(vectors: np.ndarray, what: str) -> None:
+    """IndexStoreError unless every row is finite and unit-norm (within NORM_TOLERANCE)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if vectors.size == 0:
+        return
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0.0), axis=1)
+    bad = ~finite | (np.abs(norms - 1.0) > NORM_TOLERANCE)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise IndexStoreError(f"{what}: row {row} is not a finite unit vector (norm {norms[row]:.6g})")
+
+
+def count_items(client: Any, address: MilvusAddress, expression: str = "") -> int:
+    """How many items the collection holds (that pass ``expression``)."""
+    rows = _milvus_call("counting items", address, client.query, address.collection, filter=expression,
+                        output_fields=["count(*)"])
+    return int(rows[0]["count(*)"]) if rows else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+
+
+class MilvusGallery:
+    """An index in Milvus, opened for search: the same methods as :class:`~ivt.index.gallery.Gallery`,
+    with item ids that are the contents' sha256. Thread-safe (the client is; caches are locked)."""
+
+    def __init__(self, client: Any, address: MilvusAddress, manifest: dict[str, Any],
+                 search_params: Mapping[str, int] | None = None) -> None:
+        self.client = client
+        self.address = address
+        self._manifest = manifest
+        self.settings = dict(manifest["backend"]["params"])
+        for key, value in (search_params or {}).items():
+            if key not in SEARCH_PARAMS or key not in self.settings:
+                raise IndexStoreError(f"milvus index {self.settings['index']} has no search parameter {key!r}")
+            self.settings[key] = _positive(key, value)
+        self._lock = threading.Lock()
+        self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._sources: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def open(cls, location: str | MilvusAddress, search_params: Mapping[str, int] | None = None,
+             connection: Mapping[str, str] | None = None) -> MilvusGallery:
+        """Connect, check the manifest and the collection, and load it for search."""
+        address = location if isinstance(location, MilvusAddress) else parse_address(location)
+        client = connect(address, connection)
+        return cls(client, address, read_manifest(client, address), search_params)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self._manifest
+
+    @property
+    def directory(self) -> str:
+        """The index's address (named in messages, as an index directory is)."""
+        return str(self.address)
+
+    def __len__(self) -> int:
+        return count_items(self.client, self.address)
+
+    def track_count(self) -> None:
+        """Unknown without scanning the collection (None)."""
+        return None
+
+    def check_model(self, fingerprint: str, tokenizer_fingerprint: str, source: str = "the model",
+                    preprocessing: Mapping[str, Any] | None = None) -> None:
+        check_compatible(self.manifest, fingerprint, tokenizer_fingerprint, source, Path(str(self.address)),
+                         preprocessing)
+
+    def parse_id(self, raw: str) -> str | None:
+        """The item id a request names (a sha256 in hex), if the collection holds it."""
+        if not _SHA_RE.match(raw or ""):
+            return None
+        return raw if self._record(raw, missing_ok=True) is not None else None
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int = 10, per_track: bool = False,
+               where: SearchFilter | None = None) -> list[Hit]:
+        """The best ``k`` items (exact cosines of Milvus's candidates), filtered inside Milvus."""
+        if k <= 0:
+            return []
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        expression = filter_expression(where)
+        if not per_track:
+            hits = [Hit(i, s) for i, s, _ in self._ranked(q, k, expression)]
+        else:
+            hits = self._per_track(q, k, expression)
+        if where is not None and where.min_score is not None:
+            hits = [h for h in hits if h.score >= where.min_score]
+        return hits
+
+    def _per_track(self, q: np.ndarray, k: int, expression: str) -> list[Hit]:
+        wanted = max(8 * k, 64)
+        while True:
+            ranked = self._ranked(q, min(wanted, MAX_CANDIDATES), expression)
+            hits: list[Hit] = []
+            seen: set[Any] = set()
+            for item, score, track in ranked:
+                key = ("track", track) if track >= 0 else ("item", item)
+                if key not in seen:
+                    seen.add(key)
+                    hits.append(Hit(item, score, self._span(track) if track >= 0 else None))
+                    if len(hits) == k:
+                        return hits
+            if len(ranked) < min(wanted, MAX_CANDIDATES) or wanted >= MAX_CANDIDATES:
+                return hits
+            wanted *= 4
+
+    def _ranked(self, q: np.ndarray, k: int, expression: str) -> list[tuple[str, float, int]]:
+        """(id, exact score, track) of the best ``k``, best first (ties: lower id first)."""
+        candidates = min(MAX_CANDIDATES, k * int(self.settings.get("rerank", 1)))
+        result = _milvus_call("searching", self.address, self.client.search, self.address.collection,
+                              data=[q.tolist()], limit=candidates, filter=expression,
+                              output_fields=["embedding", "track", "record"],
+                              search_params=_search_params(self.settings))
+        rows = list(result[0]) if result else []
+        if not rows:
+            return []
+        vectors = np.asarray([row["entity"]["embedding"] for row in rows], dtype=np.float32)
+        check_embeddings(vectors, f"{self.address}: stored embeddings")
+        scores = vectors @ q
+        ids = [row["id"] for row in rows]
+        with self._lock:
+            for row in rows:
+                self._remember(row["id"], row["entity"]["record"])
+        order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), ids[j]))[:k]
+        return [(ids[j], float(scores[j]), int(rows[j]["entity"]["track"])) for j in order]
+
+    def _span(self, track: int) -> TrackSpan | None:
+        rows = _milvus_call("reading a track", self.address, self.client.query, self.address.collection,
+                            filter=f"track == {int(track)}", output_fields=["id", "frame", "time"],
+                            limit=MAX_CANDIDATES)
+        if not rows:
+            return None
+        rows.sort(key=lambda r: (r["frame"], r["id"]))
+        return TrackSpan(track, "", tuple(r["id"] for r in rows), float(rows[0]["time"]), float(rows[-1]["time"]),
+                         int(rows[0]["frame"]), int(rows[-1]["frame"]))
+
+    # -- items ----------------------------------------------------------------------------------
+
+    def _remember(self, item_id: str, record: dict[str, Any]) -> None:
+        self._records[item_id] = record
+        self._records.move_to_end(item_id)
+        while len(self._records) > 4096:
+            self._records.popitem(last=False)
+
+    def _record(self, item_id: str, missing_ok: bool = False) -> dict[str, Any] | None:
+        with self._lock:
+            if item_id in self._records:
+                return self._records[item_id]
+        rows = []
+        if isinstance(item_id, str) and _SHA_RE.match(item_id):
+            rows = _milvus_call("reading an item", self.address, self.client.get, self.address.collection,
+                                ids=[item_id], output_fields=["record"])
+        if not rows:
+            if missing_ok:
+                return None
+            raise IndexStoreError(f"no item {str(item_id)[:70]!r} in {self.address}")
+        with self._lock:
+            self._remember(item_id, rows[0]["record"])
+        return rows[0]["record"]
+
+    def _item(self, item_id: str) -> Item:
+        record = self._record(item_id)
+        video = record.get("video")
+        ref = None
+        if video is not None:
+            ref = VideoRef(source=0, frame=int(video["frame"]), time=float(video["time"]),
+                           box=tuple(int(v) for v in video["box"]), track=int(video["track"]),
+                           score=float(video.get("score", 0.0)))
+        return Item(path=record["path"], sha256=item_id, width=int(record["width"]), height=int(record["height"]),
+                    pid=record.get("pid"), video=ref)
+
+    def _source(self, sha: str) -> dict[str, Any] | None:
+        with self._lock:
+            if sha in self._sources:
+                return self._sources[sha]
+        found = _get_meta(self.client, self.address, ["source:" + sha]).get("source:" + sha)
+        if found is not None:
+            with self._lock:
+                self._sources[sha] = found
+        return found
+
+    def describe(self, item_id: str, track: TrackSpan | None = None) -> dict[str, Any]:
+        """JSON-ready provenance of an item (as :meth:`Gallery.describe`)."""
+        item = self._item(item_id)
+        record = self._record(item_id)
+        source = self._source(record["video"]["source"]) if item.video is not None else None
+        span = track or (self._span(item.video.track) if item.video is not None else None)
+        return describe_item(item, source, span)
+
+    def item_path(self, item_id: str) -> str:
+        return self._item(item_id).path
+
+    def item_file(self, item_id: str) -> Path:
+        """The item's file, confined to its root (the crop store for video crops)."""
+        record = self._record(item_id)
+        if not record.get("root") and not self.manifest.get("crops"):
+            raise IndexStoreError(f"item {item_id}: a video crop, but {self.address} names no crop store")
+        root = Path(record["root"]) if record.get("root") else Path(self.manifest["crops"])
+        confined = ConfinedRoot(root)
+        path = confined.resolve(record["path"])
+        if path is None:
+            raise IndexStoreError(f"item {item_id}: {record['path']} leads outside its root {confined.base}")
+        return path
+
+    def read_image(self, item_id: str) -> bytes:
+        """The bytes of an indexed image, only if they still have the indexed sha256."""
+        path = self.item_file(item_id)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise IndexStoreError(f"item {item_id}: cannot read {path} ({exc.strerror or exc})") from exc
+        if sha256_bytes(data) != item_id:
+            raise IndexStoreError(f"item {item_id}: {path} has changed since it was indexed")
+        return data
