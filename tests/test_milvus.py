@@ -1,0 +1,308 @@
+"""The Milvus backend, against milvus-lite (embedded) and a real Milvus standalone server: the same
+results and filters as ivt's own store, the collection's self-description, images by id, the CLI
+and the API, several ingest workers at once, and a worker killed with -9."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+import ivt
+from ivt.cli import main
+from ivt.errors import ConfigError, IndexStoreError
+from ivt.files import file_sha256
+from ivt.index.build import add_to_index, build_index
+from ivt.index.filters import SearchFilter
+from ivt.index.gallery import Gallery
+from ivt.index.ingest import image_source
+from ivt.index.milvus import MilvusGallery, connect, count_items, filter_expression, make_address, parse_address
+from ivt.serve.app import create_app, load_service
+from search_helpers import ColourDetector, tiny_trained_run, write_clip
+from test_filters import _other_clip
+
+QUERY = "a person in a red shirt, with blue trousers."
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The tiny model, two clips, and ivt's own exact index of the test images and both clips (the
+    reference every Milvus index is compared with)."""
+    run, data = tiny_trained_run(tmp_path_factory.getbasetemp())
+    model = ivt.load(run, device="cpu")
+    base = tmp_path_factory.mktemp("milvus")
+    write_clip(base / "north.avi", frames=12)
+    _other_clip(base / "yard.avi", frames=8)
+    local = base / "local"
+    _fill(local, model, data, base)
+    return {"run": run, "data": data, "model": model, "base": base, "local": Gallery.open(local)}
+
+
+def _fill(location, model, data, base, **build) -> None:
+    build_index(location, model, images=image_source(data, split="test"), progress=False, **build)
+    add_to_index(location, model, videos=[base / "north.avi"], detector=ColourDetector(), progress=False,
+                 camera="north", start_time="2026-12-03T10:00:00Z")
+    add_to_index(location, model, videos=[base / "yard.avi"], detector=ColourDetector(), progress=False)
+
+
+@pytest.fixture(scope="module", params=["lite", "server"])
+def milvus_index(request, setup, tmp_path_factory):
+    """The same gallery in Milvus: a milvus-lite file (FLAT) and the standalone server (HNSW)."""
+    base = tmp_path_factory.mktemp(f"milvus-{request.param}")
+    if request.param == "lite":
+        location = f"milvus:{base / 'people.db'}#people"
+        build = {}
+    else:
+        uri = request.getfixturevalue("milvus_server_uri")
+        location = f"milvus:{uri}#people_{os.getpid()}"
+        build = {"backend_params": {"crops": str(base / "crops"), "index": "HNSW", "M": "16"}}
+    _fill(location, setup["model"], setup["data"], setup["base"], force=True, **build)
+    gallery = MilvusGallery.open(location)
+    _settle(gallery, 48)
+    return request.param, location, gallery
+
+
+def _settle(gallery: MilvusGallery, count: int) -> None:
+    """Searches are of bounded staleness (milliseconds each, instead of Strong's ~200 ms): wait
+    until they see the ``count`` items written."""
+    deadline = time.monotonic() + 30
+    while len(gallery) != count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(gallery) == count
+
+
+def _by_content(gallery, hits) -> list[tuple[str, float]]:
+    """(sha256, score) of hits: ids differ between stores, contents do not."""
+    out = []
+    for h in hits:
+        sha = h.id if isinstance(h.id, str) else gallery.items[h.id].sha256
+        out.append((sha, round(h.score, 5)))
+    return out
+
+
+FILTERS = [None, SearchFilter.make(["north"]), SearchFilter.make(["yard"]), SearchFilter.make(["north", "yard"]),
+           SearchFilter.make(after="2026-12-03T10:00:01Z", before="2026-12-03T10:00:02+00:00"),
+           SearchFilter.make(before=0.4), SearchFilter.make(after=1.0, cameras=["north"]),
+           SearchFilter.make(min_score=0.0)]
+
+
+def test_results_and_filters_equal_ivts_own_store(setup, milvus_index):
+    _, _, gallery = milvus_index
+    local = setup["local"]
+    assert len(gallery) == len(local) == 8 + 24 + 16
+    q = setup["model"].encode_texts([QUERY])[0].numpy()
+    for where in FILTERS:
+        for k in (3, 10, 60):
+            mine, theirs = gallery.search(q, k, where=where), local.search(q, k, where=where)
+            assert _by_content(gallery, mine) == _by_content(local, theirs), (where, k)
+    # no starvation: the 24 north crops come back whatever k asks, though images outrank them
+    north = SearchFilter.make(["north"])
+    assert [len(gallery.search(q, k, where=north)) for k in (5, 24, 40)] == [5, 24, 24]
+    # per track: the same best crops, with the same track spans
+    mine, theirs = gallery.search(q, 6, per_track=True), local.search(q, 6, per_track=True)
+    assert _by_content(gallery, mine) == _by_content(local, theirs)
+    for a, b in zip(mine, theirs):
+        da, db = gallery.describe(a.id, a.track), local.describe(b.id, b.track)
+        # the same provenance; a crop's path is in the crop store (ivt's store: under the index's crops/)
+        assert {k: v for k, v in da.items() if k != "track"} == {k: v for k, v in db.items() if k != "track"} | (
+            {"path": db["path"].removeprefix("crops/")} if "video" in db else {})
+    # a track filter keeps that track's crops only (Milvus track ids are unique across workers)
+    crop = next(h for h in mine if h.track is not None)
+    one = gallery.search(q, 50, where=SearchFilter.make(track=gallery.describe(crop.id)["track"]))
+    frames = len(crop.track.items)
+    assert frames in (8, 12) and len(one) == frames and {gallery.describe(h.id)["frame"] for h in one} == set(
+        range(frames))
+
+
+def test_filters_are_milvus_expressions_with_quoted_names():
+    where = SearchFilter.make(['cam "7"\\b', "gate"], after="2026-12-03T10:00:00Z", before=30, track=5)
+    assert filter_expression(where) == (
+        'video == true and camera in ["cam \\"7\\"\\\\b", "gate"] and track == 5 and has_wall == true and '
+        'wall_time >= 1796292000.000000 and time <= 30.000000')
+    assert filter_expression(SearchFilter.make(min_score=0.2)) == ""
+
+
+def test_adding_again_adds_nothing_and_the_model_is_checked(setup, milvus_index):
+    _, location, gallery = milvus_index
+    before = len(gallery)
+    report = add_to_index(location, setup["model"], images=image_source(setup["data"], split="test"),
+                          videos=[setup["base"] / "north.avi"], detector=ColourDetector(), progress=False)
+    assert (report.added, report.already_indexed, report.total) == (0, 8, before)
+    assert report.videos[0].get("skipped") is True
+    with pytest.raises(IndexStoreError, match=r"was built with model [0-9a-f]{12} .* but other is model 0{12}"):
+        gallery.check_model("0" * 64, setup["model"].tokenizer_fingerprint, "other")
+    assert gallery.manifest["model"]["fingerprint"] == setup["model"].fingerprint
+    assert gallery.manifest["embedding"]["dim"] == setup["model"].embed_dim
+
+
+def test_images_are_served_by_id_only_while_unchanged(setup, milvus_index):
+    _, location, gallery = milvus_index
+    client = TestClient(create_app(service=load_service(location, device="cpu")))
+    body = client.post("/api/search", json={"text": QUERY, "k": 50, "camera": ["yard"], "before": 0.4}).json()
+    assert len(body["results"]) == 6 and {h["provenance"]["camera"] for h in body["results"]} == {"yard"}
+    hit = body["results"][0]
+    assert len(hit["id"]) == 64 and hit["image_url"] == f"/api/images/{hit['id']}"
+    r = client.get(hit["image_url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert client.get("/api/images/" + "0" * 64).status_code == 404
+    assert client.get("/api/images/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    path = gallery.item_file(hit["id"])
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-10] + b"0123456789")
+        assert client.get(hit["image_url"]).status_code == 410
+    finally:
+        path.write_bytes(original)
+    assert client.get(hit["image_url"]).status_code == 200
+    health = client.get("/healthz").json()
+    assert health["backend"] == "milvus" and health["items"] == len(gallery)
+
+
+def test_the_cli_builds_adds_and_searches(setup, milvus_index, tmp_path, capsys):
+    kind, location, _ = milvus_index
+    address = parse_address(location)
+    name = address.collection + "_cli"
+    params = [f"uri={address.uri}", f"collection={name}", f"crops={tmp_path / 'crops'}"]
+    assert main(["index", "build", "--checkpoint", str(setup["run"]), "--backend", "milvus", "--param", *params,
+                 "--images", str(setup["data"]), "--split", "test", "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"milvus:{address.uri}#{name}: 8 new item(s), 8 in total" in out
+    where = f"milvus:{address.uri}#{name}"
+    assert main(["index", "add", "--index", where, "--video", str(setup["base"] / "north.avi"), "--camera", "north",
+                 "--detector", "search_helpers:ColourDetector", "--device", "cpu", "--quiet"]) == 0
+    assert "24 new item(s), 32 in total" in capsys.readouterr().out
+    assert main(["search", QUERY, "--index", where, "--device", "cpu", "--json", "--camera", "north",
+                 "--top-k", "30"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 24 and all(h["provenance"]["camera"] == "north" for h in hits)
+    assert main(["search", QUERY, "--index", where, "--device", "cpu", "--top-k", "3"]) == 0
+    table = capsys.readouterr().out
+    assert "milvus search" in table and hits[0]["id"][:12] in table or hits[0]["score"] < 1
+    # an existing index is not replaced without --force; mistakes are one line, exit 2
+    assert main(["index", "build", "--checkpoint", str(setup["run"]), "--backend", "milvus", "--param", *params,
+                 "--images", str(setup["data"]), "--device", "cpu", "--quiet"]) == 2
+    assert "already holds an ivt index; add to it with `ivt index add`, or pass --force" in capsys.readouterr().err
+    missing = f"milvus:{address.uri}#nothing_here"
+    assert main(["search", QUERY, "--index", missing, "--device", "cpu"]) == 2
+    assert "no collection nothing_here" in capsys.readouterr().err
+    for bad, message in ((["--param", f"uri={address.uri}", "collection=1bad"], "collection '1bad' must start"),
+                         (["--param", f"uri={address.uri}", f"collection={name}x", "index=DISKANN"],
+                          "index 'DISKANN' is not one of FLAT, HNSW, IVF_FLAT, IVF_SQ8"),
+                         (["--param", f"uri={address.uri}", f"collection={name}x", "nlist=0"],
+                          "milvus index FLAT has no parameter 'nlist'"),
+                         (["--param", "collection=x"], "needs --param uri=URI collection=NAME")):
+        assert main(["index", "build", "--checkpoint", str(setup["run"]), "--backend", "milvus", *bad,
+                     "--images", str(setup["data"]), "--device", "cpu", "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    client = connect(address)
+    assert not client.has_collection(name + "x")        # a refused build leaves nothing behind
+
+
+def test_addresses_are_checked(tmp_path):
+    assert str(make_address(str(tmp_path / "a.db"), "people")) == f"milvus:{tmp_path / 'a.db'}#people"
+    with pytest.raises(ConfigError, match="milvus:URI#COLLECTION"):
+        parse_address("milvus:/tmp/a.db")
+    with pytest.raises(ConfigError, match="neither http"):
+        make_address(str(tmp_path / "a.txt"), "people")
+    with pytest.raises(ConfigError, match="is a directory"):
+        make_address(str(tmp_path), "people") if tmp_path.suffix == ".db" else make_address(
+            str(_mkdir(tmp_path / "d.db")), "people")
+    with pytest.raises(ConfigError, match="must not|must start"):
+        make_address("http://localhost:1", "people__ivt_meta")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Several workers on one server
+
+
+def _worker(location: str, *inputs: str, batch: int = 64, env: dict | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "ivt", "index", "add", "--index", location, "--device", "cpu", "--quiet",
+            "--detector", "search_helpers:" + ("SlowColourDetector" if env else "ColourDetector"),
+            "--batch-size", str(batch), *inputs]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _expected(setup) -> set[str]:
+    return {i.sha256 for i in setup["local"].items}
+
+
+def _ids(location: str) -> list[str]:
+    address = parse_address(location)
+    client = connect(address)
+    rows = client.query(address.collection, filter="", output_fields=["id"], limit=16384)
+    return [r["id"] for r in rows]
+
+
+def _seeded_index(setup, location: str, tmp_path: Path) -> str:
+    """A new server index holding one training image (not among what the workers add); its sha256."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    source = sorted((setup["data"] / "imgs" / "train").glob("*.jpg"))[0]
+    (folder / source.name).write_bytes(source.read_bytes())
+    build_index(location, setup["model"], images=image_source(folder), progress=False, force=True,
+                backend_params={"crops": str(tmp_path / "crops")})
+    return file_sha256(source)
+
+
+def test_concurrent_workers_lose_nothing_and_add_nothing_twice(setup, milvus_server_uri, tmp_path):
+    location = f"milvus:{milvus_server_uri}#race_{os.getpid()}"
+    seed = _seeded_index(setup, location, tmp_path)
+    base, data = setup["base"], str(setup["data"])
+    workers = [_worker(location, "--video", str(base / "north.avi"), "--camera", "north",
+                       "--start-time", "2026-12-03T10:00:00Z"),
+               _worker(location, "--video", str(base / "yard.avi")),
+               _worker(location, "--video", str(base / "yard.avi"), str(base / "north.avi")),
+               _worker(location, "--images", data, "--split", "test"),
+               _worker(location, "--images", data, "--split", "test")]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0] * 5, [o[1][-2000:] for o in outputs]
+    gallery = MilvusGallery.open(location)
+    _settle(gallery, 49)
+    ids = _ids(location)
+    assert len(ids) == len(set(ids)) == 1 + 48 and set(ids) == _expected(setup) | {seed}
+    q = setup["model"].encode_texts([QUERY])[0].numpy()
+    for where in FILTERS[1:3]:
+        got = gallery.search(q, 60, where=where)
+        assert _by_content(gallery, got) == _by_content(setup["local"], setup["local"].search(q, 60, where=where))
+
+
+def test_a_killed_worker_loses_one_batch_at_most_and_a_rerun_adds_the_rest(setup, milvus_server_uri, tmp_path):
+    location = f"milvus:{milvus_server_uri}#killed_{os.getpid()}"
+    _seeded_index(setup, location, tmp_path)
+    address = parse_address(location)
+    client = connect(address)
+    inputs = ("--video", str(setup["base"] / "north.avi"), "--camera", "north")
+    worker = _worker(location, *inputs, batch=4, env={"IVT_TEST_DETECT_SECONDS": "0.4"})
+    deadline = time.monotonic() + 120
+    while count_items(client, address, consistency="Strong") < 1 + 8 and time.monotonic() < deadline:
+        time.sleep(0.2)                                  # a few batches are in
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    held = count_items(client, address, consistency="Strong")
+    assert 1 + 8 <= held < 1 + 24, "the worker was killed while it was ingesting"
+    rows = client.query(address.collection, filter="video == true", output_fields=["id", "frame"], limit=100,
+                        consistency_level="Strong")
+    frames = sorted({r["frame"] for r in rows})
+    assert frames == list(range(len(frames))), "what is in is a prefix of the video, whole batches"
+    rerun = _worker(location, *inputs, batch=4)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:]
+    assert f"{1 + 24 - held} new item(s), 25 in total" in out
+    _settle(MilvusGallery.open(location), 25)
+    ids = _ids(location)
+    assert len(ids) == len(set(ids)) == 25
+    local_north = {i.sha256 for i in setup["local"].items if i.video is not None and i.video.source == 0}
+    assert local_north <= set(ids)
