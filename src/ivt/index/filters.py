@@ -81,34 +81,57 @@ class SearchFilter:
         """Whether the filter excludes items by their metadata (not only by score)."""
         return bool(self.cameras) or self.after is not None or self.before is not None or self.track is not None
 
-    def mask(self, items: Sequence[Item], sources: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """(N,) bool: the items that pass (the score condition aside)."""
-        cameras = set(self.cameras)
-        starts = [_start(s) for s in sources]
-        out = np.zeros(len(items), dtype=bool)
-        for i, item in enumerate(items):
-            ref = item.video
-            if ref is None:
-                out[i] = not self.restricts_items
+    def mask(self, items: Sequence[Item] | ItemColumns, sources: Sequence[Mapping[str, Any]] = ()) -> np.ndarray:
+        """(N,) bool: the items that pass (the score condition aside); ``items`` may be their
+        :class:`ItemColumns`, made once per gallery (vectorised: ~10 ms at 1M items)."""
+        cols = items if isinstance(items, ItemColumns) else ItemColumns.of(items, sources)
+        if not self.restricts_items:
+            return np.ones(len(cols.video), dtype=bool)
+        out = cols.video.copy()
+        if self.cameras:
+            wanted = [i for i, name in enumerate(cols.cameras) if name in set(self.cameras)]
+            out &= np.isin(cols.camera, wanted)
+        if self.track is not None:
+            out &= cols.track == self.track
+        for bound, later in ((self.after, True), (self.before, False)):
+            if bound is None:
                 continue
-            if cameras and camera_of(sources[ref.source]) not in cameras:
-                continue
-            if self.track is not None and ref.track != self.track:
-                continue
-            out[i] = all(_within(bound, ref.time, starts[ref.source], later) for bound, later in
-                         ((self.after, True), (self.before, False)) if bound is not None)
+            value, clock = bound
+            times = cols.start + cols.time if clock else cols.time      # NaN start: never within
+            with np.errstate(invalid="ignore"):
+                out &= times >= value if later else times <= value
         return out
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    """The filterable metadata of a gallery's items as arrays: ``video`` (bool), ``camera`` (index
+    into ``cameras``, -1 for images), ``track`` (-1), ``time`` (seconds into the video) and
+    ``start`` (the video's wall-clock start in epoch seconds, NaN when unknown)."""
+
+    video: np.ndarray
+    camera: np.ndarray
+    cameras: tuple[str, ...]
+    track: np.ndarray
+    time: np.ndarray
+    start: np.ndarray
+
+    @classmethod
+    def of(cls, items: Sequence[Item], sources: Sequence[Mapping[str, Any]]) -> ItemColumns:
+        names = [camera_of(s) for s in sources]
+        cameras = tuple(dict.fromkeys(names))
+        source_camera = np.array([cameras.index(n) for n in names] + [-1], dtype=np.int64)
+        source_start = np.array([np.nan if _start(s) is None else _start(s) for s in sources] + [np.nan])
+        n = len(items)
+        source = np.full(n, -1, dtype=np.int64)
+        track = np.full(n, -1, dtype=np.int64)
+        time = np.zeros(n, dtype=np.float64)
+        for i, item in enumerate(items):
+            if item.video is not None:
+                source[i], track[i], time[i] = item.video.source, item.video.track, item.video.time
+        return cls(source >= 0, source_camera[source], cameras, track, time, source_start[source])
 
 
 def _start(source: Mapping[str, Any]) -> float | None:
     start = source.get("start_time")
     return None if start is None else parse_time(start)[0]
-
-
-def _within(bound: tuple[float, bool], time: float, start: float | None, later: bool) -> bool:
-    value, clock = bound
-    if clock:
-        if start is None:
-            return False
-        time = start + time
-    return time >= value if later else time <= value

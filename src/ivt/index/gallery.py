@@ -13,7 +13,7 @@ import numpy as np
 from ivt.errors import IndexStoreError
 from ivt.files import ConfinedRoot
 from ivt.index.backends import SEARCH_PARAMS, SearchBackend, load_backend
-from ivt.index.filters import SearchFilter, camera_of, parse_time
+from ivt.index.filters import ItemColumns, SearchFilter, camera_of, parse_time
 from ivt.index.store import (
     Item,
     StoredIndex,
@@ -54,6 +54,7 @@ class Gallery:
         self.backend = backend
         self.tracks = _tracks(stored.items)
         self._track_of = {i: span for span in self.tracks.values() for i in span.items}
+        self.columns = ItemColumns.of(stored.items, stored.manifest["sources"])
 
     @classmethod
     def open(cls, index_dir: str | Path, search_params: Mapping[str, int] | None = None) -> Gallery:
@@ -110,7 +111,7 @@ class Gallery:
             return []
         q = np.asarray(query, dtype=np.float32).reshape(1, -1)
         if where is not None and where.restricts_items:
-            hits = self._search_subset(q[0], where.mask(self.items, self.manifest["sources"]), k, per_track)
+            hits = self._search_subset(q[0], where.mask(self.columns), k, per_track)
         else:
             hits = self._search_all(q, k, per_track)
         if where is not None and where.min_score is not None:
