@@ -174,6 +174,11 @@ def _milvus_update(location: str | Path | None, model: RetrievalModel, *, create
         manifest = milvus.read_manifest(client, address)
         check_compatible(manifest, model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {model.run_dir}",
                          Path(str(address)), model.config.preprocessing())
+    if video_paths and not manifest.get("crops"):
+        if create:
+            milvus.drop_collections(client, address)
+        raise ConfigError(f"{address} has no crop store for the people of videos; build it with --param crops=DIR "
+                          f"(a directory every ingest worker and server can read)")
     report = BuildReport(str(address))
     try:
         collect(Collector(model, milvus.MilvusSink(client, address, manifest), batch_size, report), images,

@@ -24,7 +24,7 @@ Video crops are files in a crop store, a directory every ingest worker and serve
 shared mount): ``CROPS/ab/ab12...jpg``, content-addressed like ivt's own ``crops/``. A server
 serves an image only by id, and only while its bytes still have that sha256.
 
-Search runs in Milvus (FLAT, HNSW, IVF_FLAT, IVF_SQ8; filters are Milvus expressions, so they run
+Search runs in Milvus (FLAT, HNSW, IVF_FLAT, IVF_SQ8, IVF_PQ; filters are Milvus expressions, so they run
 inside the engine before ranking: k results come back whenever k items pass); the candidates'
 stored float32 vectors are then re-scored here, so returned scores are true cosines whatever
 the index type.
@@ -55,19 +55,22 @@ PREFIX = "milvus:"
 FORMAT = "ivt-milvus"
 FORMAT_VERSION = 1
 META_SUFFIX = "__ivt_meta"
-INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ")
 #: Parameters of each index type with their defaults; ``rerank`` x k candidates are re-scored.
 DEFAULT_PARAMS: dict[str, dict[str, int]] = {
     "FLAT": {"rerank": 1},
     "HNSW": {"M": 32, "ef_construction": 80, "ef_search": 128, "rerank": 1},
     "IVF_FLAT": {"nlist": 1024, "nprobe": 32, "rerank": 1},
     "IVF_SQ8": {"nlist": 1024, "nprobe": 32, "rerank": 4},
+    "IVF_PQ": {"nlist": 1024, "m": 0, "nbits": 8, "nprobe": 32, "rerank": 10},   # m 0: dim / 4 (or below)
 }
 SEARCH_PARAMS = {"ef_search", "nprobe", "rerank"}
 #: Connection settings passed through to ``MilvusClient`` (never stored with the collection).
 CONNECTION_PARAMS = ("token", "db_name", "server_pem_path", "server_name", "ca_pem_path", "client_pem_path",
                      "client_key_path")
 CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+CONNECT_SECONDS = 10            # how long to wait for a server that does not answer
+WRITE_ROWS = 1000               # rows per upsert (milvus-lite slows down ~50x with 10,000 at once)
 MAX_CANDIDATES = 16384          # Milvus's limit on one search's top-k
 TRACK_BITS = 24                 # tracks of one video: ids first_track .. first_track + 2**24 - 1
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
@@ -140,19 +143,17 @@ def connect(address: MilvusAddress, connection: Mapping[str, str] | None = None)
         kwargs["token"] = os.environ["MILVUS_TOKEN"]
     if address.is_local:
         Path(address.uri).parent.mkdir(parents=True, exist_ok=True)
-    log = logging.getLogger("pymilvus")
-    level = log.level
-    log.setLevel(logging.CRITICAL)        # its own one-line error before ours would say it twice
+    logging.disable(logging.ERROR)        # pymilvus logs the failure itself; ours says it once, clearly
     try:
         with warnings.catch_warnings():   # milvus-lite 2.5 imports the deprecated pkg_resources
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-            return MilvusClient(address.uri, timeout=30, **kwargs)
+            return MilvusClient(address.uri, timeout=CONNECT_SECONDS, **kwargs)
     except Exception as exc:  # pymilvus raises several types (MilvusException, connection errors)
         raise IndexStoreError(f"cannot open Milvus at {address.uri} ({_reason(exc)})"
                               + ("; a local .db file is open in one process at a time" if address.is_local else "")
                               ) from exc
     finally:
-        log.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def _reason(exc: BaseException) -> str:
@@ -260,7 +261,9 @@ def _meta_schema(client: Any) -> Any:
 def _index_params(client: Any, settings: Mapping[str, Any]) -> Any:
     kind = settings["index"]
     build = {"HNSW": {"M": settings.get("M"), "efConstruction": settings.get("ef_construction")},
-             "IVF_FLAT": {"nlist": settings.get("nlist")}, "IVF_SQ8": {"nlist": settings.get("nlist")}}.get(kind, {})
+             "IVF_FLAT": {"nlist": settings.get("nlist")}, "IVF_SQ8": {"nlist": settings.get("nlist")},
+             "IVF_PQ": {"nlist": settings.get("nlist"), "m": settings.get("m"), "nbits": settings.get("nbits")},
+             }.get(kind, {})
     params = client.prepare_index_params()
     params.add_index("embedding", index_type=kind, metric_type="IP", params=build)
     return params
@@ -268,8 +271,8 @@ def _index_params(client: Any, settings: Mapping[str, Any]) -> Any:
 
 def _search_params(settings: Mapping[str, Any]) -> dict[str, Any]:
     kind = settings["index"]
-    inner = {"HNSW": {"ef": settings.get("ef_search")}, "IVF_FLAT": {"nprobe": settings.get("nprobe")},
-             "IVF_SQ8": {"nprobe": settings.get("nprobe")}}.get(kind, {})
+    inner = {"HNSW": {"ef": settings.get("ef_search")}}.get(kind, {"nprobe": settings.get("nprobe")} if
+                                                             kind.startswith("IVF") else {})
     return {"metric_type": "IP", "params": inner}
 
 
@@ -348,8 +351,16 @@ def read_manifest(client: Any, address: MilvusAddress) -> dict[str, Any]:
 
 
 def new_manifest(model_entries: Mapping[str, Any], dim: int, settings: Mapping[str, Any],
-                 crops: str) -> dict[str, Any]:
-    """The manifest of a new Milvus index."""
+                 crops: str | None) -> dict[str, Any]:
+    """The manifest of a new Milvus index (automatic parameters resolved for ``dim``)."""
+    settings = dict(settings)
+    if settings.get("index") == "IVF_PQ":
+        if not settings["m"]:
+            settings["m"] = max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
+        if dim % settings["m"]:
+            raise ConfigError(f"milvus IVF_PQ: m={settings['m']} must divide the embedding size {dim}")
+        if settings["nbits"] > 16:
+            raise ConfigError(f"milvus IVF_PQ: nbits={settings['nbits']} must be at most 16")
     return {"format": FORMAT, "version": FORMAT_VERSION, "created": now_iso(), **model_entries,
             "embedding": {"dim": int(dim), "dtype": "float32"},
             "backend": {"name": "milvus", "params": dict(settings)}, "crops": crops,
@@ -420,7 +431,9 @@ class MilvusSink:
     def put(self, items: Sequence[Item], embeddings: np.ndarray) -> None:
         check_embeddings(embeddings, f"{self.address}: new embeddings")
         rows = [self._row(item, vector) for item, vector in zip(items, embeddings)]
-        _milvus_call("writing items", self.address, self.client.upsert, self.address.collection, rows)
+        for start in range(0, len(rows), WRITE_ROWS):
+            _milvus_call("writing items", self.address, self.client.upsert, self.address.collection,
+                         rows[start:start + WRITE_ROWS])
 
     def _row(self, item: Item, vector: np.ndarray) -> dict[str, Any]:
         record: dict[str, Any] = {"path": item.path, "width": item.width, "height": item.height,
