@@ -163,23 +163,12 @@ class Gallery:
         """The file of an indexed item, resolved and confined to its root (no request input is
         ever part of the path: only the index's own records)."""
         item = self._item(item_id)
-        root = self.directory if item.root is None else Path(self.manifest["roots"][item.root])
-        confined = ConfinedRoot(root)
-        path = confined.resolve(item.path)
-        if path is None:
-            raise IndexStoreError(f"item {item_id}: {item.path} leads outside its root {confined.base}")
-        return path
+        return confined_file(item_id, self.directory if item.root is None else Path(self.manifest["roots"][item.root]),
+                             item.path)
 
     def read_image(self, item_id: int) -> bytes:
         """The bytes of an indexed image, only if they still have the indexed sha256."""
-        path = self.item_file(item_id)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise IndexStoreError(f"item {item_id}: cannot read {path} ({exc.strerror or exc})") from exc
-        if sha256_bytes(data) != self._item(item_id).sha256:
-            raise IndexStoreError(f"item {item_id}: {path} has changed since it was indexed")
-        return data
+        return read_verified(item_id, self.item_file(item_id), self._item(item_id).sha256)
 
     def describe(self, item_id: int, track: TrackSpan | None = None) -> dict[str, Any]:
         """JSON-ready provenance of an item (:func:`describe_item`)."""
@@ -206,6 +195,26 @@ class Gallery:
         if not isinstance(item_id, (int, np.integer)) or not 0 <= int(item_id) < len(self):
             raise IndexStoreError(f"no item {item_id!r} in this index ({len(self)} items)")
         return self.stored.items[int(item_id)]
+
+
+def confined_file(item_id: int | str, root: Path, relative: str) -> Path:
+    """An item's file: ``relative`` under ``root``, links followed, refused if it leads outside."""
+    confined = ConfinedRoot(root)
+    path = confined.resolve(relative)
+    if path is None:
+        raise IndexStoreError(f"item {item_id}: {relative} leads outside its root {confined.base}")
+    return path
+
+
+def read_verified(item_id: int | str, path: Path, sha256: str) -> bytes:
+    """The bytes of an item's file, only if they still hash to the indexed ``sha256``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IndexStoreError(f"item {item_id}: cannot read {path} ({exc.strerror or exc})") from exc
+    if sha256_bytes(data) != sha256:
+        raise IndexStoreError(f"item {item_id}: {path} has changed since it was indexed")
+    return data
 
 
 def describe_item(item: Item, source: Mapping[str, Any] | None, span: TrackSpan | None) -> dict[str, Any]:

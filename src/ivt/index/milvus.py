@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 
 from ivt.errors import ConfigError, DataError, IndexStoreError
-from ivt.files import ConfinedRoot, atomic_write
+from ivt.files import atomic_write
 from ivt.index.filters import SearchFilter, parse_time
-from ivt.index.gallery import Hit, TrackSpan, check_compatible, describe_item
+from ivt.index.gallery import Hit, TrackSpan, check_compatible, confined_file, describe_item, read_verified
 from ivt.index.store import NORM_TOLERANCE, Item, VideoRef, now_iso, sha256_bytes
 
 PREFIX = "milvus:"
@@ -662,19 +662,8 @@ class MilvusGallery:
         if not record.get("root") and not self.manifest.get("crops"):
             raise IndexStoreError(f"item {item_id}: a video crop, but {self.address} names no crop store")
         root = Path(record["root"]) if record.get("root") else Path(self.manifest["crops"])
-        confined = ConfinedRoot(root)
-        path = confined.resolve(record["path"])
-        if path is None:
-            raise IndexStoreError(f"item {item_id}: {record['path']} leads outside its root {confined.base}")
-        return path
+        return confined_file(item_id, root, record["path"])
 
     def read_image(self, item_id: str) -> bytes:
         """The bytes of an indexed image, only if they still have the indexed sha256."""
-        path = self.item_file(item_id)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise IndexStoreError(f"item {item_id}: cannot read {path} ({exc.strerror or exc})") from exc
-        if sha256_bytes(data) != item_id:
-            raise IndexStoreError(f"item {item_id}: {path} has changed since it was indexed")
-        return data
+        return read_verified(item_id, self.item_file(item_id), item_id)
