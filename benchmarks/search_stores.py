@@ -31,6 +31,7 @@ import gc
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -221,6 +222,35 @@ def milvus_rows(label: str, uri: str, base: Path, data: np.ndarray, queries: np.
     return rows
 
 
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("pymilvus", "milvus-lite", "milvus"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(found) + " (milvus: the standalone server's package)"
+
+
+def _lite_version() -> str:
+    from importlib.metadata import version
+
+    import milvus_lite
+
+    return getattr(milvus_lite, "__version__", None) or version("milvus-lite")
+
+
+def _other_lite(args: argparse.Namespace, base: Path) -> list[dict]:
+    """The milvus-lite rows again, in a process that imports the milvus-lite of ``--compare-lite``."""
+    out = base / "other-lite.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.compare_lite), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, __file__, "--n", str(args.n), "--dim", str(args.dim), "--queries",
+                    str(args.queries), "--stores", "lite", "--rows-json", str(out)], check=True, env=env)
+    return json.loads(out.read_text())["rows"]
+
+
 def _flush(client, address) -> None:
     try:
         client.flush(address.collection)
@@ -279,9 +309,9 @@ def _encode_note() -> str:
 
 
 def report(rows: list[dict], n: int, dim: int, seconds: float, machine: str) -> str:
-    lines = [f"Measured by `benchmarks/search_stores.py` on {machine}; {n:,} structured {dim}-d items (video crops "
-             f"of {CAMERAS} cameras), {seconds / 60:.0f} min in all. The Milvus server shares the 2 cores with "
-             f"this process. Latency in ms; batched = per query of 16 in one call; filtered = a one-camera filter "
+    lines = [f"Measured by `benchmarks/search_stores.py` on {machine}; {_versions()}; {n:,} structured {dim}-d items "
+             f"(video crops of {CAMERAS} cameras), {seconds / 60:.0f} min in all. The Milvus server shares the 2 cores "
+             f"with this process. Latency in ms; batched = per query of 16 in one call; filtered = a one-camera filter "
              f"(10 % of the items), one query at a time.", "",
              "| store | index | insert items/s | index build s | p50 | p99 | batched | filtered p50 | recall@10 | "
              "memory | disk |",
@@ -301,10 +331,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=192)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--stores", default="ivt,lite,server")
+    parser.add_argument("--compare-lite", type=Path, metavar="DIR",
+                        help="also run the milvus-lite rows with the milvus-lite installed in DIR (pip --target)")
+    parser.add_argument("--rows-json", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--section", default="search-stores", help="RESULTS.md section to write")
     parser.add_argument("--write", action="store_true", help="regenerate the section in benchmarks/RESULTS.md")
     parser.add_argument("--from-json", type=Path, help="only re-render the report of a saved run")
     args = parser.parse_args()
-    out = Path(__file__).resolve().parent / "search_stores.json"
+    out = args.rows_json or Path(__file__).resolve().parent / f"{args.section.replace('-', '_')}.json"
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
         text = report(saved["rows"], saved["n"], saved["dim"], saved["seconds"], saved["machine"])
@@ -321,7 +355,8 @@ def main() -> None:
             if "ivt" in stores:
                 rows += ivt_rows(base, data, queries, truth, items, sources)
             if "lite" in stores:
-                rows += milvus_rows("milvus-lite", str(base / "lite.db"), base, data, queries, truth, items, sources,
+                rows += milvus_rows(f"milvus-lite {_lite_version()}", str(base / "lite.db"), base, data, queries,
+                                    truth, items, sources,
                                     [{"index": "FLAT", "rerank": 1},
                                      {"index": "IVF_FLAT", "nlist": 1024, "nprobe": 32, "rerank": 1}],
                                     "milvus_lite", base)
@@ -339,13 +374,17 @@ def main() -> None:
                     server.stop()
         finally:
             shutil.rmtree(base, ignore_errors=True)
+        if args.compare_lite:
+            rows += _other_lite(args, base)
         seconds = time.perf_counter() - start
         out.write_text(json.dumps({"rows": rows, "n": args.n, "dim": args.dim, "seconds": seconds,
                                    "machine": _machine()}, indent=1))
         text = report(rows, args.n, args.dim, seconds, _machine())
     print(text)
     if args.write:
-        write_section("search-stores", text, "Index stores side by side (`benchmarks/search_stores.py`)")
+        write_section(args.section, text, "Index stores side by side (`benchmarks/search_stores.py`"
+                      + (f" --n {args.n} --stores {args.stores}" + (" --compare-lite" if args.compare_lite else "")
+                         if args.section != "search-stores" else "") + ")")
 
 
 if __name__ == "__main__":
