@@ -311,3 +311,20 @@ def test_a_killed_worker_loses_one_batch_at_most_and_a_rerun_adds_the_rest(setup
     assert len(ids) == len(set(ids)) == 25
     local_north = {i.sha256 for i in setup["local"].items if i.video is not None and i.video.source == 0}
     assert local_north <= set(ids)
+
+
+def test_index_settings_are_resolved_and_checked():
+    from ivt.index.milvus import new_manifest, resolve_params
+
+    connection, settings = resolve_params({"index": "ivf_pq", "nlist": "64", "token": "secret"})
+    assert connection == {"token": "secret"}
+    assert settings == {"index": "IVF_PQ", "nlist": 64, "m": 0, "nbits": 8, "nprobe": 32, "rerank": 10}
+    assert new_manifest({}, 192, settings, None)["backend"]["params"]["m"] == 48       # dim / 4
+    assert new_manifest({}, 100, settings, None)["backend"]["params"]["m"] == 25
+    with pytest.raises(ConfigError, match="m=7 must divide the embedding size 192"):
+        new_manifest({}, 192, resolve_params({"index": "IVF_PQ", "m": "7"})[1], None)
+    with pytest.raises(ConfigError, match="ef_search='1e3' is not an integer"):
+        resolve_params({"index": "HNSW", "ef_search": "1e3"})
+    with pytest.raises(ConfigError, match="M='-4' must be positive"):
+        resolve_params({"index": "HNSW", "M": "-4"})
+    assert resolve_params(None)[1] == {"index": "FLAT", "rerank": 1}
