@@ -256,9 +256,15 @@ def _other_lite(args: argparse.Namespace, base: Path) -> list[dict]:
     """The milvus-lite rows again, in a process that imports the milvus-lite of ``--compare-lite``."""
     out = base / "other-lite.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.compare_lite), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, __file__, "--n", str(args.n), "--dim", str(args.dim), "--queries",
-                    str(args.queries), "--stores", "lite", "--rows-json", str(out)], check=True, env=env)
-    return json.loads(out.read_text())["rows"]
+    done = subprocess.run([sys.executable, __file__, "--n", str(args.n), "--dim", str(args.dim), "--queries",
+                           str(args.queries), "--stores", "lite", "--rows-json", str(out)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+        return json.loads(out.read_text())["rows"]
+    errors = [line for line in done.stderr.splitlines() if "Error:" in line or "failed:" in line]
+    version = subprocess.run([sys.executable, "-c", "import milvus_lite, importlib.metadata as m; "
+                              "print(m.version('milvus-lite'))"], env=env, capture_output=True, text=True)
+    return [{"store": f"milvus-lite {version.stdout.strip() or '?'}", "failed": (errors or ["(no message)"])[0][:300]}]
 
 
 def _flush(client, address) -> None:
@@ -285,7 +291,8 @@ def _wait_indexed(client, address, n: int, lite: bool, timeout: float = 3600) ->
 
 def cluster_arithmetic(rows: list[dict], dims: tuple[int, ...] = (192, 768)) -> str:
     """What 1B crops need on a Milvus cluster: sizes from first principles, rates from the rows."""
-    per_worker = max((r["insert_rate"] for r in rows if r["store"] == "milvus server"), default=0.0)
+    per_worker = max((r["insert_rate"] for r in rows if r["store"] == "milvus server" and "failed" not in r),
+                     default=0.0)
     lines = ["**1B crops on a Milvus cluster (arithmetic from the figures above, not a measurement)**", "",
              "| dim | raw float32 | IVF_PQ codes (m = dim/4, 8 bits) | + ids and fields (~150 B/item) | "
              "query nodes at 64 GB (IVF_PQ, 2x headroom) | HNSW instead (raw + graph, M 32) |",
@@ -327,6 +334,9 @@ def report(rows: list[dict], n: int, dim: int, seconds: float, machine: str) -> 
              "recall@10 | memory | disk |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r['store']} | FLAT | failed: {r['failed']} |" + " |" * 9)
+            continue
         rate = f"{r['insert_rate']:,.0f}" if r["insert_rate"] else "(same data)"
         lines.append(f"| {r['store']} | {r['index']} | {rate} | {r['build']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | "
                      f"{r['batch_p50']:.2f} | {r['batch_p99']:.2f} | {r['filtered']:.2f} | {r['recall']:.3f} | "
@@ -384,10 +394,10 @@ def main() -> None:
                                         "milvus run standalone", base / "server" / "data")
                 finally:
                     server.stop()
+            if args.compare_lite:
+                rows += _other_lite(args, base)
         finally:
             shutil.rmtree(base, ignore_errors=True)
-        if args.compare_lite:
-            rows += _other_lite(args, base)
         seconds = time.perf_counter() - start
         out.write_text(json.dumps({"rows": rows, "n": args.n, "dim": args.dim, "seconds": seconds,
                                    "machine": _machine()}, indent=1))
