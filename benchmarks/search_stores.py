@@ -43,6 +43,7 @@ import numpy as np
 
 from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Gallery
+from ivt.index.milvus_gallery import MilvusGallery, search_params_of
 from ivt.index.store import Item, VideoRef, index_writer
 from results_md import write_section
 from search import Structured, _machine, _mb, _ms, _recall
@@ -206,20 +207,20 @@ def milvus_rows(label: str, uri: str, base: Path, data: np.ndarray, queries: np.
         client.release_collection(address.collection)
         if settings is not first:
             client.drop_index(address.collection, "embedding")
-            client.create_index(address.collection, milvus._index_params(client, settings))
+            client.create_index(address.collection, milvus.index_params(client, settings))
         _wait_indexed(client, address, n, address.is_local)
         # loaded again: segments loaded before their index was built are served by Milvus's interim
         # index until then (measured: recall@10 0.85 with any ef, 0.997 after the reload)
         client.load_collection(address.collection)
         build = time.perf_counter() - start
-        gallery = milvus.MilvusGallery(client, address, {**manifest, "backend": {"name": "milvus", "params": settings}})
+        gallery = MilvusGallery(client, address, {**manifest, "backend": {"name": "milvus", "params": settings}})
         deadline = time.monotonic() + 120
         while len(gallery) < n and time.monotonic() < deadline:
             time.sleep(0.5)
         times, tops = _single(gallery.search, queries)
         index_of = {it.sha256: i for i, it in enumerate(items)}
         ids = np.array([[index_of[h.id] for h in top] + [-1] * (10 - len(top)) for top in tops])
-        batched = _batches(partial(_milvus_batch, client, address.collection, milvus._search_params(settings)),
+        batched = _batches(partial(_milvus_batch, client, address.collection, search_params_of(settings)),
                            queries)
         ftimes, _ = _single(partial(gallery.search, where=FILTER), queries[:30])
         memory = sum(_rss_kb(p) for p in _pids_named(process)) * 1024

@@ -22,7 +22,8 @@ from ivt.index.build import add_to_index, build_index
 from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Gallery
 from ivt.index.ingest import image_source
-from ivt.index.milvus import MilvusGallery, connect, count_items, filter_expression, make_address, parse_address
+from ivt.index.milvus import connect, count_items, make_address, parse_address
+from ivt.index.milvus_gallery import MilvusGallery, filter_expression
 from ivt.serve.app import create_app, load_service
 from search_helpers import ColourDetector, tiny_trained_run, write_clip
 from test_filters import _other_clip

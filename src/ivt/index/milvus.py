@@ -1,4 +1,6 @@
-"""The index as a Milvus collection: one backend for a laptop, a server and a cluster.
+"""The index as a Milvus collection: one backend for a laptop, a server and a cluster. This module
+makes and writes it (addresses, connections, collections, the manifest, ingest);
+:mod:`ivt.index.milvus_gallery` searches it.
 
 An index in Milvus is named ``milvus:URI#COLLECTION``. URI is a local ``.db`` file (milvus-lite,
 embedded, one process at a time), or ``http(s)://HOST:PORT`` of a Milvus standalone server or
@@ -37,7 +39,6 @@ import os
 import re
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,9 @@ import numpy as np
 
 from ivt.errors import ConfigError, DataError, IndexStoreError
 from ivt.files import atomic_write
-from ivt.index.filters import SearchFilter, parse_time
-from ivt.index.gallery import Hit, TrackSpan, check_compatible, confined_file, describe_item, read_verified
-from ivt.index.store import NORM_TOLERANCE, Item, VideoRef, now_iso, sha256_bytes
+from ivt.index.backends import pq_subquantizers
+from ivt.index.filters import parse_time
+from ivt.index.store import Item, now_iso, sha256_bytes, unit_rows_problem
 
 PREFIX = "milvus:"
 FORMAT = "ivt-milvus"
@@ -64,17 +65,13 @@ DEFAULT_PARAMS: dict[str, dict[str, int]] = {
     "IVF_SQ8": {"nlist": 1024, "nprobe": 32, "rerank": 4},
     "IVF_PQ": {"nlist": 1024, "m": 0, "nbits": 8, "nprobe": 32, "rerank": 10},   # m 0: dim / 4 (or below)
 }
-SEARCH_PARAMS = {"ef_search", "nprobe", "rerank"}
 #: Connection settings passed through to ``MilvusClient`` (never stored with the collection).
 CONNECTION_PARAMS = ("token", "db_name", "server_pem_path", "server_name", "ca_pem_path", "client_pem_path",
                      "client_key_path")
-CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 CONNECT_SECONDS = 10            # how long to wait for a server that does not answer
 WRITE_ROWS = 1000               # rows per upsert (milvus-lite slows down ~50x with 10,000 at once)
-MAX_CANDIDATES = 16384          # Milvus's limit on one search's top-k
 TRACK_BITS = 24                 # tracks of one video: ids first_track .. first_track + 2**24 - 1
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _TEXT = 1024                     # longest camera name stored
 
 
@@ -174,11 +171,11 @@ def resolve_params(given: Mapping[str, Any] | None) -> tuple[dict[str, str], dic
         if key not in params:
             valid = ", ".join(["index", "crops", *params, *CONNECTION_PARAMS])
             raise ConfigError(f"milvus index {kind} has no parameter {key!r} (valid: {valid})")
-        params[key] = _positive(key, value)
+        params[key] = positive_int(key, value)
     return connection, {"index": kind, **params}
 
 
-def _positive(key: str, value: Any) -> int:
+def positive_int(key: str, value: Any) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -188,34 +185,7 @@ def _positive(key: str, value: Any) -> int:
     return number
 
 
-def filter_expression(where: SearchFilter | None) -> str:
-    """The Milvus boolean expression of a filter ('' lets everything through); the score
-    condition stays outside (applied to the exact scores)."""
-    if where is None or not where.restricts_items:
-        return ""
-    parts = ["video == true"]
-    if where.cameras:
-        parts.append(f"camera in [{', '.join(json.dumps(c) for c in where.cameras)}]")
-    if where.track is not None:
-        parts.append(f"track == {int(where.track)}")
-    for bound, op in ((where.after, ">="), (where.before, "<=")):
-        if bound is not None:
-            value, clock = bound
-            parts.append(f"has_wall == true and wall_time {op} {value:.6f}" if clock else f"time {op} {value:.6f}")
-    return " and ".join(parts)
-
-
-def read_consistency() -> str:
-    """The consistency of searches: ``MILVUS_CONSISTENCY`` (Strong, Session, Bounded, Eventually),
-    by default Bounded: a search may miss the last few seconds of other workers' writes, and
-    answers in milliseconds (Strong waits for the server's next time tick, about 200 ms)."""
-    value = os.environ.get("MILVUS_CONSISTENCY", "Bounded")
-    if value not in CONSISTENCY_LEVELS:
-        raise ConfigError(f"MILVUS_CONSISTENCY={value!r} is not one of {', '.join(CONSISTENCY_LEVELS)}")
-    return value
-
-
-def _milvus_call(what: str, address: MilvusAddress, fn: Any, *args: Any, **kwargs: Any) -> Any:
+def milvus_call(what: str, address: MilvusAddress, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a client call; a Milvus failure becomes an IndexStoreError naming the collection."""
     try:
         return fn(*args, **kwargs)
@@ -258,7 +228,7 @@ def _meta_schema(client: Any) -> Any:
     return schema
 
 
-def _index_params(client: Any, settings: Mapping[str, Any]) -> Any:
+def index_params(client: Any, settings: Mapping[str, Any]) -> Any:
     kind = settings["index"]
     build = {"HNSW": {"M": settings.get("M"), "efConstruction": settings.get("ef_construction")},
              "IVF_FLAT": {"nlist": settings.get("nlist")}, "IVF_SQ8": {"nlist": settings.get("nlist")},
@@ -269,32 +239,25 @@ def _index_params(client: Any, settings: Mapping[str, Any]) -> Any:
     return params
 
 
-def _search_params(settings: Mapping[str, Any]) -> dict[str, Any]:
-    kind = settings["index"]
-    inner = {"HNSW": {"ef": settings.get("ef_search")}}.get(kind, {"nprobe": settings.get("nprobe")} if
-                                                             kind.startswith("IVF") else {})
-    return {"metric_type": "IP", "params": inner}
-
-
 def create_collections(client: Any, address: MilvusAddress, manifest: dict[str, Any], force: bool) -> None:
     """Create the item and meta collections and write the manifest; an existing index is
     refused without ``force`` (with it, dropped first: Milvus has no atomic replace)."""
-    exists = _milvus_call("listing collections", address, client.has_collection, address.collection)
-    meta_exists = _milvus_call("listing collections", address, client.has_collection, address.meta)
+    exists = milvus_call("listing collections", address, client.has_collection, address.collection)
+    meta_exists = milvus_call("listing collections", address, client.has_collection, address.meta)
     if (exists or meta_exists) and not force:
         what = "an ivt index" if meta_exists else "a collection that is not an ivt index"
         raise IndexStoreError(f"{address} already holds {what}; add to it with `ivt index add`, or pass --force to "
                               f"replace it")
     for name, present in ((address.collection, exists), (address.meta, meta_exists)):
         if present:
-            _milvus_call("dropping the old collection", address, client.drop_collection, name)
+            milvus_call("dropping the old collection", address, client.drop_collection, name)
     dim = int(manifest["embedding"]["dim"])
-    _milvus_call("creating the collection", address, client.create_collection, address.collection,
-                 schema=_item_schema(client, dim), index_params=_index_params(client, manifest["backend"]["params"]),
+    milvus_call("creating the collection", address, client.create_collection, address.collection,
+                 schema=_item_schema(client, dim), index_params=index_params(client, manifest["backend"]["params"]),
                  consistency_level="Bounded")
     meta_index = client.prepare_index_params()
     meta_index.add_index("unused", index_type="FLAT", metric_type="L2")
-    _milvus_call("creating the collection", address, client.create_collection, address.meta,
+    milvus_call("creating the collection", address, client.create_collection, address.meta,
                  schema=_meta_schema(client), index_params=meta_index, consistency_level="Strong")
     _put_meta(client, address, "manifest", manifest)
 
@@ -310,14 +273,14 @@ def drop_collections(client: Any, address: MilvusAddress) -> None:
 
 
 def _put_meta(client: Any, address: MilvusAddress, key: str, value: Mapping[str, Any]) -> None:
-    _milvus_call(f"writing {key}", address, client.upsert, address.meta,
+    milvus_call(f"writing {key}", address, client.upsert, address.meta,
                  [{"key": key, "value": dict(value), "unused": [0.0, 0.0]}])
 
 
-def _get_meta(client: Any, address: MilvusAddress, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+def get_meta(client: Any, address: MilvusAddress, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     if not keys:
         return {}
-    rows = _milvus_call("reading the index's description", address, client.query, address.meta,
+    rows = milvus_call("reading the index's description", address, client.query, address.meta,
                         filter=f"key in [{', '.join(json.dumps(k) for k in keys)}]", output_fields=["key", "value"])
     return {row["key"]: row["value"] for row in rows}
 
@@ -326,11 +289,11 @@ def read_manifest(client: Any, address: MilvusAddress) -> dict[str, Any]:
     """The index's manifest, checked; IndexStoreError when the collection is missing, is not an
     ivt index, or does not match its description."""
     for name in (address.collection, address.meta):
-        if not _milvus_call("listing collections", address, client.has_collection, name):
+        if not milvus_call("listing collections", address, client.has_collection, name):
             raise IndexStoreError(f"{address}: no collection {name} at {address.uri}; build the index with "
                                   f"`ivt index build --backend milvus --param uri=... collection=...`")
-    _milvus_call("loading the collection", address, client.load_collection, address.meta)
-    manifest = _get_meta(client, address, ["manifest"]).get("manifest")
+    milvus_call("loading the collection", address, client.load_collection, address.meta)
+    manifest = get_meta(client, address, ["manifest"]).get("manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexStoreError(f"{address}: {address.meta} holds no ivt manifest; this collection is not an ivt index")
     if manifest.get("version") != FORMAT_VERSION:
@@ -340,13 +303,13 @@ def read_manifest(client: Any, address: MilvusAddress) -> dict[str, Any]:
         if not isinstance(manifest.get(key), dict) or not isinstance(manifest[key].get("fingerprint"), str):
             raise IndexStoreError(f"{address}: the manifest's {key} has no fingerprint")
     dim = manifest.get("embedding", {}).get("dim")
-    fields = _milvus_call("describing the collection", address, client.describe_collection,
+    fields = milvus_call("describing the collection", address, client.describe_collection,
                           address.collection)["fields"]
     vector = next((f for f in fields if f["name"] == "embedding"), None)
     if vector is None or int(vector.get("params", {}).get("dim", -1)) != dim:
         raise IndexStoreError(f"{address}: the collection's embedding field does not have the manifest's "
                               f"size {dim}")
-    _milvus_call("loading the collection", address, client.load_collection, address.collection)
+    milvus_call("loading the collection", address, client.load_collection, address.collection)
     return manifest
 
 
@@ -356,15 +319,14 @@ def new_manifest(model_entries: Mapping[str, Any], dim: int, settings: Mapping[s
     settings = dict(settings)
     if settings.get("index") == "IVF_PQ":
         if not settings["m"]:
-            settings["m"] = max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
+            settings["m"] = pq_subquantizers(dim)
         if dim % settings["m"]:
             raise ConfigError(f"milvus IVF_PQ: m={settings['m']} must divide the embedding size {dim}")
         if settings["nbits"] > 16:
             raise ConfigError(f"milvus IVF_PQ: nbits={settings['nbits']} must be at most 16")
     return {"format": FORMAT, "version": FORMAT_VERSION, "created": now_iso(), **model_entries,
             "embedding": {"dim": int(dim), "dtype": "float32"},
-            "backend": {"name": "milvus", "params": dict(settings)}, "crops": crops,
-            "roots": [], "sources": []}
+            "backend": {"name": "milvus", "params": dict(settings)}, "crops": crops}
 
 
 def default_crop_store(address: MilvusAddress) -> str | None:
@@ -391,7 +353,7 @@ class MilvusSink:
     def indexed(self, shas: Sequence[str]) -> set[str]:
         if not shas:
             return set()
-        rows = _milvus_call("looking up contents", self.address, self.client.query, self.address.collection,
+        rows = milvus_call("looking up contents", self.address, self.client.query, self.address.collection,
                             filter=f"id in [{', '.join(json.dumps(s) for s in shas)}]", output_fields=["id"],
                             consistency_level="Session")
         return {row["id"] for row in rows}
@@ -410,7 +372,7 @@ class MilvusSink:
 
     def add_video(self, record: dict[str, Any]) -> int | None:
         key = "source:" + record["sha256"]
-        known = _get_meta(self.client, self.address, [key]).get(key)
+        known = get_meta(self.client, self.address, [key]).get(key)
         if known is not None and known.get("complete"):
             return None
         record = {**record, "complete": False}
@@ -432,7 +394,7 @@ class MilvusSink:
         check_embeddings(embeddings, f"{self.address}: new embeddings")
         rows = [self._row(item, vector) for item, vector in zip(items, embeddings)]
         for start in range(0, len(rows), WRITE_ROWS):
-            _milvus_call("writing items", self.address, self.client.upsert, self.address.collection,
+            milvus_call("writing items", self.address, self.client.upsert, self.address.collection,
                          rows[start:start + WRITE_ROWS])
 
     def _row(self, item: Item, vector: np.ndarray) -> dict[str, Any]:
@@ -459,211 +421,14 @@ class MilvusSink:
 
 
 def check_embeddings(vectors: np.ndarray, what: str) -> None:
-    """IndexStoreError unless every row is finite and unit-norm (within NORM_TOLERANCE)."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    if vectors.size == 0:
-        return
-    finite = np.isfinite(vectors).all(axis=1)
-    norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0.0), axis=1)
-    bad = ~finite | (np.abs(norms - 1.0) > NORM_TOLERANCE)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise IndexStoreError(f"{what}: row {row} is not a finite unit vector (norm {norms[row]:.6g})")
+    """IndexStoreError unless every row is a finite unit vector (the rule of ivt's own store)."""
+    problem = unit_rows_problem(np.asarray(vectors, dtype=np.float32)) if len(vectors) else None
+    if problem is not None:
+        raise IndexStoreError(f"{what}: {problem}")
 
 
 def count_items(client: Any, address: MilvusAddress, expression: str = "", consistency: str = "Session") -> int:
     """How many items the collection holds (that pass ``expression``)."""
-    rows = _milvus_call("counting items", address, client.query, address.collection, filter=expression,
+    rows = milvus_call("counting items", address, client.query, address.collection, filter=expression,
                         output_fields=["count(*)"], consistency_level=consistency)
     return int(rows[0]["count(*)"]) if rows else 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Search
-
-
-class MilvusGallery:
-    """An index in Milvus, opened for search: the same methods as :class:`~ivt.index.gallery.Gallery`,
-    with item ids that are the contents' sha256. Thread-safe (the client is; caches are locked)."""
-
-    def __init__(self, client: Any, address: MilvusAddress, manifest: dict[str, Any],
-                 search_params: Mapping[str, int] | None = None) -> None:
-        self.client = client
-        self.address = address
-        self._manifest = manifest
-        self.settings = dict(manifest["backend"]["params"])
-        for key, value in (search_params or {}).items():
-            if key not in SEARCH_PARAMS or key not in self.settings:
-                raise IndexStoreError(f"milvus index {self.settings['index']} has no search parameter {key!r}")
-            self.settings[key] = _positive(key, value)
-        self.consistency = read_consistency()
-        self._lock = threading.Lock()
-        self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._sources: dict[str, dict[str, Any]] = {}
-
-    @classmethod
-    def open(cls, location: str | MilvusAddress, search_params: Mapping[str, int] | None = None,
-             connection: Mapping[str, str] | None = None) -> MilvusGallery:
-        """Connect, check the manifest and the collection, and load it for search."""
-        address = location if isinstance(location, MilvusAddress) else parse_address(location)
-        client = connect(address, connection)
-        return cls(client, address, read_manifest(client, address), search_params)
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self._manifest
-
-    @property
-    def directory(self) -> str:
-        """The index's address (named in messages, as an index directory is)."""
-        return str(self.address)
-
-    def __len__(self) -> int:
-        return count_items(self.client, self.address, consistency=self.consistency)
-
-    def track_count(self) -> None:
-        """Unknown without scanning the collection (None)."""
-        return None
-
-    def check_model(self, fingerprint: str, tokenizer_fingerprint: str, source: str = "the model",
-                    preprocessing: Mapping[str, Any] | None = None) -> None:
-        check_compatible(self.manifest, fingerprint, tokenizer_fingerprint, source, Path(str(self.address)),
-                         preprocessing)
-
-    def parse_id(self, raw: str) -> str | None:
-        """The item id a request names (a sha256 in hex), if the collection holds it."""
-        if not _SHA_RE.match(raw or ""):
-            return None
-        return raw if self._record(raw, missing_ok=True) is not None else None
-
-    # -- search ---------------------------------------------------------------------------------
-
-    def search(self, query: np.ndarray, k: int = 10, per_track: bool = False,
-               where: SearchFilter | None = None) -> list[Hit]:
-        """The best ``k`` items (exact cosines of Milvus's candidates), filtered inside Milvus."""
-        if k <= 0:
-            return []
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        expression = filter_expression(where)
-        if not per_track:
-            hits = [Hit(i, s) for i, s, _ in self._ranked(q, k, expression)]
-        else:
-            hits = self._per_track(q, k, expression)
-        if where is not None and where.min_score is not None:
-            hits = [h for h in hits if h.score >= where.min_score]
-        return hits
-
-    def _per_track(self, q: np.ndarray, k: int, expression: str) -> list[Hit]:
-        wanted = max(8 * k, 64)
-        while True:
-            ranked = self._ranked(q, min(wanted, MAX_CANDIDATES), expression)
-            hits: list[Hit] = []
-            seen: set[Any] = set()
-            for item, score, track in ranked:
-                key = ("track", track) if track >= 0 else ("item", item)
-                if key not in seen:
-                    seen.add(key)
-                    hits.append(Hit(item, score, self._span(track) if track >= 0 else None))
-                    if len(hits) == k:
-                        return hits
-            if len(ranked) < min(wanted, MAX_CANDIDATES) or wanted >= MAX_CANDIDATES:
-                return hits
-            wanted *= 4
-
-    def _ranked(self, q: np.ndarray, k: int, expression: str) -> list[tuple[str, float, int]]:
-        """(id, exact score, track) of the best ``k``, best first (ties: lower id first)."""
-        candidates = min(MAX_CANDIDATES, k * int(self.settings.get("rerank", 1)))
-        result = _milvus_call("searching", self.address, self.client.search, self.address.collection,
-                              data=[q.tolist()], limit=candidates, filter=expression,
-                              output_fields=["embedding", "track", "record"],
-                              search_params=_search_params(self.settings), consistency_level=self.consistency)
-        rows = list(result[0]) if result else []
-        if not rows:
-            return []
-        vectors = np.asarray([row["entity"]["embedding"] for row in rows], dtype=np.float32)
-        check_embeddings(vectors, f"{self.address}: stored embeddings")
-        scores = vectors @ q
-        ids = [row["id"] for row in rows]
-        with self._lock:
-            for row in rows:
-                self._remember(row["id"], row["entity"]["record"])
-        order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), ids[j]))[:k]
-        return [(ids[j], float(scores[j]), int(rows[j]["entity"]["track"])) for j in order]
-
-    def _span(self, track: int) -> TrackSpan | None:
-        rows = _milvus_call("reading a track", self.address, self.client.query, self.address.collection,
-                            filter=f"track == {int(track)}", output_fields=["id", "frame", "time"],
-                            limit=MAX_CANDIDATES, consistency_level=self.consistency)
-        if not rows:
-            return None
-        rows.sort(key=lambda r: (r["frame"], r["id"]))
-        return TrackSpan(track, "", tuple(r["id"] for r in rows), float(rows[0]["time"]), float(rows[-1]["time"]),
-                         int(rows[0]["frame"]), int(rows[-1]["frame"]))
-
-    # -- items ----------------------------------------------------------------------------------
-
-    def _remember(self, item_id: str, record: dict[str, Any]) -> None:
-        self._records[item_id] = record
-        self._records.move_to_end(item_id)
-        while len(self._records) > 4096:
-            self._records.popitem(last=False)
-
-    def _record(self, item_id: str, missing_ok: bool = False) -> dict[str, Any] | None:
-        with self._lock:
-            if item_id in self._records:
-                return self._records[item_id]
-        rows = []
-        if isinstance(item_id, str) and _SHA_RE.match(item_id):
-            rows = _milvus_call("reading an item", self.address, self.client.get, self.address.collection,
-                                ids=[item_id], output_fields=["record"], consistency_level=self.consistency)
-        if not rows:
-            if missing_ok:
-                return None
-            raise IndexStoreError(f"no item {str(item_id)[:70]!r} in {self.address}")
-        with self._lock:
-            self._remember(item_id, rows[0]["record"])
-        return rows[0]["record"]
-
-    def _item(self, item_id: str) -> Item:
-        record = self._record(item_id)
-        video = record.get("video")
-        ref = None
-        if video is not None:
-            ref = VideoRef(source=0, frame=int(video["frame"]), time=float(video["time"]),
-                           box=tuple(int(v) for v in video["box"]), track=int(video["track"]),
-                           score=float(video.get("score", 0.0)))
-        return Item(path=record["path"], sha256=item_id, width=int(record["width"]), height=int(record["height"]),
-                    pid=record.get("pid"), video=ref)
-
-    def _source(self, sha: str) -> dict[str, Any] | None:
-        with self._lock:
-            if sha in self._sources:
-                return self._sources[sha]
-        found = _get_meta(self.client, self.address, ["source:" + sha]).get("source:" + sha)
-        if found is not None:
-            with self._lock:
-                self._sources[sha] = found
-        return found
-
-    def describe(self, item_id: str, track: TrackSpan | None = None) -> dict[str, Any]:
-        """JSON-ready provenance of an item (as :meth:`Gallery.describe`)."""
-        item = self._item(item_id)
-        record = self._record(item_id)
-        source = self._source(record["video"]["source"]) if item.video is not None else None
-        span = track or (self._span(item.video.track) if item.video is not None else None)
-        return describe_item(item, source, span)
-
-    def item_path(self, item_id: str) -> str:
-        return self._item(item_id).path
-
-    def item_file(self, item_id: str) -> Path:
-        """The item's file, confined to its root (the crop store for video crops)."""
-        record = self._record(item_id)
-        if not record.get("root") and not self.manifest.get("crops"):
-            raise IndexStoreError(f"item {item_id}: a video crop, but {self.address} names no crop store")
-        root = Path(record["root"]) if record.get("root") else Path(self.manifest["crops"])
-        return confined_file(item_id, root, record["path"])
-
-    def read_image(self, item_id: str) -> bytes:
-        """The bytes of an indexed image, only if they still have the indexed sha256."""
-        return read_verified(item_id, self.item_file(item_id), item_id)

@@ -13,7 +13,8 @@ from PIL import Image
 from ivt.errors import CheckpointError, DataError, IndexStoreError, IvtError
 from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Gallery
-from ivt.index.milvus import MilvusGallery, is_milvus
+from ivt.index.milvus import is_milvus
+from ivt.index.milvus_gallery import MilvusGallery
 from ivt.index.store import read_index
 from ivt.terminal import printable
 from ivt.viz import image_data_uri

@@ -217,19 +217,26 @@ def _parse_npy(data: bytearray, index_dir: Path) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4", offset=offset).reshape(shape)
 
 
-def _check_values(embeddings: np.ndarray, index_dir: Path) -> None:
-    """Refuse embeddings that are not finite or not unit-norm: a matching sha256 only says the
-    file is what was written, and such rows give NaN or meaningless scores."""
+def unit_rows_problem(embeddings: np.ndarray) -> str | None:
+    """What is wrong with rows that should be finite L2-normalised embeddings, or None: a matching
+    sha256 (or a database's acknowledgement) only says they are what was written, and such rows
+    give NaN or meaningless scores."""
     finite = np.isfinite(embeddings).all(axis=1)
     if not finite.all():
-        row = int(np.argmin(finite))
-        raise _fail(index_dir, f"{EMBEDDINGS} row {row} holds NaN or infinite values")
+        return f"row {int(np.argmin(finite))} holds NaN or infinite values"
     norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
     bad = np.abs(norms - 1.0) > NORM_TOLERANCE
     if bad.any():
         row = int(np.argmax(bad))
-        raise _fail(index_dir, f"{EMBEDDINGS} row {row} has norm {norms[row]:.6g}, not 1 (within "
-                               f"{NORM_TOLERANCE:g}): embeddings must be L2-normalised")
+        return (f"row {row} has norm {norms[row]:.6g}, not 1 (within {NORM_TOLERANCE:g}): embeddings must be "
+                f"L2-normalised")
+    return None
+
+
+def _check_values(embeddings: np.ndarray, index_dir: Path) -> None:
+    problem = unit_rows_problem(embeddings)
+    if problem is not None:
+        raise _fail(index_dir, f"{EMBEDDINGS} {problem}")
 
 
 def parse_item(line: str, where: str, num_roots: int, num_sources: int) -> Item:
