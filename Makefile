@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.ivt-installed
 
-.PHONY: demo test install clean-demo chromium
+.PHONY: demo test install clean-demo chromium vtest
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	    || echo "could not install chromium: the browser test will be skipped"; \
 	else echo "no chromium and no root apt: the browser test will be skipped"; fi
+
+# OpenCV's real pedestrian video (768x576, 10 fps, 80 s), from Debian's opencv-doc package: the
+# footage of benchmarks/detector.py and of the README's video examples.
+vtest: examples/data/vtest.avi
+
+examples/data/vtest.avi:
+	@mkdir -p examples/data
+	@tmp=$$(mktemp -d) && cd $$tmp && chmod 755 $$tmp \
+	  && (apt-get download opencv-doc >/dev/null 2>&1 || (apt-get update -qq && apt-get download opencv-doc >/dev/null)) \
+	  && dpkg-deb -x opencv-doc_*.deb x && cp x/usr/share/doc/opencv-doc/examples/data/vtest.avi $(CURDIR)/$@ \
+	  && rm -rf $$tmp && echo "$@ from Debian's opencv-doc"
 
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -138,3 +138,16 @@ def test_load_detector_by_name_and_import_path():
 
 def test_detection_is_a_value():
     assert Detection((1, 2, 3, 4), 0.5) == Detection((1, 2, 3, 4), 0.5)
+
+
+def test_tracker_links_tight_person_boxes_by_their_surroundings():
+    # A 20 x 60 person box moving 14 px (70 % of its width) per processed frame, first step unknown
+    # to the velocity: the boxes themselves barely overlap, their detection windows do.
+    boxes = [(100 + 14 * s, 50, 20, 60) for s in range(5)]
+    assert iou(boxes[0], boxes[1]) < 0.3
+    grown = IoUTracker()
+    assert [grown.update(s, [b])[0] for s, b in enumerate(boxes)] == [0] * 5
+    tight = IoUTracker(grow=(1.0, 1.0))
+    assert len({tight.update(s, [b])[0] for s, b in enumerate(boxes)}) > 1
+    with pytest.raises(ValueError, match="grow"):
+        IoUTracker(grow=(0.5, 1.0))

@@ -1,4 +1,5 @@
-"""People in a video: frames -> detections -> tracks -> crops with a margin, with provenance."""
+"""People in a video: frames -> detections -> background dropped -> tracks -> crops with a margin,
+with provenance."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -8,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ivt.video.detect import Detector
+from ivt.video.detect import Detection, Detector
 from ivt.video.reader import Frame, read_frames
+from ivt.video.static import drop_static
 from ivt.video.track import IoUTracker
 
 
@@ -35,17 +37,23 @@ def crop_box(box: tuple[int, int, int, int], margin: float, width: int, height: 
 
 def extract_people(path: str | Path, detector: Detector, every: int = 1, margin: float = 0.1,
                    min_height: int = 32, tracker: IoUTracker | None = None,
-                   limit: int | None = None,
+                   limit: int | None = None, keep_static: bool = False,
                    on_frame: Callable[[Frame], None] | None = None) -> Iterator[PersonCrop]:
     """Detect, track and crop the people of every ``every``-th frame of a video.
 
-    Detections shorter than ``min_height`` pixels are ignored (too small to describe). Track ids
-    start at 0 for each video. ``on_frame`` is called after each processed frame (progress).
+    Detections shorter than ``min_height`` pixels are ignored (too small to describe), and so are
+    detections of background (:func:`ivt.video.static.drop_static`) unless ``keep_static``. Track
+    ids start at 0 for each video. ``on_frame`` is called after each processed frame (progress).
     """
     tracker = tracker or IoUTracker()
-    for step, frame in enumerate(read_frames(path, every, limit)):
+
+    def detected() -> Iterator[tuple[Frame, list[Detection]]]:
+        for frame in read_frames(path, every, limit):
+            yield frame, [d for d in detector(frame.image) if d.box[3] >= min_height and d.box[2] > 0]
+
+    frames = detected() if keep_static else drop_static(detected())
+    for step, (frame, detections) in enumerate(frames):
         height, width = frame.image.shape[:2]
-        detections = [d for d in detector(frame.image) if d.box[3] >= min_height and d.box[2] > 0]
         tracks = tracker.update(step, [d.box for d in detections])
         for det, track in zip(detections, tracks):
             left, top, right, bottom = crop_box(det.box, margin, width, height)

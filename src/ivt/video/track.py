@@ -5,6 +5,9 @@ boxes); a new box joins the track whose predicted box it overlaps most (greedy, 
 first). The prediction matters when frames are skipped (``--every``): a walker moves a good part
 of their own width between processed frames, and the plain previous box would no longer overlap.
 A track survives ``max_gap`` processed frames without a detection (a miss or a brief occlusion).
+Boxes are compared grown by ``grow`` (width, height; about the person's detection window) around
+their centre: a tight person box moves by much of its own width between processed frames, and its
+overlap with the prediction would be lost where the grown boxes still agree.
 """
 from __future__ import annotations
 
@@ -40,9 +43,12 @@ class IoUTracker:
     """Assigns a track id to every box of every processed frame (ids 0, 1, 2, ... in order of
     appearance)."""
 
-    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 2) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 2, grow: tuple[float, float] = (2.0, 4 / 3)) -> None:
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if min(grow) < 1.0:
+            raise ValueError(f"grow must be >= 1 in width and height, got {grow}")
+        self.grow = grow
         if max_gap < 0:
             raise ValueError(f"max_gap must be >= 0, got {max_gap}")
         self.iou_threshold = iou_threshold
@@ -50,10 +56,15 @@ class IoUTracker:
         self._active: dict[int, _Track] = {}
         self._next = 0
 
+    def _grown(self, box: Sequence[float]) -> tuple[float, float, float, float]:
+        gw, gh = self.grow
+        x, y, w, h = box
+        return x - (gw - 1) * w / 2, y - (gh - 1) * h / 2, gw * w, gh * h
+
     def update(self, step: int, boxes: Sequence[Box]) -> list[int]:
         """Track ids for ``boxes`` of processed frame number ``step`` (steps must increase)."""
         self._active = {t: tr for t, tr in self._active.items() if step - tr.step <= self.max_gap + 1}
-        pairs = sorted(((iou(tr.predicted(step), b), t, j) for t, tr in self._active.items()
+        pairs = sorted(((iou(self._grown(tr.predicted(step)), self._grown(b)), t, j) for t, tr in self._active.items()
                         for j, b in enumerate(boxes)), reverse=True)
         assigned: dict[int, int] = {}
         used: set[int] = set()
