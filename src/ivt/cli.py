@@ -116,7 +116,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     result = evaluate_checkpoint(
         args.checkpoint, args.data, data_format=args.format, split=args.split, device=args.device,
-        batch_size=args.batch_size, which=args.which, image_root=args.image_root, i2t=args.i2t,
+        batch_size=args.batch_size, which=args.which, image_root=args.image_root, i2t=args.i2t, i2i=args.i2i,
         precision=args.precision, rerank=args.rerank,
     )
     print(format_metrics(result))
@@ -230,32 +230,54 @@ def _cmd_search(args: argparse.Namespace) -> None:
 
     from ivt.errors import DataError
     from ivt.index.filters import SearchFilter
-    from ivt.index.query import encode_query, format_results, ignored_note, open_for_search, results, results_html
+    from ivt.index.query import (
+        combined_query,
+        encode_query,
+        example_file,
+        example_item,
+        format_results,
+        ignored_note,
+        open_for_search,
+        query_label,
+        results,
+        results_html,
+    )
 
-    text = args.text.strip()
-    if not text or len(text) > 500:
+    text = (args.text or "").strip() or None
+    if args.text is not None and (text is None or len(text) > 500):
         raise DataError("the description must be 1 to 500 characters")
+    if text is None and args.image is None and args.item is None:
+        raise DataError("give a description, --image FILE or --item ID (a description and an example may go together)")
+    if args.image is not None and args.item is not None:
+        raise DataError("--image and --item both name the example: give one")
+    if args.rerank and text is None:
+        raise DataError("--rerank re-orders by how well each image matches a description: give one")
     if not 1 <= args.top_k <= 1000:
         raise DataError(f"--top-k must be from 1 to 1000, got {args.top_k}")
     gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     start = time.perf_counter()
     if args.rerank:
         model.require_rerank()
-    query, ignored = encode_query(model, text)
+    example = (example_item(gallery, args.item) if args.item is not None else
+               example_file(gallery, model, args.image) if args.image is not None else None)
+    text_vector, ignored = encode_query(model, text) if text else (None, [])
+    query = combined_query(text_vector, example)
     where = SearchFilter.make(args.camera, args.after, args.before, args.track, args.min_score)
     hits = results(gallery, query, args.top_k, args.per_track, (model, text, args.rerank) if args.rerank else None,
-                   where)
+                   where, example)
     took = 1000 * (time.perf_counter() - start)
+    label = query_label(text, example)
     if args.json:
-        print(json.dumps({"text": text, "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
+        print(json.dumps({"text": text, "like": None if example is None else example.label,
+                          "k": args.top_k, "per_track": args.per_track, "count": len(gallery),
                           "took_ms": round(took, 2), "ignored_words": ignored, "results": hits},
                          indent=2, allow_nan=False))
     else:
-        print(format_results(text, hits, gallery, took))
+        print(format_results(label, hits, gallery, took))
         if ignored:
             print(ignored_note(ignored))
     if args.html:
-        path = results_html(text, hits, gallery, args.html)
+        path = results_html(label, hits, gallery, args.html)
         print(f"HTML result grid: {printable(path)}", file=sys.stderr if args.json else sys.stdout)
 
 
@@ -329,8 +351,12 @@ def _add_search_commands(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--quiet", action="store_true", help="no progress bars")
         c.set_defaults(func=_cmd_index)
 
-    p = sub.add_parser("search", help="rank an index's images by a text description")
-    p.add_argument("text", help='the description, e.g. "a man in a black jacket with a red backpack"')
+    p = sub.add_parser("search", help="rank an index's images by a description, an example image, or both")
+    p.add_argument("text", nargs="?", help='the description, e.g. "a man in a black jacket with a red backpack"')
+    p.add_argument("--image", metavar="FILE", help="find this person: an image of them (left out of the results "
+                   "when indexed)")
+    p.add_argument("--item", metavar="ID", help="find this person: an item of the index (left out of the results; "
+                   "with --per-track, its whole track)")
     p.add_argument("--index", required=True, metavar="INDEX", help="index directory or milvus:URI#COLLECTION")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
@@ -423,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_precision(p)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--i2t", action="store_true", help="also report image-to-text retrieval")
+    p.add_argument("--i2i", action="store_true", help="also report image-to-image retrieval (each image against "
+                   "the others: finding a person from a photo of them)")
     p.add_argument("--rerank", type=_int_in(0, 1000), default=0, metavar="K",
                    help="re-order each query's top K with the model's image-text matching head (0: off)")
     p.add_argument("--json", metavar="OUT", type=_output_file, help="write the metrics as JSON")

@@ -162,7 +162,7 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
     from ivt.index.build import build_index
     from ivt.index.gallery import Gallery
     from ivt.index.ingest import image_source
-    from ivt.index.query import format_results, results, results_html
+    from ivt.index.query import format_results, query_label, results, results_html
 
     model = ivt.load(run_dir, device=device, precision=precision)
     index_dir = run_dir / "index"
@@ -173,8 +173,8 @@ def search_demo(run_dir: Path, data_dir: Path, queries: tuple[str, ...] = DEMO_Q
     for n, text in enumerate(queries, 1):
         start = time.perf_counter()
         hits = results(gallery, model.encode_texts([text])[0].numpy(), top_k)
-        print(format_results(text, hits, gallery, 1000 * (time.perf_counter() - start)))
-        pages.append(results_html(text, hits, gallery, run_dir / f"search-{n}.html"))
+        print(format_results(query_label(text, None), hits, gallery, 1000 * (time.perf_counter() - start)))
+        pages.append(results_html(query_label(text, None), hits, gallery, run_dir / f"search-{n}.html"))
     index = printable(index_dir)
     print(f"HTML result grids: {', '.join(printable(p) for p in pages)}")
     print(f"try your own: ivt search --index {index} \"a woman in a blue coat\"  |  ivt serve --index {index}")

@@ -129,6 +129,31 @@ def infonce_loss(
         return 0.5 * (i2t + t2i)
 
 
+def image_image_loss(image_emb: Tensor, labels: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Identity-aware InfoNCE among the images of a batch, each image's target uniform over the
+    *other* images of its identity (itself never a candidate): two photos of one person are pulled
+    together and away from everyone else's, which the cross-modal losses only do through the texts
+    (RaSa and others add such an image-image term). Images whose identity has no other image in
+    the batch are not anchors. The identity sampler (``train.k_per_id``) gives each identity several
+    images per batch. Returns 0 (with a gradient path) when no image has a partner.
+    """
+    if image_emb.dim() != 2 or labels.reshape(-1).shape[0] != image_emb.shape[0]:
+        raise ValueError(f"image_image_loss: need (B, D) embeddings and B labels, got {tuple(image_emb.shape)} "
+                         f"and {tuple(labels.shape)}")
+    with _float32(image_emb.device):
+        x = F.normalize(image_emb.float(), dim=1)
+        scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=x.device)
+        own = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+        logits = (scale * (x @ x.t())).masked_fill(own, float("-inf"))
+        mask = identity_mask(labels.to(x.device)).masked_fill(own, 0.0)
+        anchors = mask.sum(dim=1) > 0
+        if not bool(anchors.any()):
+            return logits.masked_fill(own, 0.0).sum() * 0.0
+        log_p = F.log_softmax(logits[anchors], dim=1).masked_fill(own[anchors], 0.0)
+        target = mask[anchors] / mask[anchors].sum(dim=1, keepdim=True)
+        return -(target * log_p).sum(dim=1).mean()
+
+
 def sdm_loss(
     image_emb: Tensor,
     text_emb: Tensor,

@@ -102,8 +102,12 @@ def ranking_metrics(
     *,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 256,
+    exclude_self: bool = False,
 ) -> dict[str, float]:
     """R@k, mAP and mINP (percent) of a (queries x gallery) similarity matrix.
+
+    ``exclude_self``: query i is gallery item i (image-to-image retrieval in one set), left out of
+    its own ranking: neither relevant nor ranked, so the gallery of each query is the other G - 1.
 
     Returns a dict with ``R1 R5 R10 mAP mINP`` (one ``R{k}`` per entry of ``ks``) and the counts
     ``num_queries``, ``num_gallery`` and ``num_skipped_queries`` (queries without a relevant image).
@@ -125,10 +129,20 @@ def ranking_metrics(
     if any(k < 1 for k in ks):
         raise ValueError(f"ranking_metrics: every k must be >= 1, got {list(ks)}")
     num_q, num_g = sim.shape
+    rel_index, rel_counts = _relevant_table(qp, gp)
+    if exclude_self:
+        if num_q != num_g or not bool(torch.equal(qp, gp)):
+            raise ValueError("ranking_metrics: exclude_self needs the queries to be the gallery (same pids, in order)")
+        sim = sim.clone()
+        sim.fill_diagonal_(float("-inf"))           # below every real score: ranked after all others
+        own = rel_index == torch.arange(num_q).unsqueeze(1)
+        rel_index = rel_index.masked_fill(own, -1)
+        rel_index = rel_index.gather(1, torch.argsort((rel_index < 0).to(torch.int8), dim=1, stable=True))
+        rel_counts = rel_counts - own.sum(1)
+        num_g -= 1
 
     hits = {k: 0 for k in ks}
     ap_sum = inp_sum = 0.0
-    rel_index, rel_counts = _relevant_table(qp, gp)
     has_rel = rel_counts > 0
     skipped = int((~has_rel).sum())
     for start in range(0, num_q, chunk_size):

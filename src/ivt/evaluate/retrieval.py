@@ -3,6 +3,7 @@ gallery = every image of the split once; cosine similarity of the L2-normalised 
 (pooled as the model is configured: token 0, or the mean of the output tokens)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -57,19 +58,26 @@ def embed_split(model: RetrievalModel, dataset: PedesDataset, records: Sequence[
     )
 
 
-def split_metrics(emb: SplitEmbeddings, i2t: bool = False) -> dict:
-    """Text-to-image metrics (and image-to-text ones, prefixed ``i2t_``, when asked)."""
+def split_metrics(emb: SplitEmbeddings, i2t: bool = False, i2i: bool = False) -> dict:
+    """Text-to-image metrics, and when asked image-to-text ones (prefixed ``i2t_``) and
+    image-to-image ones (``i2i_``: each image a query against the others, itself left out; images
+    alone with their identity in the split are not queries)."""
     result = ranking_metrics(emb.text @ emb.image.T, emb.text_pids, emb.image_pids)
     if i2t:
         back = ranking_metrics(emb.image @ emb.text.T, emb.image_pids, emb.text_pids)
         result.update({f"i2t_{k}": v for k, v in back.items() if not k.startswith("num_")})
+    if i2i:
+        with warnings.catch_warnings():   # lone images are no queries: said in the docstring, not warned
+            warnings.simplefilter("ignore")
+            same = ranking_metrics(emb.image @ emb.image.T, emb.image_pids, emb.image_pids, exclude_self=True)
+        result.update({f"i2i_{k}": v for k, v in same.items() if k != "num_gallery"})
     return result
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, data_format: str = "auto",
                         split: str = "test", device: str = "auto", batch_size: int = 64,
                         which: str = "best", image_root: str | Path | None = None, i2t: bool = False,
-                        precision: str = "auto", rerank: int = 0) -> dict:
+                        precision: str = "auto", rerank: int = 0, i2i: bool = False) -> dict:
     """Load a trained run and report retrieval metrics on one split of a dataset; with ``rerank``
     K > 0, of the ranking whose top K per query the image-text matching head re-orders (the
     cosine metrics are kept under ``cosine``)."""
@@ -82,7 +90,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, data_format
         model.require_rerank()
     images = split_images(model, dataset, records)
     emb = embed_split(model, dataset, records, batch_size, images=images)
-    result = {k: float(v) for k, v in split_metrics(emb, i2t).items()}
+    result = {k: float(v) for k, v in split_metrics(emb, i2t, i2i).items()}
     if rerank:
         from ivt.evaluate.rerank import rerank_scores
 
@@ -108,8 +116,9 @@ def format_metrics(result: dict) -> str:
         + (f" ({result['num_skipped_queries']} queries without a match skipped)"
            if result.get("num_skipped_queries") else ""),
     ]
-    if "i2t_R1" in result:
-        lines.insert(2, "i2t " + " ".join(f"{result['i2t_' + k]:7.2f}" for k in keys)[4:])
+    for prefix, what in (("i2i", "image to image"), ("i2t", "image to text")):
+        if f"{prefix}_R1" in result:
+            lines.insert(2, " ".join(f"{result[f'{prefix}_{k}']:7.2f}" for k in keys) + f"   ({what})")
     if "cosine" in result:
         lines[1] += f"   (top {result['rerank']} re-ranked by image-text matching)"
         lines.insert(2, " ".join(f"{result['cosine'][k]:7.2f}" for k in keys) + "   (cosine order)")

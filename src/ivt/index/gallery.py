@@ -55,6 +55,7 @@ class Gallery:
         self.tracks = _tracks(stored.items)
         self._track_of = {i: span for span in self.tracks.values() for i in span.items}
         self.columns = ItemColumns.of(stored.items, stored.manifest["sources"])
+        self._by_sha256: dict[str, int] | None = None       # made on first use (a benign race)
 
     @classmethod
     def open(cls, index_dir: str | Path, search_params: Mapping[str, int] | None = None) -> Gallery:
@@ -180,6 +181,27 @@ class Gallery:
     def item_path(self, item_id: int) -> str:
         """The indexed file's path as recorded (relative to its root)."""
         return self._item(item_id).path
+
+    def embedding(self, item_id: int) -> np.ndarray:
+        """The item's stored unit embedding (D,), float32."""
+        self._item(item_id)
+        return np.array(self.stored.embeddings[int(item_id)], dtype=np.float32)
+
+    def item_with_sha256(self, sha256: str) -> int | None:
+        """The item whose content has this sha256, if the index holds it."""
+        if self._by_sha256 is None:
+            self._by_sha256 = {item.sha256: i for i, item in enumerate(self.stored.items)}
+        return self._by_sha256.get(sha256)
+
+    def track_of(self, item_id: int) -> TrackSpan | None:
+        """The video track the item belongs to (None for an image outside videos)."""
+        self._item(item_id)
+        return self._track_of.get(int(item_id))
+
+    def video_of(self, item_id: int) -> tuple[dict[str, Any], VideoRef] | None:
+        """The video record an item was cropped from and where in it (None for other images)."""
+        item = self._item(item_id)
+        return None if item.video is None else (self.manifest["sources"][item.video.source], item.video)
 
     def track_count(self) -> int:
         """How many video tracks the index holds."""

@@ -247,6 +247,34 @@ class MilvusGallery:
     def item_path(self, item_id: str) -> str:
         return self._item(item_id).path
 
+    def embedding(self, item_id: str) -> np.ndarray:
+        """The item's stored unit embedding (D,), float32."""
+        self._record(item_id)
+        rows = milvus_call("reading an item", self.address, self.client.get, self.address.collection,
+                           ids=[item_id], output_fields=["embedding"], consistency_level=self.consistency)
+        if not rows:
+            raise IndexStoreError(f"no item {str(item_id)[:70]!r} in {self.address}")
+        vector = np.asarray(rows[0]["embedding"], dtype=np.float32)
+        check_embeddings(vector[None], f"{self.address}: stored embedding of {item_id[:12]}")
+        return vector
+
+    def item_with_sha256(self, sha256: str) -> str | None:
+        """The item whose content has this sha256 (its id), if the index holds it."""
+        return sha256 if self._record(sha256, missing_ok=True) is not None else None
+
+    def track_of(self, item_id: str) -> TrackSpan | None:
+        """The video track the item belongs to (None for an image outside videos)."""
+        item = self._item(item_id)
+        return None if item.video is None else self._span(item.video.track)
+
+    def video_of(self, item_id: str) -> tuple[dict[str, Any], VideoRef] | None:
+        """The video record an item was cropped from and where in it (None for other images)."""
+        item = self._item(item_id)
+        if item.video is None:
+            return None
+        source = self._source(self._record(item_id)["video"]["source"])
+        return None if source is None else (source, item.video)
+
     def item_file(self, item_id: str) -> Path:
         """The item's file, confined to its root (the crop store for video crops)."""
         record = self._record(item_id)

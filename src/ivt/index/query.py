@@ -1,9 +1,12 @@
-"""Text queries against an index: opening it with its own model, ranked results as JSON-ready
-data, a terminal table and a self-contained HTML grid. The CLI and the web service share these."""
+"""Queries against an index: a description, an example image of the person ("find this person":
+a file, or an item of the index), or both; opening the index with its own model, ranked results
+as JSON-ready data, a terminal table and a self-contained HTML grid. The CLI and the web service
+share these."""
 from __future__ import annotations
 
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +69,63 @@ def encode_query(model: RetrievalModel, text: str) -> tuple[np.ndarray, list[str
     return model.encode_texts([text])[0].numpy(), ignored
 
 
+@dataclass(frozen=True)
+class Example:
+    """An example image of the person sought: its unit embedding, what to call it, and the index
+    item it is (left out of the results, with its whole track when searching per track)."""
+
+    vector: np.ndarray
+    label: str
+    item: int | str | None = None
+    track: int | None = None
+
+
+def example_item(gallery: Gallery | MilvusGallery, raw_id: str) -> Example:
+    """An item of the index as the example (its stored embedding: nothing is re-encoded)."""
+    item = gallery.parse_id(str(raw_id))
+    if item is None:
+        raise DataError(f"--item {str(raw_id)[:70]!r}: no such item in this index")
+    span = gallery.track_of(item)
+    return Example(gallery.embedding(item), f"item {str(item)[:12]}", item, span.track if span else None)
+
+
+def example_file(gallery: Gallery | MilvusGallery, model: RetrievalModel, path: str | Path) -> Example:
+    """An image file as the example; when the index holds these very bytes, that item is left out."""
+    from ivt.files import file_sha256
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--image {p}: not a file")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            vector = model.encode_images([img.convert("RGB")])[0].numpy()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"--image {p}: not a readable image ({exc})") from exc
+    item = gallery.item_with_sha256(file_sha256(p))
+    span = gallery.track_of(item) if item is not None else None
+    return Example(vector, p.name, item, span.track if span else None)
+
+
+def combined_query(text_vector: np.ndarray | None, example: Example | None) -> np.ndarray:
+    """The query vector: the description's, the example's, or, with both, their normalised sum (a
+    person like the example and as described)."""
+    vectors = [v for v in (text_vector, None if example is None else example.vector) if v is not None]
+    if not vectors:
+        raise DataError("a search needs a description, an example image, or both")
+    total = np.sum(np.asarray(vectors, dtype=np.float32), axis=0)
+    norm = float(np.linalg.norm(total))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise CheckpointError("the query has no direction (NaN or zero embedding); the model's weights are damaged")
+    return total / norm
+
+
+def query_label(text: str | None, example: Example | None) -> str:
+    """How a query is named in output: the quoted description and/or 'like <example>'."""
+    parts = ([f'"{text}"'] if text else []) + ([f"like {example.label}"] if example is not None else [])
+    return " ".join(parts)
+
+
 def ignored_note(ignored: list[str]) -> str:
     """One line naming the words a search left out ('' when none)."""
     if not ignored:
@@ -93,19 +153,25 @@ def index_model(index_dir: str | Path, built: dict[str, Any], checkpoint: str | 
 
 def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_track: bool = False,
             rerank: tuple[RetrievalModel, str, int] | None = None,
-            where: SearchFilter | None = None) -> list[dict[str, Any]]:
+            where: SearchFilter | None = None, example: Example | None = None) -> list[dict[str, Any]]:
     """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
     provenance); every score is a finite number (JSON has no NaN), else a CheckpointError.
 
     ``rerank`` = (model, text, K): the cosine's top K are re-ordered by the model's image-text
     matching head (each hit of them also gets ``match``, its ITM log-odds); below K, cosine order.
     ``where``: only hits that pass these metadata filters (camera, time, track, minimum score).
+    ``example``: the example image's own item is left out (per track: its whole track).
     """
     if not np.isfinite(np.asarray(query, dtype=np.float64)).all():
         raise CheckpointError("the model gave NaN or infinite values for the query: its weights are damaged "
                               "(retrain or restore the run directory); no results")
     depth = max(k, rerank[2]) if rerank else k
-    hits = gallery.search(query, depth, per_track=per_track, where=where)
+    left_out = example is not None and example.item is not None
+    hits = gallery.search(query, depth + int(left_out), per_track=per_track, where=where)
+    if left_out:
+        own_track = example.track if per_track else None
+        hits = [h for h in hits if h.id != example.item and (own_track is None or h.track is None
+                                                             or h.track.track != own_track)][:depth]
     if not all(np.isfinite(hit.score) for hit in hits):
         raise IndexStoreError(f"index {gallery.directory}: a search score is NaN or infinite; rebuild the index")
     matches: dict[int | str, float] = {}
@@ -145,12 +211,13 @@ def describe_short(provenance: dict[str, Any]) -> str:
     return provenance["path"] + (f" (id {provenance['pid']})" if "pid" in provenance else "")
 
 
-def format_results(text: str, hits: list[dict[str, Any]], gallery: Gallery | MilvusGallery,
+def format_results(label: str, hits: list[dict[str, Any]], gallery: Gallery | MilvusGallery,
                    took_ms: float | None = None) -> str:
-    """A terminal table of ranked hits; the query and file names with control characters escaped."""
+    """A terminal table of ranked hits; the query (its :func:`query_label`) and file names with
+    control characters escaped."""
     backend = printable(gallery.manifest["backend"]["name"])
     timing = f", {took_ms:.1f} ms" if took_ms is not None else ""
-    lines = [f'query: "{printable(text)}"  ({len(gallery)} indexed images, {backend} search{timing})',
+    lines = [f'query: {printable(label)}  ({len(gallery)} indexed images, {backend} search{timing})',
              f"{'rank':>4}  {'score':>6}  {'id':>6}  image"]
     reranked = any("match" in h for h in hits)
     if reranked:
@@ -170,8 +237,10 @@ _CSS = ("body{font-family:system-ui,sans-serif;margin:24px;color:#111}h1{font-si
         "figcaption{font-size:.8rem;line-height:1.3}.s{font-weight:600}.p{color:#666;word-break:break-all}")
 
 
-def results_html(text: str, hits: list[dict[str, Any]], gallery: Gallery | MilvusGallery, out_path: str | Path) -> Path:
-    """A self-contained HTML page (images embedded) of the ranked hits; returns its path."""
+def results_html(label: str, hits: list[dict[str, Any]], gallery: Gallery | MilvusGallery,
+                 out_path: str | Path) -> Path:
+    """A self-contained HTML page (images embedded) of the ranked hits of a query (its
+    :func:`query_label`); returns its path."""
     cards = []
     for h in hits:
         uri = image_data_uri(gallery.read_image(h["id"]))
@@ -179,8 +248,8 @@ def results_html(text: str, hits: list[dict[str, Any]], gallery: Gallery | Milvu
                      f"<span class='s'>#{h['rank']} &nbsp; {h['score']:.3f}</span><br>"
                      f"<span class='p'>{html.escape(describe_short(h['provenance']))}</span></figcaption></figure>")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ivt search: "
-            f"{html.escape(text)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>&ldquo;{html.escape(text)}&rdquo;</h1><p>top {len(hits)} of {len(gallery)} indexed images "
+            f"{html.escape(label)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{html.escape(label)}</h1><p>top {len(hits)} of {len(gallery)} indexed images "
             f"({html.escape(gallery.manifest['backend']['name'])} search)</p>"
             f"<div class='grid'>{''.join(cards)}</div></body></html>\n")
     out = Path(out_path)

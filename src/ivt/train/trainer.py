@@ -33,7 +33,7 @@ from ivt.errors import RunDirError, TrainingDivergedError
 from ivt.evaluate.metrics import METRIC_KEYS
 from ivt.evaluate.retrieval import embed_split, split_metrics
 from ivt.inference import RetrievalModel
-from ivt.losses import RetrievalLoss
+from ivt.losses import RetrievalLoss, image_image_loss
 from ivt.model.packing import pack_texts
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
 from ivt.runtime import PrecisionChoice, autocast, precision_choice, resolve_device, to_device, training_attention
@@ -312,11 +312,18 @@ class Trainer:
                              float(scale.detach()) if scale is not None else 1 / 0.07, self.dist)
         with autocast(self.device, self.amp), training_attention(self.device):
             img, txt, matching = self.pair_encoder(images, texts, itm)
+        views = img
         if len(img) != len(txt):  # one shared view per sample: pair it with every level's text
             img = img.repeat(len(txt) // len(img), 1)
         loss = self.loss_fn(gather_with_grad(img, self.dist), gather_with_grad(txt, self.dist),
                             gather_labels(labels, self.dist), positives=batch.positives)
         out = {}
+        if self.cfg.loss.i2i_weight:
+            scale = self.loss_fn.logit_scale
+            same = image_image_loss(gather_with_grad(views, self.dist), gather_labels(labels[:len(views)], self.dist),
+                                    scale if scale is not None else 1 / 0.07)
+            out["i2i_loss"] = same.detach()
+            loss = loss + self.cfg.loss.i2i_weight * same
         if matching is not None:
             out["itm_loss"] = matching.detach()
             loss = loss + self.cfg.loss.itm_weight * matching
@@ -379,7 +386,7 @@ class Trainer:
                     now = time.perf_counter()
                     record = {"kind": "train", "epoch": epoch, "step": c.step, "loss": round(mean_loss, 5),
                               "lr": lr, "pairs_per_s": round(window_pairs / (now - window_start), 2)}
-                    for key in ("grad_norm", "itm_loss"):
+                    for key in ("grad_norm", "itm_loss", "i2i_loss"):
                         if key in metrics:
                             record[key] = round(float(metrics[key]), 4)
                     self.log.write(record, c.step)
