@@ -29,13 +29,15 @@ def _torchrun(args: list[str], nproc: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("mask", ["token_drop.ratio=0.3", "token_drop.ratio=0"])  # BMM on: padded texts; off: packed
+@pytest.mark.parametrize("mask", ["token_drop.ratio=0.3",                      # BMM on: padded texts
+                                  "token_drop.ratio=0 loss.i2i_weight=1.0"])     # off: packed; image-image term
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, mask):
+    mask = mask.split()
     data = write_toy_pedes(tmp_path / "toy", ids_per_split=(8, 3, 3))
-    single = train(load_config(None, COMMON + [mask, "train.batch_size=8", f"data.path={data}",
+    single = train(load_config(None, COMMON + [*mask, "train.batch_size=8", f"data.path={data}",
                                                f"train.out_dir={tmp_path / 'one'}"]))
     two = tmp_path / "two"
-    proc = _torchrun(["--set", *COMMON, mask, "train.batch_size=4", f"data.path={data}", "--out", str(two)], 2)
+    proc = _torchrun(["--set", *COMMON, *mask, "train.batch_size=4", f"data.path={data}", "--out", str(two)], 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(single / "last.safetensors")), load_file(str(two / "last.safetensors"))
     assert a.keys() == b.keys()

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -164,6 +165,32 @@ def test_images_are_served_by_id_only_while_unchanged(setup, milvus_index):
     assert client.get(hit["image_url"]).status_code == 200
     health = client.get("/healthz").json()
     assert health["backend"] == "milvus" and health["items"] == len(gallery)
+
+
+def test_find_this_person_frames_and_tracks_as_in_ivts_own_store(setup, milvus_index):
+    from ivt.index.query import combined_query, example_item, results
+
+    _, location, gallery = milvus_index
+    local = setup["local"]
+    crop = next(i for i, item in enumerate(local.items) if item.video is not None)
+    sha = local.items[crop].sha256
+    for per_track in (False, True):
+        theirs = results(local, combined_query(None, example_item(local, str(crop))), 10, per_track,
+                         example=example_item(local, str(crop)))
+        mine = results(gallery, combined_query(None, example_item(gallery, sha)), 10, per_track,
+                       example=example_item(gallery, sha))
+        assert [local.items[h["id"]].sha256 for h in theirs] == [h["id"] for h in mine]
+        np.testing.assert_allclose([h["score"] for h in mine], [h["score"] for h in theirs], atol=1e-5)
+        assert sha not in [h["id"] for h in mine]
+    client = TestClient(create_app(service=load_service(location, device="cpu")))
+    frame = client.get(f"/api/frames/{sha}")
+    assert frame.status_code == 200 and frame.content == TestClient(create_app(service=load_service(
+        setup["local"].directory, device="cpu"))).get(f"/api/frames/{crop}").content
+    strip = client.get(f"/api/tracks/{sha}").json()
+    assert [i["frame"] for i in strip["items"]] == sorted(i["frame"] for i in strip["items"])
+    assert sha in [i["id"] for i in strip["items"]] and strip["count"] == len(local.track_of(crop).items)
+    body = client.post("/api/search", json={"like": sha, "k": 5}).json()
+    assert body["like"] == sha and sha not in [h["id"] for h in body["results"]]
 
 
 def test_the_cli_builds_adds_and_searches(setup, milvus_index, tmp_path, capsys):

@@ -74,7 +74,7 @@ def test_search_returns_ranked_results_with_provenance(client, service):
     ({"text": "a man", "k": 101}, 422, "k must be an integer from 1 to 100"),
     ({"text": "a man", "k": "5"}, 422, "k must be an integer from 1 to 100"),
     ({"text": "a man", "k": 2.5}, 422, "k must be an integer from 1 to 100"),
-    ({"k": 3}, 422, "text is required"),
+    ({"k": 3}, 422, "give a text, a like (an item id), or both"),
     ({"text": 5}, 422, "text"),
     ({"text": "a man", "path": "/etc/passwd"}, 422, "unknown field 'path'"),
     ("{not json", 400, "malformed JSON body"),

@@ -331,7 +331,8 @@ def collect_video(collector: Collector, path: Path, detector: Detector, every: i
     source = sink.add_video({"kind": "video", "path": str(path.resolve()), "name": path.name,
                              "sha256": file_sha256(path), "fps": info.fps, "frame_count": info.frame_count,
                              "width": info.width, "height": info.height, "every": every,
-                             "detector": detector.name, "background": "dropped", "added": now_iso(), "camera": camera or path.stem,
+                             "detector": detector.name, "background": "dropped", "added": now_iso(),
+                             "camera": camera or path.stem,
                              "start_time": start_time})
     if source is None:
         record["skipped"] = True

@@ -1,7 +1,10 @@
 """The search service: a FastAPI app over one index and its model.
 
-    POST /api/search {text, k, per_track}   ranked ids, scores, image URLs and provenance
+    POST /api/search {text, like, k, ...}   ranked ids, scores, image URLs and provenance; ``like``:
+                                            an item id, "find this person" (with or without text)
     GET  /api/images/{id}                   the indexed image (only by id; never a path)
+    GET  /api/frames/{id}                   a video crop's whole frame with its box drawn (JPEG)
+    GET  /api/tracks/{id}                   the other crops of the item's track, in time order
     GET  /api/explain?id=..&text=..         PNG relevance maps of the text's phrases on the image
     GET  /healthz                           liveness and what is loaded
     GET  /                                  the web page (single file, no external resources)
@@ -30,8 +33,9 @@ from starlette.exceptions import HTTPException
 
 from ivt.errors import ApiError, DataError, IndexStoreError, IvtError
 from ivt.index.filters import SearchFilter
+from ivt.index.frames import FrameNotAvailable, FrameServer
 from ivt.index.gallery import Gallery
-from ivt.index.query import encode_query, open_for_search, results
+from ivt.index.query import Example, combined_query, encode_query, example_item, open_for_search, query_label, results
 from ivt.terminal import printable
 
 if TYPE_CHECKING:
@@ -56,7 +60,8 @@ class SearchRequest(BaseModel):
     """The body of ``POST /api/search``."""
 
     model_config = ConfigDict(extra="forbid")
-    text: StrictStr = Field(min_length=1, max_length=MAX_TEXT)
+    text: StrictStr | None = Field(default=None, max_length=MAX_TEXT)
+    like: StrictStr | StrictInt | None = None
     k: StrictInt = Field(default=10, ge=1, le=MAX_K)
     per_track: StrictBool = False
     rerank: StrictInt = Field(default=0, ge=0, le=MAX_K)
@@ -84,7 +89,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     if kind == "missing":
         return 422, f"{where or 'body'} is required"
     if kind == "extra_forbidden":
-        return 422, f"unknown field {where!r} (allowed: text, k, per_track)"
+        return 422, (f"unknown field {where!r} (allowed: text, like, k, per_track, rerank, camera, after, before, "
+                     f"track, min_score)")
     if where == "text" and kind in ("string_too_long", "string_too_short"):
         return 422, f"text must be 1 to {MAX_TEXT} characters"
     if where == "k":
@@ -153,6 +159,7 @@ class SearchService:
         self._model_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._explained: OrderedDict[tuple[int | str, str], bytes] = OrderedDict()
+        self.frames = FrameServer(gallery)
 
     def item_id(self, raw: str) -> int | str:
         """An item id from a request, naming an existing item, else 404."""
@@ -161,29 +168,72 @@ class SearchService:
             raise ApiError(404, f"no image with id {raw[:40]!r}")
         return item
 
-    def search(self, text: str, k: int, per_track: bool, rerank: int = 0,
-               where: SearchFilter | None = None) -> dict[str, Any]:
+    def search(self, text: str | None, k: int, per_track: bool, rerank: int = 0,
+               where: SearchFilter | None = None, like: int | str | None = None) -> dict[str, Any]:
+        """A description, an example item of the index (``like``: find this person), or both."""
+        if text is None and like is None:
+            raise ApiError(422, "give a text, a like (an item id), or both")
         if rerank and not self.model.can_rerank:
             raise ApiError(422, "rerank needs a model trained with an image-text matching head (model.itm); "
                                 "this index's model has none")
+        if rerank and text is None:
+            raise ApiError(422, "rerank orders by how well images match a text: give one")
         start = time.perf_counter()
-        with self._model_lock:
+        example: Example | None = None
+        if like is not None:
             try:
-                query, ignored = encode_query(self.model, text)
+                example = example_item(self.gallery, str(like))
             except DataError as exc:
-                raise ApiError(422, str(exc)) from exc
+                raise ApiError(404, f"like: no image with id {str(like)[:40]!r}") from exc
+        ignored: list[str] = []
+        text_vector = None
+        if text is not None:
+            with self._model_lock:
+                try:
+                    text_vector, ignored = encode_query(self.model, text)
+                except DataError as exc:
+                    raise ApiError(422, str(exc)) from exc
         try:
+            query = combined_query(text_vector, example)
             with self._model_lock:
                 hits = results(self.gallery, query, k, per_track, (self.model, text, rerank) if rerank else None,
-                               where)
+                               where, example)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
             print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             what = ("the search gave no finite scores (damaged model or index)" if not rerank else
                     "the search or its re-ranking failed (a damaged model or index, or an indexed image that "
                     "changed since it was indexed)")
             raise ApiError(500, f"{what}; see the server log") from exc
-        return {"text": text, "k": k, "per_track": per_track, "rerank": rerank, "count": len(self.gallery),
+        return {"text": text, "like": None if example is None else example.item, "query": query_label(text, example),
+                "k": k, "per_track": per_track, "rerank": rerank, "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "ignored_words": ignored, "results": hits}
+
+    def frame(self, item_id: int | str) -> bytes:
+        try:
+            return self.frames.jpeg(item_id)
+        except FrameNotAvailable as exc:
+            raise ApiError(404, str(exc)) from exc
+        except IndexStoreError as exc:  # names server paths: the reason stays in the server's log
+            print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
+            raise ApiError(410, f"the video of image {str(item_id)[:12]} has changed or gone since it was indexed") \
+                from exc
+
+    def track(self, item_id: int | str, limit: int) -> dict[str, Any]:
+        """The crops of the item's track, in time order (at most ``limit``, evenly spread)."""
+        span = self.gallery.track_of(item_id)
+        if span is None:
+            return {"id": item_id, "track": None, "count": 1, "items": []}
+        members = list(span.items)
+        if len(members) > limit:
+            members = [members[round(i * (len(members) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 \
+                else [item_id]
+        items = []
+        for member in members:
+            info = self.gallery.describe(member, span)
+            items.append({"id": member, "frame": info.get("frame"), "time": info.get("time"),
+                          "image_url": f"/api/images/{member}", "frame_url": f"/api/frames/{member}"})
+        return {"id": item_id, "track": span.track, "count": len(span.items), "start": span.start, "end": span.end,
+                "items": items}
 
     def image(self, item_id: int | str) -> tuple[bytes, str]:
         try:
@@ -279,22 +329,31 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
 
     @app.post("/api/search", dependencies=[Depends(require_json)])
     def search(body: SearchRequest) -> dict[str, Any]:
-        text = body.text.strip()
-        if not text:
+        text = body.text.strip() if body.text is not None else None
+        if body.text is not None and not text:
             raise ApiError(422, f"text must be 1 to {MAX_TEXT} characters")
         try:
             where = SearchFilter.make(body.camera, body.after, body.before, body.track, body.min_score)
         except DataError as exc:
             raise ApiError(422, str(exc)) from exc
-        return svc.search(text, body.k, body.per_track, body.rerank, where)
+        return svc.search(text, body.k, body.per_track, body.rerank, where, body.like)
 
     @app.get("/api/images/{item_id}")
     def image(item_id: str) -> Response:
         data, media = svc.image(svc.item_id(item_id))
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
+    @app.get("/api/frames/{item_id}")
+    def frame(item_id: str) -> Response:
+        return Response(svc.frame(svc.item_id(item_id)), media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/tracks/{item_id}")
+    def track(item_id: str, limit: int = Query(24, ge=1, le=200)) -> dict[str, Any]:
+        return svc.track(svc.item_id(item_id), limit)
+
     @app.get("/api/explain")
-    def explain(id: str = Query(..., max_length=20),  # noqa: A002 - the public parameter name
+    def explain(id: str = Query(..., max_length=80),  # noqa: A002 - the public parameter name
                 text: str = Query(..., min_length=1, max_length=MAX_TEXT)) -> Response:
         item = svc.item_id(id)
         if not text.strip():

@@ -77,7 +77,8 @@ class HOGDetector:
         if len(rects) == 0:
             return []
         px, py, pw, ph = PERSON_IN_WINDOW
-        boxes = [[(x + px * w) / self.upscale, (y + py * h) / self.upscale, pw * w / self.upscale, ph * h / self.upscale]
+        up = self.upscale
+        boxes = [[(x + px * w) / up, (y + py * h) / up, pw * w / up, ph * h / up]
                  for x, y, w, h in (map(float, r) for r in rects)]
         scores = [float(w) for w in np.ravel(weights)]
         keep = cv2.dnn.NMSBoxes(boxes, scores, self.min_score, self.nms_iou)
