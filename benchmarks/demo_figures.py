@@ -27,10 +27,10 @@ from throughput import matmul_peak
 
 def test_figures(run: Path, data: Path) -> dict:
     """Test-split metrics of ``run`` on ``data`` with the chance figures of the same split."""
-    m = evaluate_checkpoint(run, data, split="test", device="cpu")
+    m = evaluate_checkpoint(run, data, split="test", device="cpu", i2i=True)
     test = load_dataset(data).split("test")
     chance = chance_metrics([r.pid for r in test for _ in r.captions], [r.pid for r in test])
-    return {**{k: m[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "num_queries", "num_gallery")},
+    return {**{k: m[k] for k in ("R1", "R5", "R10", "mAP", "mINP", "num_queries", "num_gallery", "i2i_R1", "i2i_mAP")},
             "ids": len({r.pid for r in test}), "chance_R1": chance["R1"], "chance_mAP": chance["mAP"]}
 
 
@@ -82,9 +82,12 @@ def main() -> None:
     ]
     if len(fresh) > 1:
         r1, mp = [m["R1"] for m in fresh], [m["mAP"] for m in fresh]
+        i1, im = [m["i2i_R1"] for m in fresh], [m["i2i_mAP"] for m in fresh]
         lines += ["", f"Fresh draws ({len(fresh)} seeds of {args.ids} identities, test splits): R1 "
                   f"{statistics.mean(r1):.2f} ± {statistics.stdev(r1):.2f}, mAP {statistics.mean(mp):.2f} ± "
-                  f"{statistics.stdev(mp):.2f} (mean ± std)."]
+                  f"{statistics.stdev(mp):.2f} (mean ± std). Image to image (each test image a query against "
+                  f"the others, itself left out): R1 {statistics.mean(i1):.2f} ± {statistics.stdev(i1):.2f}, "
+                  f"mAP {statistics.mean(im):.2f} ± {statistics.stdev(im):.2f}."]
     lines += ["", f"Real crops (benchmarks/real, {len(real['queries'])} queries x {real['gallery']} crops of "
               f"vtest.avi): mAP {real['mAP']:.1f} (chance {real['chance_mAP']:.1f}), R1 {real['R1']:.1f} "
               f"(chance {real['chance_R1']:.1f}).",
