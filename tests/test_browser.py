@@ -107,6 +107,7 @@ def test_shared_url_frame_view_and_find_this_person_in_chromium(tmp_path_factory
         page.wait_for_selector("#grid[data-state=ready]", timeout=20_000)
         assert page.locator("#grid figure.result").count() == 5
         assert page.input_value("#query") == "a person in a red shirt"
+        assert not page.is_visible("#like-chip")          # no person sought yet
         # The per-track search of a URL; open a video crop: its frame, boxed, and its track.
         page.goto(base + "/?q=a+person+in+a+red+shirt&k=100&per_track=1")
         page.wait_for_selector("#grid[data-state=ready]", timeout=20_000)
