@@ -120,7 +120,8 @@ def main() -> None:
     def settings(margin: float, background: bool, nms: float = NMS) -> dict[int, list[tuple]]:
         kept = [(f, suppress([d for d in raw[f.index] if d.score >= margin], nms)) for f in frames]
         if background:
-            kept = list(drop_static(kept))
+            judged = drop_static((f.time, f.image, [d.box for d in ds], (f, ds)) for f, ds in kept)
+            kept = [(f, [d for d, k in zip(ds, keep) if k]) for (f, ds), keep in judged]
         return {f.index: [(d.box, d.score) for d in ds] for f, ds in kept}
 
     shipped = {i: [(window_of(b), s) for b, s in ds] for i, ds in settings(1.0, False).items()}

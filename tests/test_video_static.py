@@ -8,9 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ivt.video import Detection, extract_people, iou
+from ivt.video import extract_people, iou
 from ivt.video.detect import PERSON_IN_WINDOW, HOGDetector
-from ivt.video.reader import Frame
 from ivt.video.static import box_change, drop_static
 from search_helpers import ColourDetector
 
@@ -26,7 +25,7 @@ def _clip(path: Path, frames: int = 12, brightness_step: int = 0, sway: bool = F
     for f in range(frames):
         frame = np.full((120, 160, 3), 100 + brightness_step * f, np.int16)
         x0, y0, w, h = SIGN
-        frame[y0:y0 + h, x0:x0 + w] = np.array([40, 200, 40], np.int16) + texture     # BGR green
+        frame[y0:y0 + h, x0:x0 + w] = np.array([40, 150, 40], np.int16) + texture     # BGR green
         for bgr, x, y in (((40, 40, 210), 10 + 4 * f, 20), ((200, 60, 30), 60 + (2 * (f % 2) if sway else 0), 66)):
             frame[y:y + 8, x + 4:x + 10] = (150, 180, 220)
             frame[y + 8:y + 24, x:x + 14] = bgr
@@ -39,7 +38,7 @@ def _on_sign(crops: list) -> int:
     return sum(1 for c in crops if iou(c.box, SIGN) > 0.5)
 
 
-@pytest.mark.parametrize("brightness_step", [0, 6])
+@pytest.mark.parametrize("brightness_step", [0, 3])      # 3 grey levels a frame: 15 a second, a passing cloud
 def test_a_static_false_positive_is_dropped_and_walkers_are_kept(tmp_path, brightness_step):
     clip = tmp_path / "scene.avi"
     _clip(clip, brightness_step=brightness_step, sway=True)
@@ -60,22 +59,40 @@ def test_a_person_who_does_not_move_at_all_is_background(tmp_path):
     assert len(kept) == 12                                # the walker stays, every frame
 
 
-def _frames(images: list[np.ndarray]) -> list[Frame]:
-    return [Frame(i, i / 10, im) for i, im in enumerate(images)]
-
-
 def test_drop_static_keeps_every_frame_once_in_order_and_judges_short_videos():
     rng = np.random.default_rng(1)
     still = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
-    box = Detection((5, 5, 20, 30), 1.0)
-    for n in (1, 2, 3, 7):
-        frames = _frames([still.copy() for _ in range(n)])
-        out = list(drop_static([(f, [box]) for f in frames]))
-        assert [f.index for f, _ in out] == list(range(n))
+    box = (5, 5, 20, 30)
+    for n in (1, 2, 3, 7, 40):
+        out = list(drop_static([(i / 10, still.copy(), [box], i) for i in range(n)]))
+        assert [payload for payload, _ in out] == list(range(n))
         # One frame alone cannot be judged (kept); with any neighbour the unchanged box is background.
-        assert [len(d) for _, d in out] == ([1] if n == 1 else [0] * n)
-    noisy = _frames([rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(5)])
-    assert all(len(d) == 1 for _, d in drop_static([(f, [box]) for f in noisy]))
+        assert [keep for _, keep in out] == ([[True]] if n == 1 else [[False]] * n)
+    noisy = [(i / 10, rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), [box], i) for i in range(5)]
+    assert all(keep == [True] for _, keep in drop_static(noisy))
+
+
+def _figure_frame(x: int) -> np.ndarray:
+    frame = np.full((120, 200), 110, np.uint8)
+    frame[20:28, x + 4:x + 10] = 200                     # head
+    frame[28:44, x:x + 14] = 40                          # top
+    frame[44:60, x + 2:x + 12] = 20                      # trousers
+    frame[70:110, 150:166] = 230                         # a white sign that never moves
+    frame[80:100, 154:162] = 60
+    return frame
+
+
+def test_neighbours_are_chosen_by_time_so_any_frame_rate_means_the_same():
+    """At 30 frames a second a slow walker (5 px a second) is the same in most adjacent frames;
+    half a second and a second away it clearly does, and the sign still does not."""
+    fps = 30.0
+    x = [40 + i // 6 for i in range(90)]                 # 1 px every 6 frames: 5 px a second
+    frames = [(i / fps, _figure_frame(x[i]), [(x[i], 20, 14, 40), (150, 70, 16, 40)], i) for i in range(90)]
+    judged = dict(drop_static(frames))
+    assert all(judged[i] == [True, False] for i in range(90))
+    adjacent = dict(drop_static(frames, offsets=(1 / fps,)))          # comparing with the next frames only
+    assert sum(keep[0] for keep in adjacent.values()) < 45             # would lose most of the walker
+    assert all(keep[1] is False for keep in adjacent.values())
 
 
 def test_box_change_ignores_a_uniform_brightness_change_and_bad_settings():
@@ -85,8 +102,8 @@ def test_box_change_ignores_a_uniform_brightness_change_and_bad_settings():
     assert box_change(grey, [255 - grey], (10, 10, 16, 32)) > 40
     assert box_change(grey, [], (10, 10, 16, 32)) is None
     assert box_change(grey, [grey], (60, 60, 5, 5)) is None            # outside the frame
-    with pytest.raises(ValueError, match="neighbours"):
-        list(drop_static([], neighbours=0))
+    with pytest.raises(ValueError, match="offsets"):
+        list(drop_static([], offsets=(0.0,)))
 
 
 def test_hog_returns_the_person_not_its_window():

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ivt.video.detect import Detection, Detector
 from ivt.video.reader import Frame, read_frames
-from ivt.video.static import drop_static
+from ivt.video.static import Box, drop_static
 from ivt.video.track import IoUTracker
 
 
@@ -43,21 +43,29 @@ def extract_people(path: str | Path, detector: Detector, every: int = 1, margin:
 
     Detections shorter than ``min_height`` pixels are ignored (too small to describe), and so are
     detections of background (:func:`ivt.video.static.drop_static`) unless ``keep_static``. Track
-    ids start at 0 for each video. ``on_frame`` is called after each processed frame (progress).
+    ids start at 0 for each video. ``on_frame`` is called after each frame is read and its people
+    detected (progress); their crops follow up to a second of video later (background is judged
+    on the frames around).
     """
     tracker = tracker or IoUTracker()
 
-    def detected() -> Iterator[tuple[Frame, list[Detection]]]:
+    def seen() -> Iterator[tuple[float, np.ndarray, list[Box], tuple[int, float, list[Detection], list[Image.Image]]]]:
         for frame in read_frames(path, every, limit):
-            yield frame, [d for d in detector(frame.image) if d.box[3] >= min_height and d.box[2] > 0]
+            height, width = frame.image.shape[:2]
+            detections = [d for d in detector(frame.image) if d.box[3] >= min_height and d.box[2] > 0]
+            crops = []
+            for det in detections:        # cut now: the frame itself is not kept while background is judged
+                left, top, right, bottom = crop_box(det.box, margin, width, height)
+                crops.append(Image.fromarray(np.ascontiguousarray(frame.image[top:bottom, left:right])))
+            if on_frame is not None:
+                on_frame(frame)
+            yield frame.time, frame.image, [d.box for d in detections], (frame.index, frame.time, detections, crops)
 
-    frames = detected() if keep_static else drop_static(detected())
-    for step, (frame, detections) in enumerate(frames):
-        height, width = frame.image.shape[:2]
-        tracks = tracker.update(step, [d.box for d in detections])
-        for det, track in zip(detections, tracks):
-            left, top, right, bottom = crop_box(det.box, margin, width, height)
-            crop = Image.fromarray(np.ascontiguousarray(frame.image[top:bottom, left:right]))
-            yield PersonCrop(crop, frame.index, frame.time, det.box, track, det.score)
-        if on_frame is not None:
-            on_frame(frame)
+    judged = ((payload, [True] * len(payload[2])) for _, _, _, payload in seen()) if keep_static else \
+        drop_static(seen())
+    for step, ((index, time, detections, crops), keep) in enumerate(judged):
+        people = [(d, c) for d, c, k in zip(detections, crops, keep) if k]
+        tracks = tracker.update(step, [d.box for d, _ in people])
+        for (det, crop), track in zip(people, tracks):
+            yield PersonCrop(crop, index, time, det.box, track, det.score)
+
