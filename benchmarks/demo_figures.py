@@ -90,7 +90,8 @@ def main() -> None:
                   f"mAP {statistics.mean(im):.2f} ± {statistics.stdev(im):.2f}."]
     lines += ["", f"Real crops (benchmarks/real, {len(real['queries'])} queries x {real['gallery']} crops of "
               f"vtest.avi): mAP {real['mAP']:.1f} (chance {real['chance_mAP']:.1f}), R1 {real['R1']:.1f} "
-              f"(chance {real['chance_R1']:.1f}).",
+              f"(chance {real['chance_R1']:.1f}). Image to image ({real['i2i_queries']} crops of looks worn by one "
+              f"person, each against the other crops): R1 {real['i2i_R1']:.1f}, mAP {real['i2i_mAP']:.1f}.",
               "", "Validation R1 / mAP along training (step: R1 / mAP):", "",
               "  ".join(f"{c['step']}: {c['R1']:.1f} / {c['mAP']:.1f}" for c in curve)]
     text = "\n".join(lines)
