@@ -64,19 +64,20 @@ def resolve_params(name: str, given: Mapping[str, Any] | None, num_items: int, d
                               f"got {num_items}; use --backend exact for small galleries")
         if not params["nlist"]:
             params["nlist"] = max(1, min(1 << round(math.log2(4 * math.sqrt(num_items))), num_items // 39))
-        if not params["m"]:
-            params["m"] = pq_subquantizers(dim)
-        if dim % params["m"]:
-            raise ConfigError(f"ivfpq: m={params['m']} must divide the embedding size {dim}")
-        if params["nbits"] > 16:
-            raise ConfigError(f"ivfpq: nbits={params['nbits']} must be at most 16")
+        resolve_pq(params, dim, "ivfpq")
     return params
 
 
-def pq_subquantizers(dim: int) -> int:
-    """Product-quantisation sub-vectors for ``dim``: the largest divisor of it up to dim / 4 (one
-    byte per four dimensions, 8-bit codes)."""
-    return max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
+def resolve_pq(params: dict[str, Any], dim: int, what: str) -> None:
+    """Product-quantisation settings ``m`` and ``nbits`` of ``dim``-sized vectors, checked in place
+    (ivt's ivfpq and Milvus's IVF_PQ alike); ``m`` 0 means automatic: the largest divisor of
+    ``dim`` up to dim / 4 (one byte per four dimensions, 8-bit codes)."""
+    if not params["m"]:
+        params["m"] = max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
+    if dim % params["m"]:
+        raise ConfigError(f"{what}: m={params['m']} must divide the embedding size {dim}")
+    if params["nbits"] > 16:
+        raise ConfigError(f"{what}: nbits={params['nbits']} must be at most 16")
 
 
 class SearchBackend:

@@ -48,7 +48,7 @@ import numpy as np
 
 from ivt.errors import ConfigError, DataError, IndexStoreError
 from ivt.files import atomic_write
-from ivt.index.backends import pq_subquantizers
+from ivt.index.backends import resolve_pq
 from ivt.index.filters import parse_time
 from ivt.index.store import Item, now_iso, sha256_bytes, unit_rows_problem
 
@@ -318,12 +318,7 @@ def new_manifest(model_entries: Mapping[str, Any], dim: int, settings: Mapping[s
     """The manifest of a new Milvus index (automatic parameters resolved for ``dim``)."""
     settings = dict(settings)
     if settings.get("index") == "IVF_PQ":
-        if not settings["m"]:
-            settings["m"] = pq_subquantizers(dim)
-        if dim % settings["m"]:
-            raise ConfigError(f"milvus IVF_PQ: m={settings['m']} must divide the embedding size {dim}")
-        if settings["nbits"] > 16:
-            raise ConfigError(f"milvus IVF_PQ: nbits={settings['nbits']} must be at most 16")
+        resolve_pq(settings, dim, "milvus IVF_PQ")
     return {"format": FORMAT, "version": FORMAT_VERSION, "created": now_iso(), **model_entries,
             "embedding": {"dim": int(dim), "dtype": "float32"},
             "backend": {"name": "milvus", "params": dict(settings)}, "crops": crops}

@@ -31,7 +31,7 @@ GREY_SIDE = 960               # the grey copies' long side at most (pixels)
 THUMB = (16, 32)              # width, height a box is compared at
 
 
-def _thumb(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
+def _thumb(grey: np.ndarray, box: Box) -> np.ndarray | None:
     x, y, w, h = box
     region = grey[max(0, y):max(0, y + h), max(0, x):max(0, x + w)]
     if region.size == 0:
@@ -40,7 +40,7 @@ def _thumb(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | Non
     return small - small.mean()
 
 
-def box_change(grey: np.ndarray, others: Iterable[np.ndarray], box: tuple[int, int, int, int]) -> float | None:
+def box_change(grey: np.ndarray, others: Iterable[np.ndarray], box: Box) -> float | None:
     """The largest change of ``box``'s pixels between ``grey`` and each of ``others`` (mean
     absolute difference of mean-removed 16 x 32 grey thumbnails); None without another frame."""
     here = _thumb(grey, box)
@@ -83,7 +83,8 @@ def drop_static(frames: Iterable[tuple[float, np.ndarray, Sequence[Box], P]], of
 
     def judged(i: int) -> tuple[P, list[bool]]:
         seen = window[i]
-        before, after = list(window)[:i], list(window)[i + 1:]
+        seq = list(window)
+        before, after = seq[:i], seq[i + 1:]
         others = {}
         for side, sign in ((before, -1), (after, 1)):
             for offset in offsets:
