@@ -189,6 +189,11 @@ def test_find_this_person_frames_and_tracks_as_in_ivts_own_store(setup, milvus_i
     strip = client.get(f"/api/tracks/{sha}").json()
     assert [i["frame"] for i in strip["items"]] == sorted(i["frame"] for i in strip["items"])
     assert sha in [i["id"] for i in strip["items"]] and strip["count"] == len(local.track_of(crop).items)
+    service = load_service(location, device="cpu")        # nothing cached: the strip reads its crops at once
+    reads, get = [], service.gallery.client.get
+    service.gallery.client.get = lambda *args, **kwargs: reads.append(kwargs.get("ids")) or get(*args, **kwargs)
+    assert TestClient(create_app(service=service)).get(f"/api/tracks/{sha}").json() == strip
+    assert len(strip["items"]) > 2 and len(reads) <= 2, reads   # the item's own record, then the others'
     body = client.post("/api/search", json={"like": sha, "k": 5}).json()
     assert body["like"] == sha and sha not in [h["id"] for h in body["results"]]
 

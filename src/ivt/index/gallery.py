@@ -193,6 +193,9 @@ class Gallery:
             self._by_sha256 = {item.sha256: i for i, item in enumerate(self.stored.items)}
         return self._by_sha256.get(sha256)
 
+    def prefetch(self, item_ids: Sequence[int]) -> None:
+        """Nothing to do: every item's record is in memory (Milvus's gallery reads them in one call)."""
+
     def track_of(self, item_id: int) -> TrackSpan | None:
         """The video track the item belongs to (None for an image outside videos)."""
         self._item(item_id)

@@ -227,6 +227,7 @@ class SearchService:
         if len(members) > limit:
             members = [members[round(i * (len(members) - 1) / (limit - 1))] for i in range(limit)] if limit > 1 \
                 else [item_id]
+        self.gallery.prefetch(members)
         items = []
         for member in members:
             info = self.gallery.describe(member, span)
