@@ -23,12 +23,12 @@ from ivt.evaluate.metrics import chance_ap, ranking_metrics
 REAL = Path(__file__).with_name("real")
 
 
-def evaluate(run_dir: Path, which: str = "best") -> dict:
+def evaluate(run_dir: Path, which: str = "best", precision: str = "auto") -> dict:
     """Per-query AP / top-1 of the model in ``run_dir`` on the real set, with chance figures."""
     from ivt.inference import load
 
     spec = json.loads((REAL / "queries.json").read_text())
-    model = load(run_dir, device="cpu", which=which)
+    model = load(run_dir, device="cpu", which=which, precision=precision)
     ids = [c["id"] for c in spec["crops"]]
     images = model.encode_images([REAL / "crops" / c["file"] for c in spec["crops"]])
     texts = model.encode_texts([q["text"] for q in spec["queries"]])
