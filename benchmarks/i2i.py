@@ -70,7 +70,10 @@ def render(rows: list[dict], fresh: list[int], ids: int) -> str:
              "image→image mAP | real crops: text→image mAP | real crops: image→image R1 / mAP |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        name = f"`{r['variant']}`" + (f" ({r['note']})" if r.get("note") else "")
+        notes = [r["note"]] if r["note"] else []
+        if r["fresh"] != fresh:
+            notes.append(f"fresh seeds {', '.join(map(str, r['fresh']))}")
+        name = f"`{r['variant']}`" + (f" ({'; '.join(notes)})" if notes else "")
         lines.append(f"| {name} | {r['minutes']:g} | {r['steps']:,}{marks[(r['cpu'], r['precision'])]} | "
                      f"{r['val_R1']:.2f} / {r['val_i2i_R1']:.2f} | {mean_sd(r['R1'])} | "
                      f"{mean_sd(r['mAP'])} | **{mean_sd(r['i2i_R1'])}** | {mean_sd(r['i2i_mAP'])} | "
@@ -108,7 +111,8 @@ def main() -> None:
         per_draw = [evaluate_checkpoint(out, d, split="test", device="cpu", i2i=True, precision=args.precision)
                     for d in draws]
         real = evaluate_real(out, precision=args.precision)
-        row = {"variant": " ".join(overrides), "minutes": minutes, "note": args.note, "steps": summary["steps"],
+        row = {"variant": " ".join(overrides), "minutes": minutes, "note": args.note, "fresh": args.fresh,
+               "steps": summary["steps"],
                "precision": json.loads((out / "last.json").read_text()).get("precision", args.precision),
                "cpu": cpu_info().describe(),
                "val_R1": round(val["R1"], 2), "val_i2i_R1": round(val["i2i_R1"], 2), "real_mAP": summary["real"]["mAP"],
