@@ -31,24 +31,35 @@ REAL = Path(__file__).with_name("real")
 KS = (8, 16, 32, 64)
 
 
-def set_metrics(model, data: Path, ks: tuple[int, ...]) -> tuple[dict[int, dict], dict]:
-    """{K: metrics} of one test split (K = 0: cosine), and the cost figures of re-ranking there."""
+def set_metrics(model, data: Path, ks: tuple[int, ...]) -> tuple[dict[int, dict], dict, dict]:
+    """{K: metrics} of one test split (K = 0: cosine), the cost figures of re-ranking there, and
+    image-to-image metrics of the same embeddings (each image a query, itself left out)."""
     dataset = load_dataset(data)
     records = dataset.split("test")
     images = split_images(model, dataset, records)
     emb = embed_split(model, dataset, records, images=images)
     sim = emb.text @ emb.image.T
     out = {0: ranking_metrics(sim, emb.text_pids, emb.image_pids)}
+    same = ranking_metrics(emb.image @ emb.image.T, emb.image_pids, emb.image_pids, exclude_self=True)
     cost = {}
     if model.can_rerank:
         _, states = model.encode_images_with_states(images)
         cost["bytes_per_image"] = states[0].numel() * 4
+        if ks:                               # untimed: the first call's warm-up (kernels, allocator)
+            rerank_scores(model, sim[:1], emb.captions[:1], states, min(ks))
         for k in ks:
+            _sync(model.device)
             start = time.perf_counter()
             scores = rerank_scores(model, sim, emb.captions, states, k)
+            _sync(model.device)
             cost[k] = 1000 * (time.perf_counter() - start) / len(emb.captions)
             out[k] = ranking_metrics(scores, emb.text_pids, emb.image_pids)
-    return out, cost
+    return out, cost, same
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def real_metrics(model, ks: tuple[int, ...]) -> dict[int, float]:
@@ -69,27 +80,36 @@ def real_metrics(model, ks: tuple[int, ...]) -> dict[int, float]:
     return {0: m_ap(sim), **{k: m_ap(rerank_scores(model, sim, texts, states, k)) for k in ks}}
 
 
-def base_cost(ks: tuple[int, ...], text_len: int = 64, repeats: int = 3) -> str:
+def base_cost(ks: tuple[int, ...], text_len: int = 64, repeats: int = 3, device: str = "cpu",
+              precision: str = "fp32") -> str:
     """Milliseconds to re-rank K candidates of one query with a ``base`` encoder (the paper's size:
-    384x128 images at stride 12, 311 image tokens; weights do not change the cost), from cached states."""
+    384x128 images at stride 12, 311 image tokens; weights do not change the cost), from cached
+    states, on ``device`` in ``precision`` (``fp32`` or an autocast dtype: ``bf16``, ``fp16``)."""
     from ivt.model import IVTEncoder, model_config
+    from ivt.runtime import autocast, resolve_device
 
-    encoder = IVTEncoder(model_config("base", itm=True)).eval()
+    dev = resolve_device(device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    encoder = IVTEncoder(model_config("base", itm=True)).eval().to(dev)
     tokens, width = 1 + encoder.config.num_patches, encoder.config.width
     gen = torch.Generator().manual_seed(0)
-    text = torch.randn(1, text_len, width, generator=gen)
-    mask = torch.ones(1, text_len, dtype=torch.long)
+    text = torch.randn(1, text_len, width, generator=gen).to(dev)
+    mask = torch.ones(1, text_len, dtype=torch.long, device=dev)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(dev, dtype):
         for k in ks:
-            images = torch.randn(k, tokens, width, generator=gen)
+            images = torch.randn(k, tokens, width, generator=gen).to(dev)
             encoder.itm_logits(images, text, mask)                     # warm-up
+            _sync(dev)
             start = time.perf_counter()
             for _ in range(repeats):
                 encoder.itm_logits(images, text, mask)
-            out.append(f"{1000 * (time.perf_counter() - start) / repeats:.0f} ms (K = {k})")
-    return (f"base ({tokens} image tokens, a {text_len}-token text, width {width}, 1 joint block, fp32, "
-            f"{torch.get_num_threads()} threads): re-ranking K candidates costs " + ", ".join(out)
+            _sync(dev)
+            out.append(f"{1000 * (time.perf_counter() - start) / repeats:.1f} ms (K = {k})")
+    where = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+             else f"{cpu_info().describe()}, {torch.get_num_threads()} threads")
+    return (f"base ({tokens} image tokens, a {text_len}-token text, width {width}, 1 joint block, {precision}, "
+            f"{where}): re-ranking K candidates costs " + ", ".join(out)
             + f" per query; the cached states take {tokens * width * 4 / 1024:.0f} KiB per gallery image "
             f"(float32).")
 
@@ -117,7 +137,7 @@ def main() -> None:
         ks = KS if model.can_rerank else ()
         # A shared machine's speed drifts: say what each run's own probe measured when it started.
         speeds.append(f"{run.name}: {last.get('precision', '?')} ({last.get('precision_reason', 'no probe recorded')})")
-        test, cost = set_metrics(model, _data_of(run), ks)
+        test, cost, _ = set_metrics(model, _data_of(run), ks)
         fresh = {name: set_metrics(model, d, ks)[0] for name, d in draws.items()}
         real = real_metrics(model, ks)
         for k in (0, *ks):

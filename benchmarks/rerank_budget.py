@@ -1,0 +1,247 @@
+"""Where re-ranking pays: the demo recipe with and without the image-text matching head, trained
+for budgets of minutes, each evaluated with and without re-ranking (a curve over the budget).
+
+    python benchmarks/rerank_budget.py --device cuda --precision bf16 --minutes 1 2 4 \\
+        --variants "" "model.itm=true" --parallel 6 --threads 2 [--rows OUT.json]
+    python benchmarks/rerank_budget.py --write           # render the kept rows into RESULTS.md
+
+A variant is a space-separated list of config overrides on the demo recipe ("" is the recipe,
+the dual encoder; ``model.itm=true`` adds the matching head and its loss); a leading ``minutes=M``
+gives it that one budget instead of every ``--minutes``. Every (variant, budget)
+trains from scratch on the demo's SynthPedes draw (3,000 ids, seed 0) for that many minutes of
+wall clock, the best checkpoint chosen on validation as the demo does. The runs of one invocation
+train at the same time (``--parallel``, for a GPU machine; on the 2-core CPU use 1): a budget's
+dual and matching runs share the machine alike, so a row pair is an equal-time comparison, and the
+steps each reached are recorded. Each run is then evaluated on the test split of fresh draws (other
+seeds, never used to choose): text-to-image R1 / mAP in cosine order (K = 0) and with the top K
+re-ordered by the matching head (K = 8, 16, 32, 64), image-to-image R1, and the real crops'
+text-to-image mAP (benchmarks/real). The re-ranking cost of the tiny model (ms per query, on the
+device) and of a base-size encoder are measured after the runs, on the idle device.
+
+Rows are kept in ``benchmarks/rerank_budget_rows.json`` (runs/ is scratch; rows from another
+machine are merged with ``--merge FILE``); ``--write`` renders them all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROWS = Path(__file__).with_name("rerank_budget_rows.json")
+KS = (8, 16, 32, 64)
+
+
+def machine(device: str) -> str:
+    """The device a row was measured on, in words (GPU name, or the CPU and its flags)."""
+    import torch
+
+    from ivt.runtime import cpu_info, resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__})"
+    return cpu_info().describe()
+
+
+def run_job(job: dict) -> dict:
+    """Train one (variant, budget) and evaluate it; returns its row."""
+    import torch
+
+    from ivt.inference import load
+    from learning import run_one
+    from rerank import real_metrics, set_metrics
+
+    out = Path(job["out"])
+    overrides = [*job["variant"].split(), f"train.precision={job['precision']}"]
+    summary = run_one(Path(job["data"]), out, overrides, 0, minutes=job["minutes"], device=job["device"],
+                      threads=job["threads"])
+    model = load(out, device=job["device"], precision=job["precision"])
+    ks = KS if model.can_rerank else ()
+    fresh, cost = [], {}
+    for draw in job["fresh"]:
+        by_k, draw_cost, same = set_metrics(model, Path(draw), ks)
+        fresh.append({"draw": Path(draw).name, "i2i_R1": round(same["R1"], 2), "i2i_mAP": round(same["mAP"], 2),
+                      **{str(k): {m: round(by_k[k][m], 2) for m in ("R1", "R5", "mAP")} for k in by_k}})
+        cost = cost or draw_cost
+    real = real_metrics(model, ks)
+    state = json.loads((out / "last.state.json").read_text())
+    last = json.loads((out / "last.json").read_text())
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    itm = [r["itm_loss"] for r in log if r["kind"] == "train" and "itm_loss" in r]
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return {"variant": job["variant"], "minutes": job["minutes"], "steps": summary["steps"],
+            "train_s": round(state["train_seconds"], 1), "batch": _batch(out), "precision": last.get("precision"),
+            "machine": job["machine"], "parallel": job["parallel"], "val_R1": summary["val"]["R1"],
+            "itm_loss_end": round(statistics.mean(itm[-5:]), 4) if itm else None,
+            "fresh": fresh, "real_mAP": {str(k): round(v, 2) for k, v in real.items()},
+            "ms_per_query": {str(k): round(v, 3) for k, v in cost.items() if k != "bytes_per_image"},
+            "state_bytes_per_image": cost.get("bytes_per_image")}
+
+
+def _batch(run: Path) -> int:
+    import yaml
+
+    return int(yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"])
+
+
+def _subprocess(job: dict) -> dict:
+    """:func:`run_job` in a fresh interpreter (parallel runs must not share torch's thread pool)."""
+    log = Path(job["out"] + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], stdout=fh,
+                              stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+    if proc.returncode != 0:
+        return {"error": log.read_text()[-3000:], **job}
+    return json.loads(Path(job["out"], "budget_row.json").read_text())
+
+
+def _mean(row: dict, key: str, k: str = "0") -> float:
+    values = [d[key] if key.startswith("i2i") else d[k][key] for d in row["fresh"]]
+    return statistics.mean(values)
+
+
+def _dual_of(row: dict, rows: list[dict]) -> dict | None:
+    """The dual-encoder row trained alongside ``row`` (same machine, runs at once, batch, minutes):
+    its overrides without the matching head's."""
+    plain = " ".join(o for o in row["variant"].split() if not o.startswith("model.itm"))
+    same = [r for r in rows if r["variant"] == plain and r is not row and
+            all(r.get(f) == row.get(f) for f in ("machine", "parallel", "batch", "minutes"))]
+    return same[0] if same else None
+
+
+def render(rows: list[dict]) -> str:
+    """The table of every kept row: per (machine, variant, budget), fresh-draw R1 without and with
+    re-ranking, the best K's gain, image-to-image R1, real crops mAP."""
+    if not rows:
+        return "No rows kept yet."
+    draws = sorted({d["draw"] for r in rows for d in r["fresh"]})
+    lines = [f"`benchmarks/rerank_budget.py`: the demo recipe (\"dual\") and the recipe with the matching head "
+             f"(`model.itm=true`), each trained from scratch on the demo draw for the minutes given, the runs of "
+             f"one machine at the same time (so each budget's pair is an equal-time comparison); fresh draws "
+             f"{', '.join(draws)} (test splits, mean over the draws). K: the top K re-ordered by the matching "
+             f"head; \"best K\" is the best of K = {', '.join(map(str, KS))} (chosen here on these draws: an "
+             f"upper bound on what one fixed K gives).", "",
+             "| machine | variant | batch | minutes | steps | ITM loss at the end | R1 K=0 | R1 K=8 | R1 K=16 | "
+             "R1 K=32 | R1 K=64 | mAP K=0 / best K | best K gain R1 | best K vs the dual run, equal time | "
+             "image→image R1 | real crops mAP K=0 / K=8 |",
+             "|" + " --- |" * 16]
+    for r in sorted(rows, key=lambda r: (r["machine"], -r.get("parallel", 1), r["batch"], r["minutes"], r["variant"])):
+        name = r["variant"] or "dual (the recipe)"
+        r1 = {k: _mean(r, "R1", k) for k in ["0", *map(str, KS)] if k in r["fresh"][0]}
+        best = max((k for k in r1 if k != "0"), key=lambda k: r1[k], default=None)
+        cells = [r["machine"] + (f", {r['parallel']} runs at once" if r.get("parallel", 1) > 1 else ""), name,
+                 str(r["batch"]), f"{r['minutes']:g}", f"{r['steps']:,}",
+                 f"{r['itm_loss_end']:.3f}" if r["itm_loss_end"] is not None else "—",
+                 *(f"{r1[k]:.2f}" if k in r1 else "—" for k in ["0", *map(str, KS)]),
+                 f"{_mean(r, 'mAP'):.2f} / " + (f"{_mean(r, 'mAP', best):.2f}" if best else "—"),
+                 f"{r1[best] - r1['0']:+.2f} (K={best})" if best else "—",
+                 f"{r1[best] - _mean(dual, 'R1'):+.2f}" if best and (dual := _dual_of(r, rows)) else "—",
+                 f"{_mean(r, 'i2i_R1'):.2f}",
+                 f"{r['real_mAP']['0']:.1f} / " + (f"{r['real_mAP']['8']:.1f}" if "8" in r["real_mAP"] else "—")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("The chance level of the matching loss (one positive for two hard negatives, a constant "
+                 "prediction) is 0.637.")
+    for r in rows:
+        if r.get("ms_per_query"):
+            shared = f", while {r['parallel']} runs shared the device" if r.get("parallel", 1) > 1 else ""
+            lines.append(f"- {r['machine']}{shared}, {r['variant']}, {r['minutes']:g} min: re-ranking costs "
+                         + ", ".join(f"{v:.2f} ms (K = {k})" for k, v in r["ms_per_query"].items())
+                         + f" per query; cached states {r['state_bytes_per_image'] / 1024:.1f} KiB per image"
+                         + (f" ({r['cost_note']})." if r.get("cost_note") else "."))
+            break
+    for line in sorted({c for r in rows for c in r.get("costs", [])}):
+        lines.append(f"- {line}")
+    return "\n".join(lines)
+
+
+def load_rows(path: Path = ROWS) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def keep(rows: list[dict], path: Path = ROWS) -> None:
+    """Add ``rows`` to the kept ones (a row of the same machine, variant and budget replaced)."""
+    key = lambda r: (r["machine"], r["variant"], r["minutes"], r["batch"])  # noqa: E731
+    new = {key(r) for r in rows}
+    path.write_text(json.dumps([r for r in load_rows(path) if key(r) not in new] + rows, indent=1) + "\n")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--job":
+        job = json.loads(sys.argv[2])
+        Path(job["out"], "budget_row.json").write_text(json.dumps(run_job(job)))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("data/synthpedes"), help="the demo's draw (3,000 ids, seed 0)")
+    ap.add_argument("--minutes", type=float, nargs="*", default=[])
+    ap.add_argument("--variants", nargs="*", default=["", "model.itm=true"])
+    ap.add_argument("--fresh", type=int, nargs="+", default=[7001, 7002, 7003, 7004, 7005])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once (a GPU machine; 1 on a 2-core CPU)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of each run")
+    ap.add_argument("--workers", type=int, default=2, help="processes rendering a missing draw")
+    ap.add_argument("--work", type=Path, default=Path("runs/rerank-budget"))
+    ap.add_argument("--rows", type=Path, default=ROWS, help="where the rows measured now are kept")
+    ap.add_argument("--cost", action="store_true", help="also measure the base-size re-ranking cost on --device")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[], help="rows measured elsewhere, to keep")
+    ap.add_argument("--write", action="store_true", help="regenerate the section in benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    for other in args.merge:
+        keep(load_rows(other))
+    if args.minutes or any(v.startswith("minutes=") for v in args.variants):
+        from learning import ensure_draw
+
+        with ThreadPoolExecutor(1 + len(args.fresh)) as pool:   # the draws render at once
+            data = pool.submit(ensure_draw, args.data, 3000, 0, args.workers)
+            fresh = [pool.submit(ensure_draw, Path("data/fresh") / f"seed{s}-400", 400, s, 1) for s in args.fresh]
+            data, fresh = data.result(), [f.result() for f in fresh]
+        where = machine(args.device)
+        plan = [(v, m) for m in sorted(args.minutes, reverse=True) for v in args.variants
+                if not v.startswith("minutes=")]
+        plan += [(v.split(None, 1)[1] if " " in v else "", float(v.split()[0].split("=", 1)[1]))
+                 for v in args.variants if v.startswith("minutes=")]
+        jobs = [{"variant": v, "minutes": m, "data": str(data), "fresh": [str(f) for f in fresh],
+                 "device": args.device, "precision": args.precision, "threads": args.threads, "machine": where,
+                 "parallel": min(args.parallel, len(plan)),
+                 "out": str(args.work / f"{'-'.join(v.split()) or 'dual'}-{m:g}min")}
+                for v, m in sorted(plan, key=lambda p: -p[1])]
+        started = time.perf_counter()
+        rows = []
+        with ThreadPoolExecutor(max(1, args.parallel)) as pool:
+            for job, row in zip(jobs, pool.map(_subprocess, jobs)):
+                if "error" in row:
+                    print(f"{job['out']}: FAILED\n{row['error']}", flush=True)
+                    continue
+                rows.append(row)
+                keep([row], args.rows)          # as they come: a run cut short keeps the rows before it
+                print(json.dumps(row), flush=True)
+        print(f"all runs: {time.perf_counter() - started:.0f} s", flush=True)
+        if args.cost:
+            from rerank import base_cost
+
+            costs = [base_cost(KS, device=args.device, precision=p) for p in ("fp32", args.precision)
+                     if p != "auto"]
+            for row in rows:
+                row["costs"] = costs
+            keep(rows, args.rows)
+            print("\n".join(costs), flush=True)
+        if args.rows != ROWS:
+            print(f"rows kept in {args.rows}; merge them with --merge {args.rows}")
+    text = render(load_rows(args.rows))
+    print(text)
+    if args.write:
+        from results_md import write_section
+
+        write_section("rerank-budget", text, "Where re-ranking pays: budget curves (`benchmarks/rerank_budget.py`)")
+
+
+if __name__ == "__main__":
+    main()
