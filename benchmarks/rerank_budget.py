@@ -132,7 +132,8 @@ def render(rows: list[dict]) -> str:
              "R1 K=32 | R1 K=64 | mAP K=0 / best K | best K gain R1 | best K vs the dual run, equal time | "
              "image→image R1 | real crops mAP K=0 / K=8 |",
              "|" + " --- |" * 16]
-    for r in sorted(rows, key=lambda r: (r["machine"], -r.get("parallel", 1), r["batch"], r["minutes"], r["variant"])):
+    runs = [r for r in rows if r["fresh"]]
+    for r in sorted(runs, key=lambda r: (r["machine"], -r.get("parallel", 1), r["batch"], r["minutes"], r["variant"])):
         name = r["variant"] or "dual (the recipe)"
         r1 = {k: _mean(r, "R1", k) for k in ["0", *map(str, KS)] if k in r["fresh"][0]}
         best = max((k for k in r1 if k != "0"), key=lambda k: r1[k], default=None)
@@ -142,7 +143,7 @@ def render(rows: list[dict]) -> str:
                  *(f"{r1[k]:.2f}" if k in r1 else "—" for k in ["0", *map(str, KS)]),
                  f"{_mean(r, 'mAP'):.2f} / " + (f"{_mean(r, 'mAP', best):.2f}" if best else "—"),
                  f"{r1[best] - r1['0']:+.2f} (K={best})" if best else "—",
-                 f"{r1[best] - _mean(dual, 'R1'):+.2f}" if best and (dual := _dual_of(r, rows)) else "—",
+                 f"{r1[best] - _mean(dual, 'R1'):+.2f}" if best and (dual := _dual_of(r, runs)) else "—",
                  f"{_mean(r, 'i2i_R1'):.2f}",
                  f"{r['real_mAP']['0']:.1f} / " + (f"{r['real_mAP']['8']:.1f}" if "8" in r["real_mAP"] else "—")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -224,17 +225,18 @@ def main() -> None:
                 keep([row], args.rows)          # as they come: a run cut short keeps the rows before it
                 print(json.dumps(row), flush=True)
         print(f"all runs: {time.perf_counter() - started:.0f} s", flush=True)
-        if args.cost:
-            from rerank import base_cost
-
-            costs = [base_cost(KS, device=args.device, precision=p) for p in ("fp32", args.precision)
-                     if p != "auto"]
-            for row in rows:
-                row["costs"] = costs
-            keep(rows, args.rows)
-            print("\n".join(costs), flush=True)
         if args.rows != ROWS:
             print(f"rows kept in {args.rows}; merge them with --merge {args.rows}")
+    if args.cost:        # after the runs, on the idle device (alone: a row of its own)
+        from rerank import base_cost
+
+        costs = list(dict.fromkeys(base_cost(KS, device=args.device, precision=p)
+                                   for p in ("fp32", args.precision) if p != "auto"))
+        print("\n".join(costs), flush=True)
+        keep([{"variant": "(re-ranking cost)", "minutes": 0, "batch": 0, "machine": machine(args.device),
+               "fresh": [], "costs": costs}], args.rows)
+    if args.rows != ROWS:
+        print(f"rows kept in {args.rows}; merge them with --merge {args.rows}")
     text = render(load_rows(args.rows))
     print(text)
     if args.write:
