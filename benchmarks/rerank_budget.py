@@ -15,8 +15,9 @@ dual and matching runs share the machine alike, so a row pair is an equal-time c
 steps each reached are recorded. Each run is then evaluated on the test split of fresh draws (other
 seeds, never used to choose): text-to-image R1 / mAP in cosine order (K = 0) and with the top K
 re-ordered by the matching head (K = 8, 16, 32, 64), image-to-image R1, and the real crops'
-text-to-image mAP (benchmarks/real). The re-ranking cost of the tiny model (ms per query, on the
-device) and of a base-size encoder are measured after the runs, on the idle device.
+text-to-image mAP (benchmarks/real). A run's re-ranking cost (ms per query, on the device) is
+timed right after it (other runs may still share the device: the table says how many ran at once);
+``--cost`` times a base-size encoder's after all runs, on the idle device (alone: a row of its own).
 
 Rows are kept in ``benchmarks/rerank_budget_rows.json`` (runs/ is scratch; rows from another
 machine are merged with ``--merge FILE``); ``--write`` renders them all.
@@ -51,8 +52,6 @@ def machine(device: str) -> str:
 
 def run_job(job: dict) -> dict:
     """Train one (variant, budget) and evaluate it; returns its row."""
-    import torch
-
     from ivt.inference import load
     from learning import run_one
     from rerank import real_metrics, set_metrics
@@ -74,7 +73,6 @@ def run_job(job: dict) -> dict:
     last = json.loads((out / "last.json").read_text())
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     itm = [r["itm_loss"] for r in log if r["kind"] == "train" and "itm_loss" in r]
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {"variant": job["variant"], "minutes": job["minutes"], "steps": summary["steps"],
             "train_s": round(state["train_seconds"], 1), "batch": _batch(out), "precision": last.get("precision"),
             "machine": job["machine"], "parallel": job["parallel"], "val_R1": summary["val"]["R1"],
