@@ -4,7 +4,8 @@
 # throughput-cuda section of benchmarks/RESULTS.md); then the re-ranking budget curves
 # (benchmarks/rerank_budget.py, every run at once on the GPU) with the base-size re-ranking cost.
 # `bash benchmarks/cuda_budget.sh batches` runs only the second set of curves: batches of 128 and 256
-# (four runs at once). Each set fits one 10-minute call; copy $OUT/rerank_budget_rows*.json back and
+# (four runs at once; LONG=M minutes, 4.5 by default). Each set fits one 10-minute call (budgets
+# up to about 7 minutes); copy $OUT/rerank_budget_rows*.json back and
 # render with `python benchmarks/rerank_budget.py --merge FILE --write`.
 set -uo pipefail
 export PYTHONPATH=src:benchmarks PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -15,9 +16,10 @@ step() { echo; echo "=== $* === $(date +%T)"; }
 
 if [ "${1:-}" = batches ]; then
     step "re-ranking budget curves, larger batches (four runs at once)"
-    $PY benchmarks/rerank_budget.py --device cuda --precision bf16 --variants "minutes=4.5 train.batch_size=128" \
-        "minutes=4.5 model.itm=true model.itm_layers=2 train.batch_size=128" "minutes=4.5 train.batch_size=256" \
-        "minutes=4.5 model.itm=true model.itm_layers=2 train.batch_size=256" --parallel 4 --threads 4 --workers 12 \
+    M=${LONG:-4.5}
+    $PY benchmarks/rerank_budget.py --device cuda --precision bf16 --variants "minutes=$M train.batch_size=128" \
+        "minutes=$M model.itm=true model.itm_layers=2 train.batch_size=128" "minutes=$M train.batch_size=256" \
+        "minutes=$M model.itm=true model.itm_layers=2 train.batch_size=256" --parallel 4 --threads 4 --workers 12 \
         --work /tmp/ivt-budget2 --rows "$OUT/rerank_budget_rows2.json" > "$OUT/rerank_budget2.log" 2>&1
     tail -12 "$OUT/rerank_budget2.log"
     exit
