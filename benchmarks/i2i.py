@@ -30,7 +30,7 @@ from ivt.evaluate.retrieval import evaluate_checkpoint
 from ivt.runtime import cpu_info
 from learning import ensure_draw, run_one
 from real_transfer import evaluate as evaluate_real
-from results_md import write_section
+from results_md import keep_rows, load_rows, write_section
 
 # Every row measured, kept in the repository (runs/ is scratch): --write renders them all.
 ROWS = Path(__file__).with_name("i2i_rows.json")
@@ -45,16 +45,6 @@ def mean_sd(values: list[float] | dict) -> str:
 
 def row_key(row: dict) -> tuple:
     return row["variant"], row["minutes"], row["note"], row["cpu"], row["precision"]
-
-
-def load_rows() -> list[dict]:
-    return json.loads(ROWS.read_text()) if ROWS.exists() else []
-
-
-def keep_row(row: dict) -> None:
-    """Record ``row`` in the committed rows file (replacing the same variant, note and machine)."""
-    rows = [r for r in load_rows() if row_key(r) != row_key(row)] + [row]
-    ROWS.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def render(rows: list[dict], fresh: list[int], ids: int) -> str:
@@ -119,10 +109,10 @@ def main() -> None:
                "real_i2i_R1": round(real["i2i_R1"], 2), "real_i2i_mAP": round(real["i2i_mAP"], 2),
                **{key: [round(m[key], 2) for m in per_draw] for key in ("R1", "mAP", "i2i_R1", "i2i_mAP")}}
         (out / "i2i_row.json").write_text(json.dumps(row, indent=1))
-        keep_row(row)
+        keep_rows(ROWS, [row], row_key)        # the same variant, note and machine replaced
         print(json.dumps(row), flush=True)
 
-    text = render(load_rows(), args.fresh, args.ids)
+    text = render(load_rows(ROWS), args.fresh, args.ids)
     print(text)
     if args.write:
         write_section("i2i", text, "Finding a person from a photo (image to image)")

@@ -129,16 +129,23 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _subprocess_run(job: dict) -> dict:
-    """``run_one`` in a fresh interpreter (parallel runs must not share torch's thread pool)."""
+def job_in_subprocess(script: str, job: dict, result: str) -> dict:
+    """``python script --job JOB`` in a fresh interpreter (parallel runs must not share torch's
+    thread pool), its output in ``<out>.log``; returns the JSON it wrote to ``<out>/<result>``, or
+    the job with the log's tail under ``error`` when it failed."""
     log = Path(job["out"] + ".log")
     Path(job["out"]).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], stdout=fh, stderr=subprocess.STDOUT,
+        proc = subprocess.run([sys.executable, script, "--job", json.dumps(job)], stdout=fh, stderr=subprocess.STDOUT,
                               env={**os.environ, "TQDM_DISABLE": "1"})
     if proc.returncode != 0:
-        return {"error": log.read_text()[-2000:], **job}
-    return json.loads((Path(job["out"]) / "learning.json").read_text())
+        return {"error": log.read_text()[-3000:], **job}
+    return json.loads((Path(job["out"]) / result).read_text())
+
+
+def _subprocess_run(job: dict) -> dict:
+    """``run_one`` in a fresh interpreter."""
+    return job_in_subprocess(__file__, job, "learning.json")
 
 
 def mean_sd(values: list[float]) -> str:

@@ -26,6 +26,7 @@ from ivt.evaluate.retrieval import embed_split, split_images
 from ivt.inference import load
 from ivt.runtime import cpu_info
 from learning import ensure_draw
+from throughput import sync
 
 REAL = Path(__file__).with_name("real")
 KS = (8, 16, 32, 64)
@@ -48,18 +49,13 @@ def set_metrics(model, data: Path, ks: tuple[int, ...]) -> tuple[dict[int, dict]
         if ks:                               # untimed: the first call's warm-up (kernels, allocator)
             rerank_scores(model, sim[:1], emb.captions[:1], states, min(ks))
         for k in ks:
-            _sync(model.device)
+            sync(model.device.type)
             start = time.perf_counter()
             scores = rerank_scores(model, sim, emb.captions, states, k)
-            _sync(model.device)
+            sync(model.device.type)
             cost[k] = 1000 * (time.perf_counter() - start) / len(emb.captions)
             out[k] = ranking_metrics(scores, emb.text_pids, emb.image_pids)
     return out, cost, same
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def real_metrics(model, ks: tuple[int, ...]) -> dict[int, float]:
@@ -100,11 +96,11 @@ def base_cost(ks: tuple[int, ...], text_len: int = 64, repeats: int = 3, device:
         for k in ks:
             images = torch.randn(k, tokens, width, generator=gen).to(dev)
             encoder.itm_logits(images, text, mask)                     # warm-up
-            _sync(dev)
+            sync(dev.type)
             start = time.perf_counter()
             for _ in range(repeats):
                 encoder.itm_logits(images, text, mask)
-            _sync(dev)
+            sync(dev.type)
             out.append(f"{1000 * (time.perf_counter() - start) / repeats:.1f} ms (K = {k})")
     where = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
              else f"{cpu_info().describe()}, {torch.get_num_threads()} threads")

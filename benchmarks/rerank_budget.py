@@ -20,19 +20,19 @@ timed right after it (other runs may still share the device: the table says how 
 ``--cost`` times a base-size encoder's after all runs, on the idle device (alone: a row of its own).
 
 Rows are kept in ``benchmarks/rerank_budget_rows.json`` (runs/ is scratch; rows from another
-machine are merged with ``--merge FILE``); ``--write`` renders them all.
+machine are merged into ``--rows`` with ``--merge FILE``); ``--write`` renders them all.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from results_md import keep_rows, load_rows, write_section
 
 ROWS = Path(__file__).with_name("rerank_budget_rows.json")
 KS = (8, 16, 32, 64)
@@ -86,18 +86,6 @@ def _batch(run: Path) -> int:
     import yaml
 
     return int(yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"])
-
-
-def _subprocess(job: dict) -> dict:
-    """:func:`run_job` in a fresh interpreter (parallel runs must not share torch's thread pool)."""
-    log = Path(job["out"] + ".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], stdout=fh,
-                              stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
-    if proc.returncode != 0:
-        return {"error": log.read_text()[-3000:], **job}
-    return json.loads(Path(job["out"], "budget_row.json").read_text())
 
 
 def _mean(row: dict, key: str, k: str = "0") -> float:
@@ -161,15 +149,9 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def load_rows(path: Path = ROWS) -> list[dict]:
-    return json.loads(path.read_text()) if path.exists() else []
-
-
-def keep(rows: list[dict], path: Path = ROWS) -> None:
-    """Add ``rows`` to the kept ones (a row of the same machine, variant and budget replaced)."""
-    key = lambda r: (r["machine"], r["variant"], r["minutes"], r["batch"])  # noqa: E731
-    new = {key(r) for r in rows}
-    path.write_text(json.dumps([r for r in load_rows(path) if key(r) not in new] + rows, indent=1) + "\n")
+def row_key(row: dict) -> tuple:
+    """A row of the same machine, variant, budget and batch replaces a kept one."""
+    return row["machine"], row["variant"], row["minutes"], row["batch"]
 
 
 def main() -> None:
@@ -194,9 +176,9 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="regenerate the section in benchmarks/RESULTS.md")
     args = ap.parse_args()
     for other in args.merge:
-        keep(load_rows(other))
+        keep_rows(args.rows, load_rows(other), row_key)
     if args.minutes or any(v.startswith("minutes=") for v in args.variants):
-        from learning import ensure_draw
+        from learning import ensure_draw, job_in_subprocess
 
         with ThreadPoolExecutor(1 + len(args.fresh)) as pool:   # the draws render at once
             data = pool.submit(ensure_draw, args.data, 3000, 0, args.workers)
@@ -213,33 +195,28 @@ def main() -> None:
                  "out": str(args.work / f"{'-'.join(v.split()) or 'dual'}-{m:g}min")}
                 for v, m in sorted(plan, key=lambda p: -p[1])]
         started = time.perf_counter()
-        rows = []
         with ThreadPoolExecutor(max(1, args.parallel)) as pool:
-            for job, row in zip(jobs, pool.map(_subprocess, jobs)):
+            for job, row in zip(jobs, pool.map(lambda j: job_in_subprocess(__file__, j, "budget_row.json"), jobs)):
                 if "error" in row:
                     print(f"{job['out']}: FAILED\n{row['error']}", flush=True)
                     continue
-                rows.append(row)
-                keep([row], args.rows)          # as they come: a run cut short keeps the rows before it
+                keep_rows(args.rows, [row], row_key)   # as they come: a call cut short keeps the rows before it
                 print(json.dumps(row), flush=True)
         print(f"all runs: {time.perf_counter() - started:.0f} s", flush=True)
-        if args.rows != ROWS:
-            print(f"rows kept in {args.rows}; merge them with --merge {args.rows}")
     if args.cost:        # after the runs, on the idle device (alone: a row of its own)
         from rerank import base_cost
 
         costs = list(dict.fromkeys(base_cost(KS, device=args.device, precision=p)
                                    for p in ("fp32", args.precision) if p != "auto"))
         print("\n".join(costs), flush=True)
-        keep([{"variant": "(re-ranking cost)", "minutes": 0, "batch": 0, "machine": machine(args.device),
-               "fresh": [], "costs": costs}], args.rows)
+        row = {"variant": "(re-ranking cost)", "minutes": 0, "batch": 0, "machine": machine(args.device),
+               "fresh": [], "costs": costs}
+        keep_rows(args.rows, [row], row_key)
     if args.rows != ROWS:
         print(f"rows kept in {args.rows}; merge them with --merge {args.rows}")
     text = render(load_rows(args.rows))
     print(text)
     if args.write:
-        from results_md import write_section
-
         write_section("rerank-budget", text, "Where re-ranking pays: budget curves (`benchmarks/rerank_budget.py`)")
 
 
