@@ -17,6 +17,15 @@ out). Real crops (benchmarks/real, hand-labelled crops of vtest.avi): text-to-im
 image-to-image R1 / mAP among the crops of looks worn by one person. Each row names the CPU and
 precision it was measured in, and each is kept in ``benchmarks/i2i_rows.json`` (a variant run again
 on the same machine, with the same ``--note``, replaces its row); ``--write`` renders them all.
+
+    python benchmarks/i2i.py --centring RUN [RUN ...] [--write]
+
+Post-processing without training: ``--centring`` evaluates runs trained above (their best
+checkpoints) on the fresh draws' test splits with each image embedding minus the mean embedding of
+its camera's images (SynthPedes records every image's camera), normalised again, against the
+plain embeddings and the global mean taken out instead. Text queries are ranked against the
+centred images too, to show whether it belongs to image queries only. Rows kept in
+``benchmarks/i2i_centring_rows.json``.
 """
 from __future__ import annotations
 
@@ -24,16 +33,25 @@ import argparse
 import json
 import re
 import statistics
+import warnings
 from pathlib import Path
 
-from ivt.evaluate.retrieval import evaluate_checkpoint
+import torch
+import torch.nn.functional as F
+
+from ivt.data import load_dataset
+from ivt.evaluate.metrics import ranking_metrics
+from ivt.evaluate.retrieval import embed_split, evaluate_checkpoint, split_images
+from ivt.inference import load
 from ivt.runtime import cpu_info
+from ivt.synth.generate import ATTRIBUTES
 from learning import ensure_draw, run_one
 from real_transfer import evaluate as evaluate_real
 from results_md import keep_rows, load_rows, write_section
 
 # Every row measured, kept in the repository (runs/ is scratch): --write renders them all.
 ROWS = Path(__file__).with_name("i2i_rows.json")
+CENTRING_ROWS = Path(__file__).with_name("i2i_centring_rows.json")
 
 
 def mean_sd(values: list[float] | dict) -> str:
@@ -71,6 +89,73 @@ def render(rows: list[dict], fresh: list[int], ids: int) -> str:
     return "\n".join(lines)
 
 
+def image_cameras(draw: Path, paths: list[Path]) -> torch.Tensor:
+    """The camera of each image of a SynthPedes draw (its per-image metadata, keyed split/id/file)."""
+    identities = json.loads((draw / ATTRIBUTES).read_text())
+    camera = {m["file_path"]: m["camera"] for entry in identities.values() for m in entry["images"]}
+    return torch.tensor([camera["/".join(Path(p).parts[-3:])] for p in paths])
+
+
+def centred(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each (normalised) embedding minus the mean of its group's, normalised again."""
+    z = x.clone()
+    for g in groups.unique():
+        z[groups == g] -= x[groups == g].mean(0)
+    return F.normalize(z, dim=1)
+
+
+def _r1(scores: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor, **kw) -> float:
+    with warnings.catch_warnings():  # lone images are no queries (as in evaluate_checkpoint)
+        warnings.simplefilter("ignore")
+        return round(float(ranking_metrics(scores, query_pids, gallery_pids, **kw)["R1"]), 2)
+
+
+def centring_row(run: Path, draws: list[Path], fresh: list[int], precision: str) -> dict:
+    """Image-to-image (and text-to-image) R1 of ``run`` per draw: plain, global mean and camera
+    means taken out of the image embeddings."""
+    trained = json.loads((run / "i2i_row.json").read_text())
+    same_run = ("variant", "minutes", "steps", "cpu", "precision")
+    kept = [r for r in load_rows(ROWS) if all(r[k] == trained[k] for k in same_run)]
+    if kept:  # named as the section above names it (a note may have been reworded since)
+        trained = kept[-1]
+    model = load(run, device="cpu", which="best", precision=precision)
+    figures: dict[str, list[float]] = {}
+    for draw in draws:
+        dataset = load_dataset(draw)
+        records = dataset.split("test")
+        emb = embed_split(model, dataset, records, 64, images=split_images(model, dataset, records))
+        x = emb.image.float()
+        by_camera = centred(x, image_cameras(draw, emb.image_paths))
+        everyone = centred(x, torch.zeros(len(x), dtype=torch.long))
+        same = {"exclude_self": True}
+        for key, value in (("i2i_R1", _r1(x @ x.T, emb.image_pids, emb.image_pids, **same)),
+                           ("i2i_R1_global", _r1(everyone @ everyone.T, emb.image_pids, emb.image_pids, **same)),
+                           ("i2i_R1_camera", _r1(by_camera @ by_camera.T, emb.image_pids, emb.image_pids, **same)),
+                           ("R1", _r1(emb.text.float() @ x.T, emb.text_pids, emb.image_pids)),
+                           ("R1_camera", _r1(emb.text.float() @ by_camera.T, emb.text_pids, emb.image_pids))):
+            figures.setdefault(key, []).append(value)
+    return {key: trained[key] for key in ("variant", "minutes", "note", "steps", "precision", "cpu")} | {
+        "fresh": fresh, **figures}
+
+
+def render_centring(rows: list[dict]) -> str:
+    lines = ["`benchmarks/i2i.py --centring`: no training, the best checkpoints of runs of the section above, "
+             "evaluated on the test splits of the fresh draws (mean ± std over the draws; SynthPedes has 6 "
+             "cameras, about 35 test images each). Image embeddings as they are, minus the mean of all, or "
+             "minus the mean of their camera's images (then normalised again). The means come from the gallery "
+             "itself, as an index would hold them.",
+             "",
+             "| run (section i2i) | minutes | steps | image→image R1 | − global mean | − camera means | "
+             "text→image R1 | text→image R1, camera-centred images |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        name = f"`{r['variant']}`" + (f" ({r['note']})" if r["note"] else "")
+        lines.append(f"| {name} | {r['minutes']:g} | {r['steps']:,} ({r['precision']}, {r['cpu']}) | "
+                     f"{mean_sd(r['i2i_R1'])} | {mean_sd(r['i2i_R1_global'])} | **{mean_sd(r['i2i_R1_camera'])}** | "
+                     f"{mean_sd(r['R1'])} | {mean_sd(r['R1_camera'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("data/synthpedes"), help="the demo's draw (3,000 ids, seed 0)")
@@ -83,8 +168,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/i2i"))
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
                     help="training and evaluation precision of the variants run now")
+    ap.add_argument("--centring", type=Path, nargs="+", metavar="RUN",
+                    help="no training: evaluate these runs (of --variants) with camera-centred image embeddings")
     ap.add_argument("--write", action="store_true", help="regenerate the section in benchmarks/RESULTS.md")
     args = ap.parse_args()
+    if args.centring:
+        draws = [ensure_draw(Path("data/fresh") / f"seed{s}-{args.ids}", args.ids, s, workers=2) for s in args.fresh]
+        rows = [centring_row(run, draws, args.fresh, args.precision) for run in args.centring]
+        keep_rows(CENTRING_ROWS, rows, lambda r: (r["variant"], r["minutes"], r["note"], r["cpu"], r["precision"]))
+        text = render_centring(load_rows(CENTRING_ROWS))
+        print(text)
+        if args.write:
+            write_section("i2i-centring", text, "Finding a person from a photo: camera-centred embeddings")
+        return
     if args.variants:
         data = ensure_draw(args.data, 3000, 0, workers=2)
         draws = [ensure_draw(Path("data/fresh") / f"seed{s}-{args.ids}", args.ids, s, workers=2) for s in args.fresh]
