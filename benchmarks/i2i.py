@@ -20,7 +20,7 @@ on the same machine, with the same ``--note``, replaces its row); ``--write`` re
 
     python benchmarks/i2i.py --centring RUN [RUN ...] [--write]
 
-Post-processing without training: ``--centring`` evaluates runs trained above (their best
+Post-processing without training: ``--centring`` evaluates runs trained as above (their best
 checkpoints) on the fresh draws' test splits with each image embedding minus the mean embedding of
 its camera's images (SynthPedes records every image's camera), normalised again, against the
 plain embeddings and the global mean taken out instead. Text queries are ranked against the
@@ -110,15 +110,16 @@ def _r1(scores: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tens
         return round(float(ranking_metrics(scores, query_pids, gallery_pids, **kw)["R1"]), 2)
 
 
-def centring_row(run: Path, draws: list[Path], fresh: list[int], precision: str) -> dict:
+def centring_row(run: Path, draws: list[Path], fresh: list[int]) -> dict:
     """Image-to-image (and text-to-image) R1 of ``run`` per draw: plain, global mean and camera
-    means taken out of the image embeddings."""
+    means taken out of the image embeddings (evaluated in the precision it was trained in, as its
+    row of section i2i was)."""
     trained = json.loads((run / "i2i_row.json").read_text())
     same_run = ("variant", "minutes", "steps", "cpu", "precision")
     kept = [r for r in load_rows(ROWS) if all(r[k] == trained[k] for k in same_run)]
     if kept:  # named as the section above names it (a note may have been reworded since)
         trained = kept[-1]
-    model = load(run, device="cpu", which="best", precision=precision)
+    model = load(run, device="cpu", which="best", precision=trained["precision"])
     figures: dict[str, list[float]] = {}
     for draw in draws:
         dataset = load_dataset(draw)
@@ -139,7 +140,7 @@ def centring_row(run: Path, draws: list[Path], fresh: list[int], precision: str)
 
 
 def render_centring(rows: list[dict]) -> str:
-    lines = ["`benchmarks/i2i.py --centring`: no training, the best checkpoints of runs of the section above, "
+    lines = ["`benchmarks/i2i.py --centring`: no training, the best checkpoints of runs of section i2i, "
              "evaluated on the test splits of the fresh draws (mean ± std over the draws; SynthPedes has 6 "
              "cameras, about 35 test images each). Image embeddings as they are, minus the mean of all, or "
              "minus the mean of their camera's images (then normalised again). The means come from the gallery "
@@ -174,8 +175,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.centring:
         draws = [ensure_draw(Path("data/fresh") / f"seed{s}-{args.ids}", args.ids, s, workers=2) for s in args.fresh]
-        rows = [centring_row(run, draws, args.fresh, args.precision) for run in args.centring]
-        keep_rows(CENTRING_ROWS, rows, lambda r: (r["variant"], r["minutes"], r["note"], r["cpu"], r["precision"]))
+        rows = [centring_row(run, draws, args.fresh) for run in args.centring]
+        keep_rows(CENTRING_ROWS, rows, row_key)
         text = render_centring(load_rows(CENTRING_ROWS))
         print(text)
         if args.write:
