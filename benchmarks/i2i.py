@@ -30,18 +30,17 @@ centred images too, to show whether it belongs to image queries only. Rows kept 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ivt.data import load_dataset
-from ivt.evaluate.metrics import ranking_metrics
-from ivt.evaluate.retrieval import embed_split, evaluate_checkpoint, split_images
+from ivt.evaluate.retrieval import embed_split, evaluate_checkpoint, split_images, split_metrics
 from ivt.inference import load
 from ivt.runtime import cpu_info
 from ivt.synth.generate import ATTRIBUTES
@@ -104,12 +103,6 @@ def centred(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     return F.normalize(z, dim=1)
 
 
-def _r1(scores: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor, **kw) -> float:
-    with warnings.catch_warnings():  # lone images are no queries (as in evaluate_checkpoint)
-        warnings.simplefilter("ignore")
-        return round(float(ranking_metrics(scores, query_pids, gallery_pids, **kw)["R1"]), 2)
-
-
 def centring_row(run: Path, draws: list[Path], fresh: list[int]) -> dict:
     """Image-to-image (and text-to-image) R1 of ``run`` per draw: plain, global mean and camera
     means taken out of the image embeddings (evaluated in the precision it was trained in, as its
@@ -125,16 +118,15 @@ def centring_row(run: Path, draws: list[Path], fresh: list[int]) -> dict:
         dataset = load_dataset(draw)
         records = dataset.split("test")
         emb = embed_split(model, dataset, records, 64, images=split_images(model, dataset, records))
-        x = emb.image.float()
-        by_camera = centred(x, image_cameras(draw, emb.image_paths))
-        everyone = centred(x, torch.zeros(len(x), dtype=torch.long))
-        same = {"exclude_self": True}
-        for key, value in (("i2i_R1", _r1(x @ x.T, emb.image_pids, emb.image_pids, **same)),
-                           ("i2i_R1_global", _r1(everyone @ everyone.T, emb.image_pids, emb.image_pids, **same)),
-                           ("i2i_R1_camera", _r1(by_camera @ by_camera.T, emb.image_pids, emb.image_pids, **same)),
-                           ("R1", _r1(emb.text.float() @ x.T, emb.text_pids, emb.image_pids)),
-                           ("R1_camera", _r1(emb.text.float() @ by_camera.T, emb.text_pids, emb.image_pids))):
-            figures.setdefault(key, []).append(value)
+        plain = split_metrics(emb, i2i=True)
+        everyone = split_metrics(dataclasses.replace(emb, image=centred(emb.image, torch.zeros(
+            len(emb.image), dtype=torch.long))), i2i=True)
+        by_camera = split_metrics(dataclasses.replace(emb, image=centred(emb.image, image_cameras(
+            draw, emb.image_paths))), i2i=True)
+        for key, metrics, name in (("i2i_R1", plain, "i2i_R1"), ("i2i_R1_global", everyone, "i2i_R1"),
+                                   ("i2i_R1_camera", by_camera, "i2i_R1"), ("R1", plain, "R1"),
+                                   ("R1_camera", by_camera, "R1")):
+            figures.setdefault(key, []).append(round(float(metrics[name]), 2))
     return {key: trained[key] for key in ("variant", "minutes", "note", "steps", "precision", "cpu")} | {
         "fresh": fresh, **figures}
 

@@ -22,7 +22,7 @@ import torch
 from ivt.data import load_dataset
 from ivt.evaluate.metrics import ranking_metrics
 from ivt.evaluate.rerank import rerank_scores
-from ivt.evaluate.retrieval import embed_split, split_images
+from ivt.evaluate.retrieval import embed_split, split_images, split_metrics
 from ivt.inference import load
 from ivt.runtime import cpu_info
 from learning import ensure_draw
@@ -40,8 +40,9 @@ def set_metrics(model, data: Path, ks: tuple[int, ...]) -> tuple[dict[int, dict]
     images = split_images(model, dataset, records)
     emb = embed_split(model, dataset, records, images=images)
     sim = emb.text @ emb.image.T
-    out = {0: ranking_metrics(sim, emb.text_pids, emb.image_pids)}
-    same = ranking_metrics(emb.image @ emb.image.T, emb.image_pids, emb.image_pids, exclude_self=True)
+    both = split_metrics(emb, i2i=True)
+    out = {0: {k: v for k, v in both.items() if not k.startswith("i2i_")}}
+    same = {k[len("i2i_"):]: v for k, v in both.items() if k.startswith("i2i_")}
     cost = {}
     if model.can_rerank:
         _, states = model.encode_images_with_states(images)
