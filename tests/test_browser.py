@@ -144,6 +144,7 @@ def test_shared_url_frame_view_and_find_this_person_in_chromium(tmp_path_factory
         page.wait_for_selector("#grid[data-state=ready]", timeout=20_000)
         found = page.locator("#grid figure.result").evaluate_all("els => els.map(e => e.dataset.id)")
         assert liked not in found and len(found) == 8 + 1 and page.is_visible("#like-chip")
+        assert "each camera's look taken out" in page.inner_text("#status")       # ranked as the same person
         shared = page.url
         page.goto("about:blank")
         page.goto(shared)

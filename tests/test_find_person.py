@@ -20,6 +20,7 @@ from ivt.index.build import add_to_index, build_index
 from ivt.index.frames import read_frame
 from ivt.index.gallery import Gallery
 from ivt.index.ingest import image_source
+from ivt.index.same_person import SamePersonSettings, same_person_order
 from ivt.losses import image_image_loss
 from ivt.serve import create_app, load_service
 from ivt.video import read_frames
@@ -51,7 +52,8 @@ def _ranked_ids(gallery: Gallery, query: np.ndarray) -> list[int]:
 def test_search_by_item_ranks_by_its_embedding_and_leaves_it_out(setup, capsys):
     gallery = Gallery.open(setup["index"])
     item = 2
-    assert main(["search", "--index", str(setup["index"]), "--item", str(item), "--top-k", "5", "--json"]) == 0
+    args = ["search", "--index", str(setup["index"]), "--top-k", "5", "--json", "--cosine"]
+    assert main([*args, "--item", str(item)]) == 0
     out = json.loads(capsys.readouterr().out)
     ids = [h["id"] for h in out["results"]]
     expected = [i for i in _ranked_ids(gallery, gallery.stored.embeddings[item]) if i != item][:5]
@@ -59,11 +61,56 @@ def test_search_by_item_ranks_by_its_embedding_and_leaves_it_out(setup, capsys):
     # The same image given as a file: encoded afresh, and recognised as that item by its bytes.
     crop = setup["index"].parent / "query.jpg"
     crop.write_bytes(gallery.read_image(item))
-    assert main(["search", "--index", str(setup["index"]), "--image", str(crop), "--top-k", "5", "--json"]) == 0
+    assert main([*args, "--image", str(crop)]) == 0
     by_file = json.loads(capsys.readouterr().out)
     assert [h["id"] for h in by_file["results"]] == expected and by_file["like"] == "query.jpg"
     assert main(["search", "--index", str(setup["index"]), "--image", str(crop), "--top-k", "3"]) == 0
     assert capsys.readouterr().out.startswith("query: like query.jpg  (20 indexed images")
+
+
+def test_an_example_alone_is_ranked_camera_centred_and_k_reciprocally(setup, capsys):
+    """By default an example image ranks the index as ivt.index.same_person says: every embedding
+    minus its camera's mean (plain images one group, the clip's crops another), then the best 50
+    re-ranked k-reciprocally; scores stay the stored cosines."""
+    gallery = Gallery.open(setup["index"])
+    item = 2
+    assert main(["search", "--index", str(setup["index"]), "--item", str(item), "--top-k", "12", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    x = gallery.stored.embeddings
+    cameras = np.array(["walk" if it.video is not None else "" for it in gallery.items])
+    means = {c: x[cameras == c].mean(0) for c in ("", "walk")}
+    z = x - np.stack([means[c] for c in cameras])
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    others = np.array([i for i in range(len(x)) if i != item])
+    order, _ = same_person_order(z[item], z[others], SamePersonSettings())
+    expected = others[order][:12].tolist()
+    assert [h["id"] for h in out["results"]] == expected
+    assert expected != [i for i in _ranked_ids(gallery, x[item]) if i != item][:12]      # it is not the cosine
+    for hit in out["results"]:
+        np.testing.assert_allclose(hit["score"], float(x[hit["id"]] @ x[item]), atol=1e-5)
+
+
+def test_the_api_ranks_an_example_as_the_cli_does_and_a_new_photo_on_the_overall_mean(setup, client, capsys):
+    gallery = Gallery.open(setup["index"])
+    assert main(["search", "--index", str(setup["index"]), "--item", "2", "--top-k", "12", "--json"]) == 0
+    cli = [h["id"] for h in json.loads(capsys.readouterr().out)["results"]]
+    body = client.post("/api/search", json={"like": 2, "k": 12}).json()
+    assert [h["id"] for h in body["results"]] == cli and body["ranking"] == "same person"
+    plain = client.post("/api/search", json={"like": 2, "k": 12, "cosine": True}).json()
+    x = gallery.stored.embeddings
+    assert plain["ranking"] == "cosine" and [h["id"] for h in plain["results"]] == [
+        i for i in _ranked_ids(gallery, x[2]) if i != 2][:12]
+    assert client.post("/api/search", json={"like": 2, "text": "a red shirt"}).json()["ranking"] == "cosine"
+    # A photo the index does not hold (camera unknown): centred on the mean of every item.
+    photo = setup["index"].parent / "mirrored.png"
+    Image.open(io.BytesIO(gallery.read_image(5))).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo)
+    assert main(["search", "--index", str(setup["index"]), "--image", str(photo), "--top-k", "20", "--json"]) == 0
+    got = [h["id"] for h in json.loads(capsys.readouterr().out)["results"]]
+    means = gallery.camera_means()
+    query = means.centred(setup["model"].encode_images([Image.open(photo).convert("RGB")]).numpy(), [None])[0]
+    cameras = ["walk" if it.video is not None else "" for it in gallery.items]
+    order, _ = same_person_order(query, means.centred(x, cameras), SamePersonSettings())
+    assert got == order.tolist() and len(got) == 20 and 5 in got
 
 
 def test_a_description_and_an_example_together(setup, capsys):
@@ -99,6 +146,8 @@ def test_per_track_leaves_out_the_whole_track_of_the_example(setup, client):
     (["--image", "."], "not a file"),
     (["--image", "missing.jpg"], "not a file"),
     (["--item", "1", "--rerank", "4"], "--rerank"),
+    (["--cosine", "a red shirt"], "--cosine is for an example image alone"),
+    (["--cosine", "a red shirt", "--item", "1"], "--cosine is for an example image alone"),
 ])
 def test_image_query_mistakes_exit_2(setup, capsys, args, message):
     assert main(["search", "--index", str(setup["index"]), *args]) == 2
@@ -118,6 +167,9 @@ def test_an_unreadable_image_query_is_a_clear_error(setup, capsys, tmp_path):
     ({"like": 99}, 404, "no image with id"),
     ({"like": "../0"}, 404, "no image with id"),
     ({"like": 1, "rerank": 4}, 422, "rerank"),
+    ({"text": "a red shirt", "cosine": True}, 422, "cosine is for a like"),
+    ({"like": 1, "text": "a red shirt", "cosine": True}, 422, "cosine is for a like"),
+    ({"like": 1, "cosine": 1}, 422, "cosine"),
 ])
 def test_bad_like_requests(client, body, status, message):
     r = client.post("/api/search", json=body)

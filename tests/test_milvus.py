@@ -3,6 +3,7 @@ results and filters as ivt's own store, the collection's self-description, image
 and the API, several ingest workers at once, and a worker killed with -9."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -169,16 +170,21 @@ def test_images_are_served_by_id_only_while_unchanged(setup, milvus_index):
 
 def test_find_this_person_frames_and_tracks_as_in_ivts_own_store(setup, milvus_index):
     from ivt.index.query import combined_query, example_item, results
+    from ivt.index.same_person import SamePersonSettings
 
     _, location, gallery = milvus_index
     local = setup["local"]
     crop = next(i for i, item in enumerate(local.items) if item.video is not None)
     sha = local.items[crop].sha256
-    for per_track in (False, True):
+    mine_means, their_means = gallery.camera_means(), local.camera_means()
+    assert mine_means.means.keys() == their_means.means.keys() == {"", "north", "yard"}
+    for camera, mean in their_means.means.items():
+        np.testing.assert_allclose(mine_means.means[camera], mean, atol=1e-6)
+    for per_track, same_person in itertools.product((False, True), (None, SamePersonSettings())):
         theirs = results(local, combined_query(None, example_item(local, str(crop))), 10, per_track,
-                         example=example_item(local, str(crop)))
+                         example=example_item(local, str(crop)), same_person=same_person)
         mine = results(gallery, combined_query(None, example_item(gallery, sha)), 10, per_track,
-                       example=example_item(gallery, sha))
+                       example=example_item(gallery, sha), same_person=same_person)
         assert [local.items[h["id"]].sha256 for h in theirs] == [h["id"] for h in mine]
         np.testing.assert_allclose([h["score"] for h in mine], [h["score"] for h in theirs], atol=1e-5)
         assert sha not in [h["id"] for h in mine]

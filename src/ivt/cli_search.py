@@ -81,6 +81,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         results,
         results_html,
     )
+    from ivt.index.same_person import SamePersonSettings
 
     text = (args.text or "").strip() or None
     if args.text is not None and (text is None or len(text) > 500):
@@ -91,6 +92,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
         raise DataError("--image and --item both name the example: give one")
     if args.rerank and text is None:
         raise DataError("--rerank re-orders by how well each image matches a description: give one")
+    if args.cosine and (text is not None or (args.image is None and args.item is None)):
+        raise DataError("--cosine is for an example image alone (--image or --item, no description)")
     if not 1 <= args.top_k <= 1000:
         raise DataError(f"--top-k must be from 1 to 1000, got {args.top_k}")
     gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
@@ -102,8 +105,9 @@ def _cmd_search(args: argparse.Namespace) -> None:
     text_vector, ignored = encode_query(model, text) if text else (None, [])
     query = combined_query(text_vector, example)
     where = SearchFilter.make(args.camera, args.after, args.before, args.track, args.min_score)
+    same_person = SamePersonSettings() if text is None and not args.cosine else None
     hits = results(gallery, query, args.top_k, args.per_track, (model, text, args.rerank) if args.rerank else None,
-                   where, example)
+                   where, example, same_person)
     took = 1000 * (time.perf_counter() - start)
     label = query_label(text, example)
     if args.json:
@@ -199,6 +203,9 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, metavar="INDEX", help="index directory or milvus:URI#COLLECTION")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
+    p.add_argument("--cosine", action="store_true",
+                   help="with --image/--item alone: rank by plain cosine, not camera-centred and k-reciprocally "
+                        "re-ranked (see ivt.index.same_person)")
     p.add_argument("--camera", action="append", metavar="NAME", help="only crops of this camera (repeatable)")
     p.add_argument("--after", metavar="T", help="only crops at or after T: ISO 8601, or seconds into the video")
     p.add_argument("--before", metavar="T", help="only crops at or before T: ISO 8601, or seconds into the video")

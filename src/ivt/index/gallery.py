@@ -14,6 +14,7 @@ from ivt.errors import IndexStoreError
 from ivt.files import ConfinedRoot
 from ivt.index.backends import SEARCH_PARAMS, SearchBackend, load_backend
 from ivt.index.filters import ItemColumns, SearchFilter, camera_of, parse_time
+from ivt.index.same_person import NO_CAMERA, CameraMeans
 from ivt.index.store import (
     Item,
     StoredIndex,
@@ -56,6 +57,7 @@ class Gallery:
         self._track_of = {i: span for span in self.tracks.values() for i in span.items}
         self.columns = ItemColumns.of(stored.items, stored.manifest["sources"])
         self._by_sha256: dict[str, int] | None = None       # made on first use (a benign race)
+        self._camera_means: CameraMeans | None = None        # likewise
 
     @classmethod
     def open(cls, index_dir: str | Path, search_params: Mapping[str, int] | None = None) -> Gallery:
@@ -187,6 +189,21 @@ class Gallery:
         self._item(item_id)
         return np.array(self.stored.embeddings[int(item_id)], dtype=np.float32)
 
+    def vectors(self, item_ids: Sequence[int]) -> tuple[np.ndarray, list[str]]:
+        """The stored unit embeddings (N, D) of items and their cameras (``NO_CAMERA`` for images)."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        cols = self.columns
+        cameras = [cols.cameras[c] if c >= 0 else NO_CAMERA for c in cols.camera[ids].tolist()]
+        return np.asarray(self.stored.embeddings[ids], dtype=np.float32), cameras
+
+    def camera_means(self) -> CameraMeans:
+        """The mean embedding of each camera's items and of all (made on first use)."""
+        if self._camera_means is None:
+            cols = self.columns
+            codes = np.where(cols.camera >= 0, cols.camera, len(cols.cameras))
+            self._camera_means = CameraMeans.of_codes(self.stored.embeddings, codes, [*cols.cameras, NO_CAMERA])
+        return self._camera_means
+
     def item_with_sha256(self, sha256: str) -> int | None:
         """The item whose content has this sha256, if the index holds it."""
         if self._by_sha256 is None:
@@ -200,6 +217,11 @@ class Gallery:
         """The video track the item belongs to (None for an image outside videos)."""
         self._item(item_id)
         return self._track_of.get(int(item_id))
+
+    def track_number(self, item_id: int) -> int | None:
+        """The number of the item's video track (None for an image outside videos)."""
+        span = self.track_of(item_id)
+        return None if span is None else span.track
 
     def video_of(self, item_id: int) -> tuple[dict[str, Any], VideoRef] | None:
         """The video record an item was cropped from and where in it (None for other images)."""

@@ -29,6 +29,7 @@ from ivt.index.milvus import (
     positive_int,
     read_manifest,
 )
+from ivt.index.same_person import CameraMeans
 from ivt.index.store import Item, VideoRef
 
 SEARCH_PARAMS = {"ef_search", "nprobe", "rerank"}
@@ -91,6 +92,7 @@ class MilvusGallery:
         self._lock = threading.Lock()
         self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._sources: dict[str, dict[str, Any]] = {}
+        self._camera_means: CameraMeans | None = None
 
     @classmethod
     def open(cls, location: str | MilvusAddress, search_params: Mapping[str, int] | None = None,
@@ -272,6 +274,46 @@ class MilvusGallery:
         check_embeddings(vector[None], f"{self.address}: stored embedding of {item_id[:12]}")
         return vector
 
+    def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """The stored unit embeddings (N, D) of items and their cameras ('' for images), one read."""
+        ids = list(item_ids)
+        rows = milvus_call("reading items", self.address, self.client.get, self.address.collection, ids=ids,
+                           output_fields=["embedding", "camera"], consistency_level=self.consistency) if ids else []
+        found = {row["id"]: row for row in rows}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise IndexStoreError(f"no item {str(missing[0])[:70]!r} in {self.address}")
+        vectors = np.asarray([found[i]["embedding"] for i in ids], dtype=np.float32).reshape(len(ids), -1)
+        check_embeddings(vectors, f"{self.address}: stored embeddings")
+        return vectors, [str(found[i]["camera"]) for i in ids]
+
+    def camera_means(self) -> CameraMeans:
+        """The mean embedding of each camera's items and of all: one scan of the collection on first
+        use, then kept (items written later by other workers are not in it until the index is
+        opened again)."""
+        with self._lock:
+            if self._camera_means is not None:
+                return self._camera_means
+        sums: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        scan = milvus_call("reading every item's embedding", self.address, self.client.query_iterator,
+                           self.address.collection, batch_size=2048, output_fields=["embedding", "camera"])
+        try:
+            while batch := milvus_call("reading every item's embedding", self.address, scan.next):
+                vectors = np.asarray([row["embedding"] for row in batch], dtype=np.float64)
+                cameras = np.asarray([str(row["camera"]) for row in batch], dtype=object)
+                for camera in dict.fromkeys(cameras.tolist()):
+                    sums[camera] = sums.get(camera, 0.0) + vectors[cameras == camera].sum(0)
+                    counts[camera] = counts.get(camera, 0) + int((cameras == camera).sum())
+        finally:
+            scan.close()
+        if not counts:
+            raise IndexStoreError(f"{self.address} holds no items")
+        means = CameraMeans.from_sums(sums, counts)
+        with self._lock:
+            self._camera_means = means
+        return means
+
     def item_with_sha256(self, sha256: str) -> str | None:
         """The item whose content has this sha256 (its id), if the index holds it."""
         return sha256 if self._record(sha256, missing_ok=True) is not None else None
@@ -280,6 +322,12 @@ class MilvusGallery:
         """The video track the item belongs to (None for an image outside videos)."""
         item = self._item(item_id)
         return None if item.video is None else self._span(item.video.track)
+
+    def track_number(self, item_id: str) -> int | None:
+        """The number of the item's video track (None for an image outside videos); from its record,
+        which a search has just read."""
+        item = self._item(item_id)
+        return None if item.video is None else item.video.track
 
     def video_of(self, item_id: str) -> tuple[dict[str, Any], VideoRef] | None:
         """The video record an item was cropped from and where in it (None for other images)."""

@@ -15,9 +15,10 @@ from PIL import Image
 
 from ivt.errors import CheckpointError, DataError, IndexStoreError, IvtError
 from ivt.index.filters import SearchFilter
-from ivt.index.gallery import Gallery
+from ivt.index.gallery import Gallery, Hit
 from ivt.index.milvus import is_milvus
 from ivt.index.milvus_gallery import MilvusGallery
+from ivt.index.same_person import SamePersonSettings, same_person_order
 from ivt.index.store import read_index
 from ivt.terminal import printable
 from ivt.viz import image_data_uri
@@ -153,7 +154,8 @@ def index_model(index_dir: str | Path, built: dict[str, Any], checkpoint: str | 
 
 def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_track: bool = False,
             rerank: tuple[RetrievalModel, str, int] | None = None,
-            where: SearchFilter | None = None, example: Example | None = None) -> list[dict[str, Any]]:
+            where: SearchFilter | None = None, example: Example | None = None,
+            same_person: SamePersonSettings | None = None) -> list[dict[str, Any]]:
     """Ranked hits of an encoded ``query`` as JSON-ready dicts (rank, id, score, image_url,
     provenance); every score is a finite number (JSON has no NaN), else a CheckpointError.
 
@@ -161,17 +163,16 @@ def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_tra
     matching head (each hit of them also gets ``match``, its ITM log-odds); below K, cosine order.
     ``where``: only hits that pass these metadata filters (camera, time, track, minimum score).
     ``example``: the example image's own item is left out (per track: its whole track).
+    ``same_person`` (the query is ``example`` alone): ranked as :mod:`ivt.index.same_person` finds
+    one person in many images (camera-centred, k-reciprocal re-ranking); scores stay cosines.
     """
     if not np.isfinite(np.asarray(query, dtype=np.float64)).all():
         raise CheckpointError("the model gave NaN or infinite values for the query: its weights are damaged "
                               "(retrain or restore the run directory); no results")
-    depth = max(k, rerank[2]) if rerank else k
-    left_out = example is not None and example.item is not None
-    hits = gallery.search(query, depth + int(left_out), per_track=per_track, where=where)
-    if left_out:
-        own_track = example.track if per_track else None
-        hits = [h for h in hits if h.id != example.item and (own_track is None or h.track is None
-                                                             or h.track.track != own_track)][:depth]
+    if same_person is not None and example is not None and rerank is None:
+        hits = _same_person_hits(gallery, example, k, per_track, where, same_person)
+    else:
+        hits = _cosine_hits(gallery, query, max(k, rerank[2]) if rerank else k, per_track, where, example)
     if not all(np.isfinite(hit.score) for hit in hits):
         raise IndexStoreError(f"index {gallery.directory}: a search score is NaN or infinite; rebuild the index")
     matches: dict[int | str, float] = {}
@@ -187,6 +188,61 @@ def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_tra
              **({"match": round(matches[hit.id], 4)} if hit.id in matches else {}),
              "image_url": f"/api/images/{hit.id}", "provenance": gallery.describe(hit.id, hit.track)}
             for rank, hit in enumerate(hits[:k], 1)]
+
+
+def _cosine_hits(gallery: Gallery | MilvusGallery, query: np.ndarray, depth: int, per_track: bool,
+                 where: SearchFilter | None, example: Example | None) -> list[Hit]:
+    """The best ``depth`` hits by cosine, the example's own item (per track: its track) left out."""
+    hits = gallery.search(query, depth + int(_left_out(example)), per_track=per_track, where=where)
+    return [h for h in hits if not _is_example(h, example, per_track)][:depth]
+
+
+def _left_out(example: Example | None) -> bool:
+    return example is not None and example.item is not None
+
+
+def _is_example(hit: Hit, example: Example | None, per_track: bool) -> bool:
+    """Whether ``hit`` is the example's own item, or with ``per_track`` of the example's track."""
+    if not _left_out(example):
+        return False
+    own_track = example.track if per_track else None
+    return hit.id == example.item or (own_track is not None and hit.track is not None and hit.track.track == own_track)
+
+
+def _same_person_hits(gallery: Gallery | MilvusGallery, example: Example, k: int, per_track: bool,
+                      where: SearchFilter | None, settings: SamePersonSettings) -> list[Hit]:
+    """The best ``k`` hits for an example image: a pool of cosine candidates (filters applied),
+    re-scored with camera-centred embeddings and re-ranked k-reciprocally; per track, each track's
+    best-placed crop. Fewer than ``k`` tracks in the pool: the rest by plain per-track cosine."""
+    pool_size = max(settings.pool, 8 * k, settings.candidates)
+    pool = [h for h in gallery.search(example.vector, pool_size + 1, where=where)
+            if not (_left_out(example) and h.id == example.item)]
+    if not pool:
+        return []
+    vectors, cameras = gallery.vectors([h.id for h in pool])
+    query = example.vector
+    if settings.centre:
+        means = gallery.camera_means()
+        own = gallery.vectors([example.item])[1][0] if _left_out(example) else None
+        query = means.centred(example.vector[None], [own])[0]
+        vectors = means.centred(vectors, cameras)
+    order, _ = same_person_order(query, vectors, settings)
+    ranked = [pool[j] for j in order]
+    if not per_track:
+        return ranked[:k]
+    hits: list[Hit] = []
+    seen: set[Any] = set()
+    for batch in (ranked, None):
+        for hit in batch if batch is not None else _cosine_hits(gallery, example.vector, k, True, where, example):
+            track = gallery.track_number(hit.id)
+            key = ("track", track) if track is not None else ("item", hit.id)
+            if key in seen or (_left_out(example) and track is not None and track == example.track):
+                continue
+            seen.add(key)
+            hits.append(Hit(hit.id, hit.score, None if track is None else gallery.track_of(hit.id)))
+            if len(hits) == k:
+                return hits
+    return hits
 
 
 def _short_id(item_id: int | str) -> str:

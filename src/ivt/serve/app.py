@@ -36,6 +36,7 @@ from ivt.index.filters import SearchFilter
 from ivt.index.frames import FrameNotAvailable, FrameServer
 from ivt.index.gallery import Gallery
 from ivt.index.query import Example, combined_query, encode_query, example_item, open_for_search, query_label, results
+from ivt.index.same_person import SamePersonSettings
 from ivt.terminal import printable
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class SearchRequest(BaseModel):
     k: StrictInt = Field(default=10, ge=1, le=MAX_K)
     per_track: StrictBool = False
     rerank: StrictInt = Field(default=0, ge=0, le=MAX_K)
+    cosine: StrictBool = False
     camera: list[StrictStr] | None = Field(default=None, max_length=64)
     after: StrictStr | StrictFloat | StrictInt | None = None
     before: StrictStr | StrictFloat | StrictInt | None = None
@@ -89,8 +91,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     if kind == "missing":
         return 422, f"{where or 'body'} is required"
     if kind == "extra_forbidden":
-        return 422, (f"unknown field {where!r} (allowed: text, like, k, per_track, rerank, camera, after, before, "
-                     f"track, min_score)")
+        return 422, (f"unknown field {where!r} (allowed: text, like, k, per_track, rerank, cosine, camera, after, "
+                     f"before, track, min_score)")
     if where == "text" and kind in ("string_too_long", "string_too_short"):
         return 422, f"text must be 1 to {MAX_TEXT} characters"
     if where == "k":
@@ -169,10 +171,14 @@ class SearchService:
         return item
 
     def search(self, text: str | None, k: int, per_track: bool, rerank: int = 0,
-               where: SearchFilter | None = None, like: int | str | None = None) -> dict[str, Any]:
-        """A description, an example item of the index (``like``: find this person), or both."""
+               where: SearchFilter | None = None, like: int | str | None = None,
+               cosine: bool = False) -> dict[str, Any]:
+        """A description, an example item of the index (``like``: find this person), or both; an
+        example alone is ranked as :mod:`ivt.index.same_person` says unless ``cosine``."""
         if text is None and like is None:
             raise ApiError(422, "give a text, a like (an item id), or both")
+        if cosine and (text is not None or like is None):
+            raise ApiError(422, "cosine is for a like (an item id) without a text")
         if rerank and not self.model.can_rerank:
             raise ApiError(422, "rerank needs a model trained with an image-text matching head (model.itm); "
                                 "this index's model has none")
@@ -197,7 +203,7 @@ class SearchService:
             query = combined_query(text_vector, example)
             with self._model_lock:
                 hits = results(self.gallery, query, k, per_track, (self.model, text, rerank) if rerank else None,
-                               where, example)
+                               where, example, SamePersonSettings() if text is None and not cosine else None)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
             print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             what = ("the search gave no finite scores (damaged model or index)" if not rerank else
@@ -205,7 +211,8 @@ class SearchService:
                     "changed since it was indexed)")
             raise ApiError(500, f"{what}; see the server log") from exc
         return {"text": text, "like": None if example is None else example.item, "query": query_label(text, example),
-                "k": k, "per_track": per_track, "rerank": rerank, "count": len(self.gallery),
+                "k": k, "per_track": per_track, "rerank": rerank,
+                "ranking": "cosine" if text is not None or cosine else "same person", "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "ignored_words": ignored, "results": hits}
 
     def frame(self, item_id: int | str) -> bytes:
@@ -337,7 +344,7 @@ def create_app(index_dir: str | Path | None = None, *, service: SearchService | 
             where = SearchFilter.make(body.camera, body.after, body.before, body.track, body.min_score)
         except DataError as exc:
             raise ApiError(422, str(exc)) from exc
-        return svc.search(text, body.k, body.per_track, body.rerank, where, body.like)
+        return svc.search(text, body.k, body.per_track, body.rerank, where, body.like, body.cosine)
 
     @app.get("/api/images/{item_id}")
     def image(item_id: str) -> Response:
