@@ -52,16 +52,17 @@ def evaluate(run_dir: Path, which: str = "best", precision: str = "auto") -> dic
             "i2i_queries": same["num_queries"] - same["num_skipped_queries"]}
 
 
-def image_to_image(spec: dict, images: torch.Tensor) -> dict:
+def image_to_image(spec: dict, images: torch.Tensor, scores: torch.Tensor | None = None) -> dict:
     """Find this person on the real crops: each crop of a look worn by one person a query against
     all other crops, the crops of the same look relevant. The two looks worn by two different men
-    (marked so in ``looks``) are distractors, never queries or matches."""
+    (marked so in ``looks``) are distractors, never queries or matches. ``scores`` (N, N): another
+    ranking's than the cosine of ``images``."""
     shared = {k for k, text in spec["looks"].items() if "two different" in text}
     codes = {k: i for i, k in enumerate(sorted(spec["looks"]))}
     pids = [codes[c["look"]] if c["look"] not in shared else -1 - n for n, c in enumerate(spec["crops"])]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # the distractors are no queries
-        return ranking_metrics(images @ images.t(), pids, pids, exclude_self=True)
+        return ranking_metrics(images @ images.t() if scores is None else scores, pids, pids, exclude_self=True)
 
 
 def report(result: dict, label: str) -> str:
