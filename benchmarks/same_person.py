@@ -66,6 +66,7 @@ class Split:
 
 
 def embed(model, draw: Path, split: str) -> Split:
+    """The image embeddings of one split of a draw, with the split's text-to-image R1."""
     dataset = load_dataset(draw)
     records = dataset.split(split)
     emb = embed_split(model, dataset, records, 64, images=split_images(model, dataset, records))
@@ -87,6 +88,7 @@ def ranked(x: np.ndarray, cameras: list[str], centre: bool, settings: SamePerson
 
 
 def i2i(split: Split, centre: bool, settings: SamePersonSettings) -> dict:
+    """Image-to-image R1 and mAP of a split ranked one way (each image a query, itself left out)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # lone images are no queries
         m = ranking_metrics(ranked(split.images, split.cameras, centre, settings), split.pids, split.pids,

@@ -1,5 +1,5 @@
 """Find this person: ranking a gallery by an example image of someone, the way image-to-image
-retrieval measured best (`benchmarks/i2i.py --pipeline`, chosen on draws never reported).
+retrieval measured best (`benchmarks/same_person.py`, chosen on draws never reported).
 
 1. **Camera centring.** Every embedding (the query's too) minus the mean embedding of its camera's
    items, normalised again. A camera's colour cast, light and background are shared by everyone it
@@ -83,9 +83,10 @@ class CameraMeans:
     def centred(self, vectors: np.ndarray, cameras: Sequence[str | None]) -> np.ndarray:
         """``vectors`` (N, D) minus their cameras' means (the overall mean for ``None`` or a camera
         this gallery has no items of), L2-normalised again."""
-        shift = np.stack([self.means.get(c, self.overall) if c is not None else self.overall for c in cameras]) \
-            if len(cameras) else np.zeros_like(vectors)
-        z = np.asarray(vectors, dtype=np.float32) - shift
+        v = np.asarray(vectors, dtype=np.float32)
+        shift = np.stack([self.overall if c is None else self.means.get(c, self.overall) for c in cameras]
+                         ) if len(cameras) else np.zeros_like(v)
+        z = v - shift
         norm = np.linalg.norm(z, axis=1, keepdims=True)
         return z / np.maximum(norm, 1e-12)
 
