@@ -37,10 +37,10 @@ import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ivt.data import load_dataset
 from ivt.evaluate.retrieval import embed_split, evaluate_checkpoint, split_images, split_metrics
+from ivt.index.same_person import CameraMeans
 from ivt.inference import load
 from ivt.runtime import cpu_info
 from ivt.synth.generate import ATTRIBUTES
@@ -96,11 +96,10 @@ def image_cameras(draw: Path, paths: list[Path]) -> torch.Tensor:
 
 
 def centred(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Each (normalised) embedding minus the mean of its group's, normalised again."""
-    z = x.clone()
-    for g in groups.unique():
-        z[groups == g] -= x[groups == g].mean(0)
-    return F.normalize(z, dim=1)
+    """Each (normalised) embedding minus the mean of its group's, normalised again (as search does:
+    :class:`ivt.index.same_person.CameraMeans`)."""
+    names = [str(int(g)) for g in groups]
+    return torch.from_numpy(CameraMeans.of(x.float().numpy(), names).centred(x.float().numpy(), names))
 
 
 def centring_row(run: Path, draws: list[Path], fresh: list[int]) -> dict:

@@ -74,6 +74,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         encode_query,
         example_file,
         example_item,
+        example_ranking,
         format_results,
         ignored_note,
         open_for_search,
@@ -81,7 +82,6 @@ def _cmd_search(args: argparse.Namespace) -> None:
         results,
         results_html,
     )
-    from ivt.index.same_person import SamePersonSettings
 
     text = (args.text or "").strip() or None
     if args.text is not None and (text is None or len(text) > 500):
@@ -105,9 +105,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
     text_vector, ignored = encode_query(model, text) if text else (None, [])
     query = combined_query(text_vector, example)
     where = SearchFilter.make(args.camera, args.after, args.before, args.track, args.min_score)
-    same_person = SamePersonSettings() if text is None and not args.cosine else None
     hits = results(gallery, query, args.top_k, args.per_track, (model, text, args.rerank) if args.rerank else None,
-                   where, example, same_person)
+                   where, example, example_ranking(text, args.cosine))
     took = 1000 * (time.perf_counter() - start)
     label = query_label(text, example)
     if args.json:

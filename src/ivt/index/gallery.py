@@ -184,14 +184,12 @@ class Gallery:
         """The indexed file's path as recorded (relative to its root)."""
         return self._item(item_id).path
 
-    def embedding(self, item_id: int) -> np.ndarray:
-        """The item's stored unit embedding (D,), float32."""
-        self._item(item_id)
-        return np.array(self.stored.embeddings[int(item_id)], dtype=np.float32)
-
     def vectors(self, item_ids: Sequence[int]) -> tuple[np.ndarray, list[str]]:
         """The stored unit embeddings (N, D) of items and their cameras (``NO_CAMERA`` for images)."""
-        ids = np.asarray(item_ids, dtype=np.int64)
+        ids = np.asarray(item_ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexStoreError(f"no item {int(ids[(ids < 0) | (ids >= len(self))][0])} in this index "
+                                  f"({len(self)} items)")
         cols = self.columns
         cameras = [cols.cameras[c] if c >= 0 else NO_CAMERA for c in cols.camera[ids].tolist()]
         return np.asarray(self.stored.embeddings[ids], dtype=np.float32), cameras

@@ -263,17 +263,6 @@ class MilvusGallery:
     def item_path(self, item_id: str) -> str:
         return self._item(item_id).path
 
-    def embedding(self, item_id: str) -> np.ndarray:
-        """The item's stored unit embedding (D,), float32."""
-        self._record(item_id)
-        rows = milvus_call("reading an item", self.address, self.client.get, self.address.collection,
-                           ids=[item_id], output_fields=["embedding"], consistency_level=self.consistency)
-        if not rows:
-            raise IndexStoreError(f"no item {str(item_id)[:70]!r} in {self.address}")
-        vector = np.asarray(rows[0]["embedding"], dtype=np.float32)
-        check_embeddings(vector[None], f"{self.address}: stored embedding of {item_id[:12]}")
-        return vector
-
     def vectors(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """The stored unit embeddings (N, D) of items and their cameras ('' for images), one read."""
         ids = list(item_ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,12 +74,20 @@ def encode_query(model: RetrievalModel, text: str) -> tuple[np.ndarray, list[str
 @dataclass(frozen=True)
 class Example:
     """An example image of the person sought: its unit embedding, what to call it, and the index
-    item it is (left out of the results, with its whole track when searching per track)."""
+    item it is (left out of the results, with its whole track when searching per track) with that
+    item's camera (None when unknown: a photo the index does not hold)."""
 
     vector: np.ndarray
     label: str
     item: int | str | None = None
     track: int | None = None
+    camera: str | None = None
+
+
+def example_ranking(text: str | None, cosine: bool = False) -> SamePersonSettings | None:
+    """How hits are ordered: an example alone as :mod:`ivt.index.same_person` finds one person
+    (unless ``cosine``); anything with a description by cosine (None)."""
+    return SamePersonSettings() if text is None and not cosine else None
 
 
 def example_item(gallery: Gallery | MilvusGallery, raw_id: str) -> Example:
@@ -87,7 +96,8 @@ def example_item(gallery: Gallery | MilvusGallery, raw_id: str) -> Example:
     if item is None:
         raise DataError(f"--item {str(raw_id)[:70]!r}: no such item in this index")
     span = gallery.track_of(item)
-    return Example(gallery.embedding(item), f"item {str(item)[:12]}", item, span.track if span else None)
+    vectors, cameras = gallery.vectors([item])
+    return Example(vectors[0], f"item {str(item)[:12]}", item, span.track if span else None, cameras[0])
 
 
 def example_file(gallery: Gallery | MilvusGallery, model: RetrievalModel, path: str | Path) -> Example:
@@ -104,8 +114,10 @@ def example_file(gallery: Gallery | MilvusGallery, model: RetrievalModel, path: 
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"--image {p}: not a readable image ({exc})") from exc
     item = gallery.item_with_sha256(file_sha256(p))
-    span = gallery.track_of(item) if item is not None else None
-    return Example(vector, p.name, item, span.track if span else None)
+    if item is None:
+        return Example(vector, p.name)
+    span = gallery.track_of(item)
+    return Example(vector, p.name, item, span.track if span else None, gallery.vectors([item])[1][0])
 
 
 def combined_query(text_vector: np.ndarray | None, example: Example | None) -> np.ndarray:
@@ -223,25 +235,28 @@ def _same_person_hits(gallery: Gallery | MilvusGallery, example: Example, k: int
     query = example.vector
     if settings.centre:
         means = gallery.camera_means()
-        own = gallery.vectors([example.item])[1][0] if _left_out(example) else None
-        query = means.centred(example.vector[None], [own])[0]
+        query = means.centred(example.vector[None], [example.camera])[0]
         vectors = means.centred(vectors, cameras)
     order, _ = same_person_order(query, vectors, settings)
     ranked = [pool[j] for j in order]
     if not per_track:
         return ranked[:k]
+
+    def candidates() -> Iterator[Hit]:
+        yield from ranked
+        yield from _cosine_hits(gallery, example.vector, k, True, where, example)     # only when needed
+
     hits: list[Hit] = []
     seen: set[Any] = set()
-    for batch in (ranked, None):
-        for hit in batch if batch is not None else _cosine_hits(gallery, example.vector, k, True, where, example):
-            track = gallery.track_number(hit.id)
-            key = ("track", track) if track is not None else ("item", hit.id)
-            if key in seen or (_left_out(example) and track is not None and track == example.track):
-                continue
-            seen.add(key)
-            hits.append(Hit(hit.id, hit.score, None if track is None else gallery.track_of(hit.id)))
-            if len(hits) == k:
-                return hits
+    for hit in candidates():
+        track = gallery.track_number(hit.id)
+        key = ("track", track) if track is not None else ("item", hit.id)
+        if key in seen or (_left_out(example) and track is not None and track == example.track):
+            continue
+        seen.add(key)
+        hits.append(Hit(hit.id, hit.score, None if track is None else gallery.track_of(hit.id)))
+        if len(hits) == k:
+            break
     return hits
 
 

@@ -35,8 +35,16 @@ from ivt.errors import ApiError, DataError, IndexStoreError, IvtError
 from ivt.index.filters import SearchFilter
 from ivt.index.frames import FrameNotAvailable, FrameServer
 from ivt.index.gallery import Gallery
-from ivt.index.query import Example, combined_query, encode_query, example_item, open_for_search, query_label, results
-from ivt.index.same_person import SamePersonSettings
+from ivt.index.query import (
+    Example,
+    combined_query,
+    encode_query,
+    example_item,
+    example_ranking,
+    open_for_search,
+    query_label,
+    results,
+)
 from ivt.terminal import printable
 
 if TYPE_CHECKING:
@@ -201,9 +209,10 @@ class SearchService:
                     raise ApiError(422, str(exc)) from exc
         try:
             query = combined_query(text_vector, example)
+            ranking = example_ranking(text, cosine)
             with self._model_lock:
                 hits = results(self.gallery, query, k, per_track, (self.model, text, rerank) if rerank else None,
-                               where, example, SamePersonSettings() if text is None and not cosine else None)
+                               where, example, ranking)
         except IvtError as exc:  # a damaged model or index: the server's fault, said in JSON
             print("ivt serve: " + printable(exc, keep="\n"), file=sys.stderr)
             what = ("the search gave no finite scores (damaged model or index)" if not rerank else
@@ -212,7 +221,7 @@ class SearchService:
             raise ApiError(500, f"{what}; see the server log") from exc
         return {"text": text, "like": None if example is None else example.item, "query": query_label(text, example),
                 "k": k, "per_track": per_track, "rerank": rerank,
-                "ranking": "cosine" if text is not None or cosine else "same person", "count": len(self.gallery),
+                "ranking": "cosine" if ranking is None else "same person", "count": len(self.gallery),
                 "took_ms": round(1000 * (time.perf_counter() - start), 2), "ignored_words": ignored, "results": hits}
 
     def frame(self, item_id: int | str) -> bytes:
