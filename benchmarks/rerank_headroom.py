@@ -3,7 +3,9 @@ encoder). Four measurements on the test splits of fresh SynthPedes draws (never 
 
 1. **Ceiling.** An oracle that reads from each caption every attribute its image shows, and knows
    every gallery identity's attributes, still cannot tell apart identities that agree on all of
-   them: its R1 is the mean of 1 / (identities that agree). No ranker can beat it on average.
+   them: its R1 is the mean of 1 / (identities that agree). Told also which items the person has
+   (a caption's silence about a bag hints there is none), it tells more apart; what a ranker can
+   reach from the caption lies about between the two.
 2. **Reach.** The share of text queries whose person is in the cosine's top K: what a perfect
    re-ranker of the top K reaches.
 3. **One-word edits.** For each caption, the same caption with one attribute word replaced
@@ -49,6 +51,7 @@ _NOUN_KIND = {"shoes": "shoes", "sneakers": "shoes", "trainers": "shoes", "boots
               "messenger": "bag", "shoulder": "bag", "crossbody": "bag", "cap": "headwear", "hat": "headwear",
               "beanie": "headwear", "baseball": "headwear", "knit": "headwear", "wool": "headwear", "sun": "headwear",
               "brimmed": "headwear"}
+ITEMS = ("bag", "headwear", "held", "glasses")
 KINDS = ("hair colour", "garment colour", "shoes", "bag", "headwear", "garment type", "length")
 
 
@@ -57,19 +60,24 @@ def _slot_key(attributes: dict, slots: set[str]) -> tuple:
 
 
 def ceiling(draw: Path) -> dict:
-    """The oracle's R1 on the draw's test split (see the module docstring) and its query count."""
+    """The oracle's R1 on the draw's test split (see the module docstring) and its query count:
+    ``R1`` knows the attributes the query's image shows; ``R1_items`` also which items (bag,
+    headwear, held item, glasses) the person has, shown or not (a caption's silence about a bag
+    says a little: between the two lies what a text can tell)."""
     from ivt.data import load_dataset
 
     identities = json.loads((draw / "attributes.json").read_text())
     visible = {im["file_path"]: set(im["visible"]) for v in identities.values() for im in v["images"]}
     records = load_dataset(draw).split("test")
     pids = {r.pid for r in records}
-    shares = []
+    shares, shares_items = [], []
     for r in records:
-        key = _slot_key(identities[str(r.pid)]["attributes"], visible[r.image])
-        agree = sum(_slot_key(identities[str(p)]["attributes"], visible[r.image]) == key for p in pids)
-        shares += [1 / agree] * len(r.captions)
-    return {"R1": 100 * statistics.mean(shares), "queries": len(shares)}
+        shown = {p: _slot_key(identities[str(p)]["attributes"], visible[r.image]) for p in pids}
+        items = {p: (shown[p], tuple(bool(identities[str(p)]["attributes"][f]) for f in ITEMS)) for p in pids}
+        shares += [1 / sum(shown[p] == shown[r.pid] for p in pids)] * len(r.captions)
+        shares_items += [1 / sum(items[p] == items[r.pid] for p in pids)] * len(r.captions)
+    return {"R1": 100 * statistics.mean(shares), "R1_items": 100 * statistics.mean(shares_items),
+            "queries": len(shares)}
 
 
 def _kind(caption: str, edited: str) -> str:
@@ -166,10 +174,13 @@ def render(rows: list[dict]) -> str:
     draws = sorted({d for r in rows for d in r["draws"]})
     first = rows[0]["draws"]
     ceil = statistics.mean(first[d]["ceiling"]["R1"] for d in draws if d in first)
+    ceil_items = statistics.mean(first[d]["ceiling"]["R1_items"] for d in draws if d in first)
     lines = [f"`benchmarks/rerank_headroom.py`: test splits of fresh draws {', '.join(draws)} (never used to choose), "
              f"means over the draws. The oracle's ceiling (every attribute the query's image shows, read from its "
-             f"caption) is **{ceil:.1f}** R1; per draw "
-             + ", ".join(f"{first[d]['ceiling']['R1']:.1f}" for d in draws if d in first) + ". "
+             f"caption) is **{ceil:.1f}** R1 (per draw "
+             + ", ".join(f"{first[d]['ceiling']['R1']:.1f}" for d in draws if d in first)
+             + f"), and **{ceil_items:.1f}** when it also knows which items (bag, headwear, held item, glasses) the "
+             "person has; what a caption can tell lies between the two. "
              "Reach: the share of queries whose person is in the cosine's top K (a perfect re-ranker of the top K "
              "reaches it). One-word edits: % of captions whose own image scores the caption above the caption "
              "with one attribute word replaced (50 % = blind to that word; in brackets the number of edits).", "",
