@@ -43,20 +43,24 @@ SLOT_FIELDS = {"gender": ("gender",), "hair": ("hair_length", "hair_colour"),
                "sleeve": ("sleeve",), "lower": ("lower_type", "lower_colour"), "shoes": ("shoes_type", "shoes_colour"),
                "bag": ("bag", "bag_colour"), "headwear": ("headwear", "headwear_colour"), "glasses": ("glasses",),
                "held": ("held",)}
-# Kinds of edited word, by the word's group and the word after it (a colour names hair, a garment, ...);
-# "shoes", "bag" and "headwear" count both their colour and their type.
-_NOUN_KIND = {"shoes": "shoes", "sneakers": "shoes", "trainers": "shoes", "boots": "shoes",
-              "sandals": "shoes", "heels": "shoes", "running": "shoes", "backpack": "bag", "bag": "bag",
-              "handbag": "bag", "rucksack": "bag", "knapsack": "bag", "purse": "bag", "tote": "bag",
-              "messenger": "bag", "shoulder": "bag", "crossbody": "bag", "cap": "headwear", "hat": "headwear",
-              "beanie": "headwear", "baseball": "headwear", "knit": "headwear", "wool": "headwear", "sun": "headwear",
-              "brimmed": "headwear"}
+# Kinds of edited word: a colour is named by the word after it (a shoe, bag or headwear word of
+# ivt.text.edits, or one of these: the plain nouns, and words that start such a phrase, as "running
+# shoes"); "shoes", "bag" and "headwear" count both their colour and their type.
+_MODIFIER_KIND = {"shoes": "shoes", "bag": "bag", "running": "shoes", "shoulder": "bag", "messenger": "bag",
+                  "crossbody": "bag", "baseball": "headwear", "knit": "headwear", "wool": "headwear",
+                  "sun": "headwear", "brimmed": "headwear"}
 ITEMS = ("bag", "headwear", "held", "glasses")
 KINDS = ("hair colour", "garment colour", "shoes", "bag", "headwear", "garment type", "length")
 
 
 def _slot_key(attributes: dict, slots: set[str]) -> tuple:
     return tuple(attributes[f] for s in sorted(slots) for f in SLOT_FIELDS[s])
+
+
+def _truth(draw: Path) -> tuple[dict, dict[str, set[str]]]:
+    """The generator's record of a draw: every identity's attributes, and the slots each image shows."""
+    identities = json.loads((draw / "attributes.json").read_text())
+    return identities, {im["file_path"]: set(im["visible"]) for v in identities.values() for im in v["images"]}
 
 
 def ceiling(draw: Path) -> dict:
@@ -66,8 +70,7 @@ def ceiling(draw: Path) -> dict:
     says a little: between the two lies what a text can tell)."""
     from ivt.data import load_dataset
 
-    identities = json.loads((draw / "attributes.json").read_text())
-    visible = {im["file_path"]: set(im["visible"]) for v in identities.values() for im in v["images"]}
+    identities, visible = _truth(draw)
     records = load_dataset(draw).split("test")
     pids = {r.pid for r in records}
     shares, shares_items = [], []
@@ -82,13 +85,15 @@ def ceiling(draw: Path) -> dict:
 
 def _kind(caption: str, edited: str) -> str:
     """The kind of the one word an edit replaced (:data:`KINDS`)."""
-    from ivt.text.edits import attribute_words, word_class
+    from ivt.text.edits import GROUPS, attribute_words, word_class
 
     match = next(m for m, e in zip(attribute_words(caption), attribute_words(edited)) if m.group(1) != e.group(1))
     group = word_class(caption, match)[0]
     if group == "colour":
         after = re.match(r"[\s-]*([\w-]+)", caption[match.end():])
-        return _NOUN_KIND.get(after.group(1).lower() if after else "", "garment colour")
+        word = after.group(1).lower() if after else ""
+        return _MODIFIER_KIND.get(word) or next(
+            (g for g in ("shoes", "bag", "headwear") if any(word in c for c in GROUPS[g])), "garment colour")
     return {"hair": "hair colour", "length": "length", "shoes": "shoes", "bag": "bag",
             "headwear": "headwear"}.get(group, "garment type")
 
@@ -132,8 +137,7 @@ def probe(model, draw: Path, seed: int = 0) -> dict:
                           **{k: [sum(x for x, kk in zip(w, kinds) if kk == k), kinds.count(k)] for k in KINDS}}
                     for how, w in wins.items()}
 
-    identities = json.loads((draw / "attributes.json").read_text())
-    visible = {im["file_path"]: set(im["visible"]) for v in identities.values() for im in v["images"]}
+    identities, visible = _truth(draw)
     slots, counts = collections.Counter(), collections.Counter()
     for q in range(len(emb.captions)):
         p, g = int(emb.text_pids[q]), int(emb.image_pids[order[q, 0]])
@@ -149,8 +153,9 @@ def probe(model, draw: Path, seed: int = 0) -> dict:
     return out
 
 
-def run_row(run: Path, draws: list[Path], note: str) -> dict:
-    """The row of one trained run: every draw's probe, and what the run was."""
+def run_row(run: Path, draws: list[Path], ceilings: dict[str, dict], note: str) -> dict:
+    """The row of one trained run: every draw's probe (with the draw's ``ceilings``), and what the
+    run was."""
     from ivt.inference import load
     from ivt.runtime import cpu_info
 
@@ -159,7 +164,7 @@ def run_row(run: Path, draws: list[Path], note: str) -> dict:
     state = json.loads((run / "last.state.json").read_text())
     return {"run": run.name, "note": note, "steps": last["step"], "train_min": round(state["train_seconds"] / 60, 1),
             "precision": last.get("precision"), "machine": cpu_info().describe(), "itm": model.can_rerank,
-            "draws": {d.name: {"ceiling": ceiling(d), **probe(model, d)} for d in draws}}
+            "draws": {d.name: {"ceiling": ceilings[d.name], **probe(model, d)} for d in draws}}
 
 
 def _pct(pairs: list[list[int]]) -> str:
@@ -223,9 +228,10 @@ def main() -> None:
     from learning import ensure_draw
 
     draws = [ensure_draw(Path("data/fresh") / f"seed{s}-{args.ids}", args.ids, s) for s in args.fresh]
+    ceilings = {d.name: ceiling(d) for d in draws} if args.runs else {}
     rows = []
     for i, run in enumerate(args.runs):
-        rows.append(run_row(run, draws, args.notes[i] if i < len(args.notes) else ""))
+        rows.append(run_row(run, draws, ceilings, args.notes[i] if i < len(args.notes) else ""))
         print(json.dumps(rows[-1])[:300], flush=True)
     if rows:
         keep_rows(ROWS, rows, lambda r: (r["run"], r["machine"]))
