@@ -134,6 +134,44 @@ def test_hard_negatives_are_other_identities_and_deterministic():
     assert alone[0].tolist() == [-1, -1] and alone[1].tolist() == [-1, -1]
 
 
+def test_itm_pairs_scores_the_first_captions_of_the_same_draw(model):
+    """``loss.itm_pairs=n``: the joint pass sees exactly the first n captions' positive and negative
+    pairs of the full loss (the hard negatives drawn from the whole batch alike), and the loss is
+    their cross-entropy."""
+    import torch.nn.functional as F
+
+    from ivt.train.distributed import DistInfo
+    from ivt.train.pair_encoder import ItmRequest, PairEncoder
+
+    images, ids, mask = _inputs(n=8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    seen = []
+    pair = PairEncoder(model)
+    joint = model.itm_logits
+
+    def record(img, txt, txt_mask):
+        logits = joint(img, txt, txt_mask)
+        seen.append((img, txt, logits))
+        return logits
+
+    model.itm_logits = record
+    try:
+        with torch.no_grad():
+            losses = {n: pair(images, [(ids, mask)], ItmRequest(0, 8, labels, torch.Generator().manual_seed(5),
+                                                                 14.0, DistInfo(), n))[2] for n in (0, 3, 8)}
+    finally:
+        del model.itm_logits
+    (img_all, txt_all, logit_all), (img_3, txt_3, logit_3), (_, _, logit_8) = seen
+    assert len(img_all) == 24 and len(img_3) == 9
+    pick = [0, 1, 2, 8, 9, 10, 16, 17, 18]         # the first 3 of positives, text negatives, image negatives
+    assert torch.equal(img_3, img_all[pick]) and torch.equal(txt_3[:, :txt_all.shape[1]], txt_all[pick])
+    target = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0])
+    assert torch.allclose(losses[3], F.cross_entropy(logit_3.float(), target))
+    assert torch.allclose(losses[3], F.cross_entropy(logit_all[pick].float(), target), atol=1e-5)
+    assert torch.equal(logit_8, logit_all) and torch.equal(losses[8], losses[0])
+    assert not torch.allclose(losses[3], losses[0])
+
+
 def test_itm_training_resumes_exactly_and_packing_changes_nothing(tmp_path):
     from safetensors.torch import load_file
 

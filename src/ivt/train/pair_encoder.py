@@ -20,7 +20,10 @@ __all__ = ["ItmRequest", "PairEncoder"]
 class ItmRequest:
     """What the image-text matching loss of one step needs besides the encodings: which texts are
     the captions (MLA level ``level``, ``per_level`` texts each), their identities, the step's
-    generator for hard negatives and the scale of the similarities they are drawn from."""
+    generator for hard negatives and the scale of the similarities they are drawn from. ``pairs``:
+    how many of this rank's captions (the first) the loss scores, each with its image and its two
+    hard negatives (0: all); the negatives are still drawn from the whole batch, and the joint
+    pass's cost falls with the count."""
 
     level: int
     per_level: int
@@ -28,6 +31,7 @@ class ItmRequest:
     generator: torch.Generator
     scale: float
     dist: DistInfo
+    pairs: int = 0
 
 
 class PairEncoder(nn.Module):
@@ -76,12 +80,14 @@ class PairEncoder(nn.Module):
         neg_text, neg_image = hard_negatives(gather_with_grad(img, dist), gather_with_grad(txt, dist),
                                              gather_labels(itm.labels, dist), itm.generator, itm.scale)
         mine = slice(dist.rank * b, (dist.rank + 1) * b)
-        neg_text, neg_image = neg_text[mine], neg_image[mine]
+        n = min(itm.pairs, b) if itm.pairs else b
+        neg_text, neg_image = neg_text[mine][:n], neg_image[mine][:n]
         length = max_over_ranks(txt_states.shape[1], dist, txt_states.device)
         txt_states = F.pad(txt_states, (0, 0, 0, length - txt_states.shape[1]))
         txt_mask = F.pad(txt_mask, (0, length - txt_mask.shape[1]))
         all_img, all_txt = gather_with_grad(img_states, dist), gather_with_grad(txt_states, dist)
         all_mask = gather_labels(txt_mask, dist)
+        img_states, txt_states, txt_mask = img_states[:n], txt_states[:n], txt_mask[:n]
         has_text, has_image = neg_text >= 0, neg_image >= 0
         nt, ni = to_device(neg_text[has_text], txt.device), to_device(neg_image[has_image], img.device)
         ht, hi = to_device(has_text, txt.device), to_device(has_image, img.device)
@@ -89,4 +95,4 @@ class PairEncoder(nn.Module):
             torch.cat([img_states, img_states[ht], all_img[ni]]),
             torch.cat([txt_states, all_txt[nt], txt_states[hi]]),
             torch.cat([txt_mask, all_mask[nt], txt_mask[hi]]))
-        return itm_loss(logits, b)
+        return itm_loss(logits, n)

@@ -309,7 +309,8 @@ class Trainer:
             rows = slice(self.itm_level * per_level, (self.itm_level + 1) * per_level)
             scale = self.loss_fn.logit_scale
             itm = ItmRequest(self.itm_level, per_level, batch.pairs.labels[rows], torch_generator(seed, _ITM, step),
-                             float(scale.detach()) if scale is not None else 1 / 0.07, self.dist)
+                             float(scale.detach()) if scale is not None else 1 / 0.07, self.dist,
+                             self.cfg.loss.itm_pairs)
         with autocast(self.device, self.amp), training_attention(self.device):
             img, txt, matching = self.pair_encoder(images, texts, itm)
         views = img
