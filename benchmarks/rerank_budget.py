@@ -58,8 +58,9 @@ def run_job(job: dict) -> dict:
 
     out = Path(job["out"])
     overrides = [*job["variant"].split(), f"train.precision={job['precision']}"]
-    summary = run_one(Path(job["data"]), out, overrides, 0, minutes=job["minutes"], device=job["device"],
-                      threads=job["threads"])
+    seed = int(next((o.split("=", 1)[1] for o in overrides if o.startswith("train.seed=")), 0))
+    summary = run_one(Path(job["data"]), out, overrides, seed, minutes=job["minutes"], device=job["device"],
+                      threads=job["threads"])   # run_one's seed comes last: a variant's train.seed must reach it
     model = load(out, device=job["device"], precision=job["precision"])
     ks = KS if model.can_rerank else ()
     fresh, cost = [], {}
