@@ -320,8 +320,17 @@ def test_concurrent_workers_lose_nothing_and_add_nothing_twice(setup, milvus_ser
     assert len(ids) == len(set(ids)) == 1 + 48 and set(ids) == _expected(setup) | {seed}
     q = setup["model"].encode_texts([QUERY])[0].numpy()
     for where in FILTERS[1:3]:
-        got = gallery.search(q, 60, where=where)
-        assert _by_content(gallery, got) == _by_content(setup["local"], setup["local"].search(q, 60, where=where))
+        got, expected = gallery.search(q, 60, where=where), setup["local"].search(q, 60, where=where)
+        _same_scores(_by_content(gallery, got), _by_content(setup["local"], expected))
+
+
+def _same_scores(got: list[tuple[str, float]], expected: list[tuple[str, float]], tol: float = 4e-3) -> None:
+    """The same contents, best first, each with its score to ``tol``. Workers encode only what the
+    store lacks, so a crop's batch depends on who won the race; with bf16 weights some CPUs' kernels
+    give another batch a score ~1e-3 away (bf16 holds 8 significant bits) and near-ties may swap."""
+    assert len(got) == len(dict(got)) and dict(got).keys() == dict(expected).keys()
+    assert all(abs(score - dict(expected)[sha]) <= tol for sha, score in got), list(zip(got, expected))
+    assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
 
 
 def test_a_killed_worker_loses_one_batch_at_most_and_a_rerun_adds_the_rest(setup, milvus_server_uri, tmp_path):
