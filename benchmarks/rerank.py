@@ -32,8 +32,9 @@ REAL = Path(__file__).with_name("real")
 KS = (8, 16, 32, 64)
 
 
-def set_metrics(model, data: Path, ks: tuple[int, ...]) -> tuple[dict[int, dict], dict, dict]:
-    """{K: metrics} of one test split (K = 0: cosine), the cost figures of re-ranking there, and
+def set_metrics(model, data: Path, ks: tuple[int, ...], by: str = "fused") -> tuple[dict[int, dict], dict, dict]:
+    """{K: metrics} of one test split (K = 0: cosine; the top K ordered ``by`` as
+    :func:`ivt.evaluate.rerank.rerank_scores`), the cost figures of re-ranking there, and
     image-to-image metrics of the same embeddings (each image a query, itself left out)."""
     dataset = load_dataset(data)
     records = dataset.split("test")
@@ -48,19 +49,19 @@ def set_metrics(model, data: Path, ks: tuple[int, ...]) -> tuple[dict[int, dict]
         _, states = model.encode_images_with_states(images)
         cost["bytes_per_image"] = states[0].numel() * 4
         if ks:                               # untimed: the first call's warm-up (kernels, allocator)
-            rerank_scores(model, sim[:1], emb.captions[:1], states, min(ks))
+            rerank_scores(model, sim[:1], emb.captions[:1], states, min(ks), by=by)
         for k in ks:
             sync(model.device.type)
             start = time.perf_counter()
-            scores = rerank_scores(model, sim, emb.captions, states, k)
+            scores = rerank_scores(model, sim, emb.captions, states, k, by=by)
             sync(model.device.type)
             cost[k] = 1000 * (time.perf_counter() - start) / len(emb.captions)
             out[k] = ranking_metrics(scores, emb.text_pids, emb.image_pids)
     return out, cost, same
 
 
-def real_metrics(model, ks: tuple[int, ...]) -> dict[int, float]:
-    """{K: mAP} on the real crops (every crop is the gallery of every query)."""
+def real_metrics(model, ks: tuple[int, ...], by: str = "fused") -> dict[int, float]:
+    """{K: mAP} on the real crops (every crop is the gallery of every query; the top K ordered ``by``)."""
     spec = json.loads((REAL / "queries.json").read_text())
     crops = [REAL / "crops" / c["file"] for c in spec["crops"]]
     texts = [q["text"] for q in spec["queries"]]
@@ -74,7 +75,7 @@ def real_metrics(model, ks: tuple[int, ...]) -> dict[int, float]:
         return {0: m_ap(model.encode_texts(texts) @ model.encode_images(crops).T)}
     emb, states = model.encode_images_with_states(crops)
     sim = model.encode_texts(texts) @ emb.T
-    return {0: m_ap(sim), **{k: m_ap(rerank_scores(model, sim, texts, states, k)) for k in ks}}
+    return {0: m_ap(sim), **{k: m_ap(rerank_scores(model, sim, texts, states, k, by=by)) for k in ks}}
 
 
 def base_cost(ks: tuple[int, ...], text_len: int = 64, repeats: int = 3, device: str = "cpu",

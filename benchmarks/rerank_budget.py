@@ -52,35 +52,66 @@ def machine(device: str) -> str:
 
 def run_job(job: dict) -> dict:
     """Train one (variant, budget) and evaluate it; returns its row."""
-    from ivt.inference import load
     from learning import run_one
-    from rerank import real_metrics, set_metrics
 
     out = Path(job["out"])
     overrides = [*job["variant"].split(), f"train.precision={job['precision']}"]
     seed = int(next((o.split("=", 1)[1] for o in overrides if o.startswith("train.seed=")), 0))
     summary = run_one(Path(job["data"]), out, overrides, seed, minutes=job["minutes"], device=job["device"],
                       threads=job["threads"])   # run_one's seed comes last: a variant's train.seed must reach it
+    state = json.loads((out / "last.state.json").read_text())
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    itm = [r["itm_loss"] for r in log if r["kind"] == "train" and "itm_loss" in r]
+    row = {"variant": job["variant"], "minutes": job["minutes"], "steps": summary["steps"],
+           "train_s": round(state["train_seconds"], 1), "batch": _batch(out),
+           "precision": json.loads((out / "last.json").read_text()).get("precision"),
+           "machine": job["machine"], "parallel": job["parallel"], "val_R1": summary["val"]["R1"],
+           "itm_loss_end": round(statistics.mean(itm[-5:]), 4) if itm else None}
+    return {**row, **evaluate_run(out, job)}
+
+
+def evaluate_run(out: Path, job: dict) -> dict:
+    """A trained run's evaluation fields of a row: fresh draws and real crops in cosine order and
+    with the top K re-ranked (fused, as every ranking path; also by the ITM log-odds alone), and
+    the cost of re-ranking."""
+    from ivt.inference import load
+    from rerank import real_metrics, set_metrics
+
     model = load(out, device=job["device"], precision=job["precision"])
     ks = KS if model.can_rerank else ()
     fresh, cost = [], {}
     for draw in job["fresh"]:
         by_k, draw_cost, same = set_metrics(model, Path(draw), ks)
+        alone = set_metrics(model, Path(draw), ks, by="itm")[0] if ks else {}
         fresh.append({"draw": Path(draw).name, "i2i_R1": round(same["R1"], 2), "i2i_mAP": round(same["mAP"], 2),
-                      **{str(k): {m: round(by_k[k][m], 2) for m in ("R1", "R5", "mAP")} for k in by_k}})
+                      **{str(k): {m: round(by_k[k][m], 2) for m in ("R1", "R5", "mAP")} for k in by_k},
+                      **({"itm": {str(k): {m: round(alone[k][m], 2) for m in ("R1", "R5", "mAP")} for k in ks}}
+                         if ks else {})})
         cost = cost or draw_cost
     real = real_metrics(model, ks)
-    state = json.loads((out / "last.state.json").read_text())
-    last = json.loads((out / "last.json").read_text())
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    itm = [r["itm_loss"] for r in log if r["kind"] == "train" and "itm_loss" in r]
-    return {"variant": job["variant"], "minutes": job["minutes"], "steps": summary["steps"],
-            "train_s": round(state["train_seconds"], 1), "batch": _batch(out), "precision": last.get("precision"),
-            "machine": job["machine"], "parallel": job["parallel"], "val_R1": summary["val"]["R1"],
-            "itm_loss_end": round(statistics.mean(itm[-5:]), 4) if itm else None,
-            "fresh": fresh, "real_mAP": {str(k): round(v, 2) for k, v in real.items()},
+    return {"rerank_by": "fused" if ks else None, "fresh": fresh,
+            "real_mAP": {str(k): round(v, 2) for k, v in real.items()},
+            **({"real_mAP_itm": {str(k): round(v, 2) for k, v in real_metrics(model, ks, by="itm").items()}}
+               if ks else {}),
             "ms_per_query": {str(k): round(v, 3) for k, v in cost.items() if k != "bytes_per_image"},
             "state_bytes_per_image": cost.get("bytes_per_image")}
+
+
+def reevaluate(runs: list[Path], rows_file: Path, fresh: list[str], device: str, precision: str) -> None:
+    """Evaluate trained runs again (after a change to how re-ranking orders the top K): each run's
+    kept row (same machine, minutes, batch and steps as the run's own budget_row.json) gets new
+    evaluation fields; its training figures and variant label stay."""
+    rows = load_rows(rows_file)
+    for run in runs:
+        own = json.loads((run / "budget_row.json").read_text())
+        kept = [r for r in rows if all(r.get(f) == own.get(f) for f in ("machine", "minutes", "batch", "steps"))]
+        if len(kept) != 1:
+            raise SystemExit(f"{run}: {len(kept)} kept rows match its budget_row.json (need exactly one)")
+        if own["machine"] != machine(device):
+            raise SystemExit(f"{run}: trained on {own['machine']}, this is {machine(device)}; evaluate it there")
+        row = {**kept[0], **evaluate_run(run, {"device": device, "precision": precision, "fresh": fresh})}
+        keep_rows(rows_file, [row], row_key)
+        print(json.dumps(row), flush=True)
 
 
 def _batch(run: Path) -> int:
@@ -92,6 +123,12 @@ def _batch(run: Path) -> int:
 def _mean(row: dict, key: str, k: str = "0") -> float:
     values = [d[key] if key.startswith("i2i") else d[k][key] for d in row["fresh"]]
     return statistics.mean(values)
+
+
+def _alone(row: dict) -> float:
+    """Mean fresh-draw R1 with the top 8 ordered by the ITM log-odds alone (what K = 8 meant in
+    rows measured before the fusion)."""
+    return statistics.mean(d["itm"]["8"]["R1"] if "itm" in d else d["8"]["R1"] for d in row["fresh"])
 
 
 def _dual_of(row: dict, rows: list[dict]) -> dict | None:
@@ -113,13 +150,15 @@ def render(rows: list[dict]) -> str:
              f"(`model.itm=true`), each trained from scratch on the demo draw for the minutes given, the runs of "
              f"one machine at the same time, or on a 2-core CPU one after another, each alone (so each budget's pair "
              f"is an equal-time comparison); fresh draws "
-             f"{', '.join(draws)} (test splits, mean over the draws). K: the top K re-ordered by the matching "
-             f"head; \"best K\" is the best of K = {', '.join(map(str, KS))} (chosen here on these draws: an "
-             f"upper bound on what one fixed K gives).", "",
-             "| machine | variant | batch | minutes | steps | ITM loss at the end | R1 K=0 | R1 K=8 | R1 K=16 | "
-             "R1 K=32 | R1 K=64 | mAP K=0 / best K | best K gain R1 | best K vs the dual run, equal time | "
-             "image→image R1 | real crops mAP K=0 / K=8 |",
-             "|" + " --- |" * 16]
+             f"{', '.join(draws)} (test splits, mean over the draws). K: the cosine's top K re-ordered, "
+             f"\"fused\" by the matching head's log-odds and the cosine, each standardised over the K and summed "
+             f"(`ivt.evaluate.rerank.fuse`, what every ranking path does), or by the log-odds alone (rows measured "
+             f"before the fusion); \"best K\" is the best of K = {', '.join(map(str, KS))} (chosen here on these "
+             f"draws: an upper bound on what one fixed K gives).", "",
+             "| machine | variant | batch | minutes | steps | ITM loss at the end | top K ordered by | R1 K=0 | "
+             "R1 K=8 | R1 K=16 | R1 K=32 | R1 K=64 | R1 K=8, ITM alone | mAP K=0 / best K | best K gain R1 | "
+             "best K vs the dual run, equal time | image→image R1 | real crops mAP K=0 / K=8 (ITM alone) |",
+             "|" + " --- |" * 18]
     runs = [r for r in rows if r["fresh"]]
     for r in sorted(runs, key=lambda r: (r["machine"], -r.get("parallel", 1), r["batch"], r["minutes"], r["variant"])):
         name = r["variant"] or "dual (the recipe)"
@@ -128,12 +167,15 @@ def render(rows: list[dict]) -> str:
         cells = [r["machine"] + (f", {r['parallel']} runs at once" if r.get("parallel", 1) > 1 else ""), name,
                  str(r["batch"]), f"{r['minutes']:g}", f"{r['steps']:,}",
                  f"{r['itm_loss_end']:.3f}" if r["itm_loss_end"] is not None else "—",
+                 "—" if best is None else "fused" if r.get("rerank_by") == "fused" else "ITM alone",
                  *(f"{r1[k]:.2f}" if k in r1 else "—" for k in ["0", *map(str, KS)]),
+                 "—" if best is None else f"{_alone(r):.2f}",
                  f"{_mean(r, 'mAP'):.2f} / " + (f"{_mean(r, 'mAP', best):.2f}" if best else "—"),
                  f"{r1[best] - r1['0']:+.2f} (K={best})" if best else "—",
                  f"{r1[best] - _mean(dual, 'R1'):+.2f}" if best and (dual := _dual_of(r, runs)) else "—",
                  f"{_mean(r, 'i2i_R1'):.2f}",
-                 f"{r['real_mAP']['0']:.1f} / " + (f"{r['real_mAP']['8']:.1f}" if "8" in r["real_mAP"] else "—")]
+                 f"{r['real_mAP']['0']:.1f} / " + (f"{r['real_mAP']['8']:.1f}" if "8" in r["real_mAP"] else "—")
+                 + (f" ({r['real_mAP_itm']['8']:.1f})" if "real_mAP_itm" in r else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("The chance level of the matching loss (one positive for two hard negatives, a constant "
@@ -177,6 +219,8 @@ def main() -> None:
     ap.add_argument("--rows", type=Path, default=ROWS, help="where the rows measured now are kept")
     ap.add_argument("--cost", action="store_true", help="also measure the base-size re-ranking cost on --device")
     ap.add_argument("--merge", type=Path, nargs="*", default=[], help="rows measured elsewhere, to keep")
+    ap.add_argument("--evaluate", type=Path, nargs="*", default=[],
+                    help="trained runs (under --work) to evaluate again; their kept rows get the new figures")
     ap.add_argument("--write", action="store_true", help="regenerate the section in benchmarks/RESULTS.md")
     args = ap.parse_args()
     for other in args.merge:
@@ -207,6 +251,11 @@ def main() -> None:
                 keep_rows(args.rows, [row], row_key)   # as they come: a call cut short keeps the rows before it
                 print(json.dumps(row), flush=True)
         print(f"all runs: {time.perf_counter() - started:.0f} s", flush=True)
+    if args.evaluate:
+        from learning import ensure_draw
+
+        fresh = [str(ensure_draw(Path("data/fresh") / f"seed{s}-400", 400, s, 1)) for s in args.fresh]
+        reevaluate(args.evaluate, args.rows, fresh, args.device, args.precision)
     if args.cost:        # after the runs, on the idle device (alone: a row of its own)
         from rerank import base_cost
 

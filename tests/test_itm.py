@@ -218,6 +218,10 @@ def _gallery(n: int = 9) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 32, 16), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
 
 
+def _standard(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean()) / x.std(correction=0)
+
+
 def test_reranking_everything_equals_brute_force_matching(retrieval):
     from ivt.evaluate.rerank import rerank_scores
 
@@ -225,11 +229,31 @@ def test_reranking_everything_equals_brute_force_matching(retrieval):
     emb, states = retrieval.encode_images_with_states(images)
     texts = CAPTIONS[:5]
     sim = retrieval.encode_texts(texts) @ emb.T
-    scores = rerank_scores(retrieval, sim, texts, states, k=len(images), chunk=2)
+    by_itm = rerank_scores(retrieval, sim, texts, states, k=len(images), chunk=2, by="itm")
+    fused = rerank_scores(retrieval, sim, texts, states, k=len(images), chunk=2)
     for q, text in enumerate(texts):
         brute = retrieval.rerank(text, images)          # every pair through the joint pass
-        assert torch.equal(scores[q].argsort(descending=True), brute.argsort(descending=True))
-        torch.testing.assert_close(scores[q] - scores[q].min(), brute - brute.min(), atol=1e-4, rtol=0)
+        assert torch.equal(by_itm[q].argsort(descending=True), brute.argsort(descending=True))
+        torch.testing.assert_close(by_itm[q] - by_itm[q].min(), brute - brute.min(), atol=1e-4, rtol=0)
+        both = _standard(brute) + _standard(sim[q])     # the fused score, written out
+        assert torch.equal(fused[q].argsort(descending=True), both.argsort(descending=True))
+        torch.testing.assert_close(fused[q] - fused[q].min(), both - both.min(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="'fused' or 'itm'"):
+        rerank_scores(retrieval, sim, texts, states, k=2, by="cosine")
+
+
+def test_fuse_weighs_both_scores_equally_whatever_their_scales():
+    from ivt.evaluate.rerank import fuse
+
+    match = torch.tensor([[4.0, 0.0, 2.0], [40.0, 0.0, 20.0]])     # log-odds; the second row 10x wider
+    cosine = torch.tensor([[0.30, 0.32, 0.34], [0.30, 0.32, 0.34]])
+    z = 1.5 ** 0.5                                                  # z-scores of (a, b, c) evenly spaced
+    torch.testing.assert_close(fuse(match, cosine), torch.tensor([[0.0, -z, z], [0.0, -z, z]]))
+    # a score that does not vary adds nothing: equal cosines leave the ITM order, one candidate stays
+    torch.testing.assert_close(fuse(match[:1], torch.full((1, 3), 0.3)), torch.tensor([[z, -z, 0.0]]))
+    assert fuse(torch.tensor([[7.0]]), torch.tensor([[0.5]])).tolist() == [[0.0]]
+    with pytest.raises(ValueError, match="differ in shape"):
+        fuse(match, cosine[:, :2])
 
 
 def test_reranking_moves_only_the_top_k(retrieval):
@@ -280,7 +304,9 @@ def test_every_ranking_path_reranks_and_a_model_without_the_head_says_so(tmp_pat
                  "--top-k", "4", "--rerank", "3"]) == 0
     hits = json.loads(capsys.readouterr().out)["results"]
     assert len(hits) == 4 and all("match" in h for h in hits[:3]) and "match" not in hits[3]
-    assert [h["match"] for h in hits[:3]] == sorted((h["match"] for h in hits[:3]), reverse=True)
+    top = torch.tensor([[h["match"], h["score"]] for h in hits[:3]])
+    fused = _standard(top[:, 0]) + _standard(top[:, 1])
+    assert all(a >= b - 1e-3 for a, b in zip(fused, fused[1:]))   # the top 3 in fused order (rounded inputs)
     service = load_service(index, device="cpu")
     client = TestClient(create_app(service=service))
     body = client.post("/api/search", json={"text": "a person in a red shirt", "k": 4, "rerank": 3}).json()

@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--i2i", action="store_true", help="also report image-to-image retrieval (each image against "
                    "the others: finding a person from a photo of them)")
     p.add_argument("--rerank", type=int_in(0, 1000), default=0, metavar="K",
-                   help="re-order each query's top K with the model's image-text matching head (0: off)")
+                   help="re-order each query's top K by the model's image-text matching head together with "
+                   "the cosine (0: off)")
     p.add_argument("--json", metavar="OUT", type=output_file, help="write the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)
 

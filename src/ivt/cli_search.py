@@ -211,7 +211,8 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--track", type=int_in(0), metavar="ID", help="only crops of this track")
     p.add_argument("--min-score", type=float, metavar="S", help="only results with a cosine of at least S")
     p.add_argument("--rerank", type=int_in(0, 1000), default=0, metavar="K",
-                   help="re-order the top K with the model's image-text matching head (0: off)")
+                   help="re-order the top K by the model's image-text matching head together with the cosine "
+                   "(0: off)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--html", metavar="OUT.html", type=output_file, help="also write a self-contained HTML result grid")
     p.add_argument("--checkpoint", help="run directory, if it moved since the index was built")

@@ -79,8 +79,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, data_format
                         which: str = "best", image_root: str | Path | None = None, i2t: bool = False,
                         precision: str = "auto", rerank: int = 0, i2i: bool = False) -> dict:
     """Load a trained run and report retrieval metrics on one split of a dataset; with ``rerank``
-    K > 0, of the ranking whose top K per query the image-text matching head re-orders (the
-    cosine metrics are kept under ``cosine``)."""
+    K > 0, of the ranking whose top K per query the image-text matching head re-orders with the
+    cosine (:func:`ivt.evaluate.rerank.fuse`; the cosine metrics are kept under ``cosine``)."""
     dataset = load_dataset(data, data_format, image_root=image_root)
     records = dataset.split(split)
     if not records:

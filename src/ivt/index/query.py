@@ -172,7 +172,8 @@ def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_tra
     provenance); every score is a finite number (JSON has no NaN), else a CheckpointError.
 
     ``rerank`` = (model, text, K): the cosine's top K are re-ordered by the model's image-text
-    matching head (each hit of them also gets ``match``, its ITM log-odds); below K, cosine order.
+    matching head together with the cosine (:func:`ivt.evaluate.rerank.fuse`; each hit of them also
+    gets ``match``, its ITM log-odds); below K, cosine order.
     ``where``: only hits that pass these metadata filters (camera, time, track, minimum score).
     ``example``: the example image's own item is left out (per track: its whole track).
     ``same_person`` (the query is ``example`` alone): ranked as :mod:`ivt.index.same_person` finds
@@ -189,13 +190,18 @@ def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_tra
         raise IndexStoreError(f"index {gallery.directory}: a search score is NaN or infinite; rebuild the index")
     matches: dict[int | str, float] = {}
     if rerank and hits:
+        import torch
+
+        from ivt.evaluate.rerank import fuse  # torch only when re-ranking (as the model itself)
+
         model, text, top_k = rerank
         top = hits[:top_k]
         images = [Image.open(io.BytesIO(gallery.read_image(hit.id))) for hit in top]
-        scores = model.rerank(text, images).tolist()
-        order = sorted(range(len(top)), key=lambda i: -scores[i])
+        scores = model.rerank(text, images)
+        fused = fuse(scores, torch.tensor([hit.score for hit in top])).tolist()
+        order = sorted(range(len(top)), key=lambda i: -fused[i])
         hits = [top[i] for i in order] + hits[top_k:]
-        matches = {top[i].id: scores[i] for i in range(len(top))}
+        matches = {top[i].id: float(scores[i]) for i in range(len(top))}
     return [{"rank": rank, "id": hit.id, "score": round(hit.score, 6),
              **({"match": round(matches[hit.id], 4)} if hit.id in matches else {}),
              "image_url": f"/api/images/{hit.id}", "provenance": gallery.describe(hit.id, hit.track)}
