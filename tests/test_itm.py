@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from ivt.errors import ConfigError
 from ivt.model import EncoderConfig, IVTEncoder
 from ivt.model.packing import pack_texts
 from ivt.model.transformer import key_padding_to_attn_mask
@@ -198,6 +199,39 @@ def test_itm_training_resumes_exactly_and_packing_changes_nothing(tmp_path):
     padded = train(cfg("c", "train.pack_texts=false"))
     c = load_file(str(padded / "last.safetensors"))
     assert all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
+
+
+def test_itm_from_trains_the_dual_encoder_alone_first_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from helpers import write_toy_pedes
+    from ivt.config import load_config
+    from ivt.train.trainer import Trainer, train
+    from test_train import FAST
+
+    data = write_toy_pedes(tmp_path / "toy")
+
+    def cfg(out, *extra):
+        return load_config(None, FAST + [f"data.path={data}", f"train.out_dir={tmp_path / out}", "model.itm=true",
+                                         "train.epochs=2", "train.eval_every=0", "train.log_every=1",
+                                         "loss.name=infonce", "align.shared_view=true", *extra])
+
+    late = train(cfg("late", "loss.itm_from=0.5"))
+    log = [json.loads(line) for line in (late / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "train"]
+    half = len(steps) // 2
+    assert len(steps) >= 4 and ["itm_loss" in r for r in steps] == [False] * half + [True] * (len(steps) - half)
+    # before the switch the head is left alone (no loss, no weight decay) while the encoder learns
+    trainer = Trainer(cfg("early", "loss.itm_from=0.5", f"train.stop_after_steps={half}"))
+    head, qkv = trainer.model.itm_head.weight, trainer.model.blocks[0].attn.qkv.weight
+    head_before, qkv_before = head.detach().clone(), qkv.detach().clone()
+    early = trainer.fit()
+    assert torch.equal(head, head_before) and not torch.equal(qkv, qkv_before)
+    resumed = train(load_config(early / "config.yaml", ["train.stop_after_steps=null"]), resume=True)
+    a, b = load_file(str(late / "last.safetensors")), load_file(str(resumed / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(b["itm_head.weight"], head)
+    with pytest.raises(ConfigError, match="loss.itm_from"):
+        cfg("bad", "loss.itm_from=1")
 
 
 # ---------------------------------------------------------------- re-ranking

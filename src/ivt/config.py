@@ -110,6 +110,7 @@ class LossConfig:
     learn_temperature: bool = True         # infonce / sdm: learn the temperature (else keep it fixed)
     itm_weight: float = 1.0                # weight of the image-text matching loss (with model.itm)
     itm_pairs: int = 0                     # captions per step (per rank) the matching loss scores; 0: all
+    itm_from: float = 0.0                  # the matching loss from this fraction of the run on (0: throughout)
     i2i_weight: float = 0.0                # weight of the image-image identity loss (find a person by a photo)
 
 
@@ -324,6 +325,7 @@ def validate_config(cfg: Config) -> None:
         ("optim.bias_lr_factor", cfg.optim.bias_lr_factor > 0, "> 0"),
         ("loss.itm_weight", cfg.loss.itm_weight >= 0, ">= 0"),
         ("loss.itm_pairs", cfg.loss.itm_pairs >= 0, ">= 0 (0: every caption of the batch)"),
+        ("loss.itm_from", 0 <= cfg.loss.itm_from < 1, "in [0, 1) (a fraction of the run; 0: from the start)"),
         ("loss.i2i_weight", cfg.loss.i2i_weight >= 0, ">= 0"),
         ("model.itm_layers", cfg.model.itm_layers >= 1, ">= 1"),
         ("optim.warmup_start", cfg.optim.warmup_start is None or 0 <= cfg.optim.warmup_start <= 1,

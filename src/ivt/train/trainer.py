@@ -195,10 +195,12 @@ class Trainer:
         self.pack_texts = t.pack_texts and cfg.token_drop.ratio == 0
         # Image-text matching pairs the captions (the sentence level) with images and hard negatives.
         self.itm_level = self.levels.index("sentence") if cfg.model.itm else None
+        self._matching_on = False
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.pair_encoder = nn.parallel.DistributedDataParallel(
-                self.pair_encoder, device_ids=ids, find_unused_parameters=cfg.model.arch == "two-tower")
+                self.pair_encoder, device_ids=ids,   # the head waits unused until loss.itm_from
+                find_unused_parameters=cfg.model.arch == "two-tower" or bool(cfg.model.itm and cfg.loss.itm_from))
         return init_reports
 
     def _setup_optimisation(self) -> None:
@@ -304,7 +306,7 @@ class Trainer:
                  [tuple(to_device(t, self.device) for t in chunk) for chunk in chunks])
         labels = to_device(batch.pairs.labels, self.device)
         itm = None
-        if self.itm_level is not None:
+        if self.itm_level is not None and self._matching_due():
             per_level = len(batch.pairs.texts) // len(self.levels)
             rows = slice(self.itm_level * per_level, (self.itm_level + 1) * per_level)
             scale = self.loss_fn.logit_scale
@@ -342,6 +344,14 @@ class Trainer:
         if self.state.batch == len(self.sampler):
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
         return out
+
+    def _matching_due(self) -> bool:
+        """Whether steps add the matching loss: from ``loss.itm_from`` of the run on, so that the
+        dual encoder trains at full speed first (the same answer on every rank; once on, on)."""
+        if not self._matching_on:
+            due = self.progress() >= self.cfg.loss.itm_from
+            self._matching_on = broadcast_flag(due, self.dist, self.device) if self.cfg.loss.itm_from else True
+        return self._matching_on
 
     # -- the loop -------------------------------------------------------------------------
     def progress(self) -> float:
