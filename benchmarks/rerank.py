@@ -32,8 +32,9 @@ REAL = Path(__file__).with_name("real")
 KS = (8, 16, 32, 64)
 
 
-def set_metrics(model, data: Path, ks: tuple[int, ...], by: str = "fused") -> tuple[dict[int, dict], dict, dict]:
-    """{K: metrics} of one test split (K = 0: cosine; the top K ordered ``by`` as
+def set_metrics(model, data: Path, ks: tuple[int, ...], by: str = "fused",
+                weight: float | None = None) -> tuple[dict[int, dict], dict, dict]:
+    """{K: metrics} of one test split (K = 0: cosine; the top K ordered ``by`` with ``weight`` as
     :func:`ivt.evaluate.rerank.rerank_scores`), the cost figures of re-ranking there, and
     image-to-image metrics of the same embeddings (each image a query, itself left out)."""
     dataset = load_dataset(data)
@@ -49,18 +50,18 @@ def set_metrics(model, data: Path, ks: tuple[int, ...], by: str = "fused") -> tu
         _, states = model.encode_images_with_states(images)
         cost["bytes_per_image"] = states[0].numel() * 4
         if ks:                               # untimed: the first call's warm-up (kernels, allocator)
-            rerank_scores(model, sim[:1], emb.captions[:1], states, min(ks), by=by)
+            rerank_scores(model, sim[:1], emb.captions[:1], states, min(ks), by=by, weight=weight)
         for k in ks:
             sync(model.device.type)
             start = time.perf_counter()
-            scores = rerank_scores(model, sim, emb.captions, states, k, by=by)
+            scores = rerank_scores(model, sim, emb.captions, states, k, by=by, weight=weight)
             sync(model.device.type)
             cost[k] = 1000 * (time.perf_counter() - start) / len(emb.captions)
             out[k] = ranking_metrics(scores, emb.text_pids, emb.image_pids)
     return out, cost, same
 
 
-def real_metrics(model, ks: tuple[int, ...], by: str = "fused") -> dict[int, float]:
+def real_metrics(model, ks: tuple[int, ...], by: str = "fused", weight: float | None = None) -> dict[int, float]:
     """{K: mAP} on the real crops (every crop is the gallery of every query; the top K ordered ``by``)."""
     spec = json.loads((REAL / "queries.json").read_text())
     crops = [REAL / "crops" / c["file"] for c in spec["crops"]]
@@ -75,7 +76,8 @@ def real_metrics(model, ks: tuple[int, ...], by: str = "fused") -> dict[int, flo
         return {0: m_ap(model.encode_texts(texts) @ model.encode_images(crops).T)}
     emb, states = model.encode_images_with_states(crops)
     sim = model.encode_texts(texts) @ emb.T
-    return {0: m_ap(sim), **{k: m_ap(rerank_scores(model, sim, texts, states, k, by=by)) for k in ks}}
+    return {0: m_ap(sim), **{k: m_ap(rerank_scores(model, sim, texts, states, k, by=by, weight=weight))
+                             for k in ks}}
 
 
 def base_cost(ks: tuple[int, ...], text_len: int = 64, repeats: int = 3, device: str = "cpu",
@@ -135,7 +137,7 @@ def main() -> None:
         ks = KS if model.can_rerank else ()
         # A shared machine's speed drifts: say what each run's own probe measured when it started.
         speeds.append(f"{run.name}: {last.get('precision', '?')} ({last.get('precision_reason', 'no probe recorded')})")
-        test, cost, _ = set_metrics(model, _data_of(run), ks)
+        test, cost, _ = set_metrics(model, data_of(run), ks)
         fresh = {name: set_metrics(model, d, ks)[0] for name, d in draws.items()}
         real = real_metrics(model, ks)
         for k in (0, *ks):
@@ -154,7 +156,7 @@ def main() -> None:
     # The cost of the matching loss per training step, side by side on this machine (round-robin).
     from ablation import step_seconds
 
-    step = step_seconds(_data_of(args.runs[0]), {"dual": [], "itm": ["model.itm=true"]}, threads=2)
+    step = step_seconds(data_of(args.runs[0]), {"dual": [], "itm": ["model.itm=true"]}, threads=2)
     costs.append(f"A training step of the demo recipe (median of round-robin steps, same machine, same moment): "
                  f"{1000 * step['dual']:.0f} ms without the matching loss, {1000 * step['itm']:.0f} ms with it "
                  f"({step['itm'] / step['dual']:.2f}x).")
@@ -167,7 +169,7 @@ def main() -> None:
         write_section("rerank", text, "Re-ranking with IVT's own encoder (`benchmarks/rerank.py`)")
 
 
-def _data_of(run: Path) -> Path:
+def data_of(run: Path) -> Path:
     """The dataset a run trained on (its config's ``data.path``)."""
     import yaml
 

@@ -72,24 +72,37 @@ def run_job(job: dict) -> dict:
 
 def evaluate_run(out: Path, job: dict) -> dict:
     """A trained run's evaluation fields of a row: fresh draws and real crops in cosine order and
-    with the top K re-ranked (fused, as every ranking path; also by the ITM log-odds alone), and
-    the cost of re-ranking."""
+    with the top K re-ranked (fused with the weight its training chose on validation, as every
+    ranking path; also by the ITM log-odds alone), and the cost of re-ranking. A run trained before
+    training chose the weight gets it chosen now, the same way, on its validation split."""
+    from ivt.data import load_dataset
+    from ivt.evaluate.rerank import choose_weight_on
+    from ivt.evaluate.retrieval import embed_split, split_images
     from ivt.inference import load
-    from rerank import real_metrics, set_metrics
+    from rerank import data_of, real_metrics, set_metrics
 
     model = load(out, device=job["device"], precision=job["precision"])
     ks = KS if model.can_rerank else ()
+    weight, source = model.meta.get("rerank_weight"), "training"
+    if ks and weight is None:
+        dataset = load_dataset(data_of(out))
+        records = dataset.split("val")
+        images = split_images(model, dataset, records)
+        emb = embed_split(model, dataset, records, images=images)
+        weight = choose_weight_on(model, emb.captions, emb.text_pids, emb.text, images, emb.image_pids, emb.image)[0]
+        source = "chosen on validation after training"
     fresh, cost = [], {}
     for draw in job["fresh"]:
-        by_k, draw_cost, same = set_metrics(model, Path(draw), ks)
+        by_k, draw_cost, same = set_metrics(model, Path(draw), ks, weight=weight)
         alone = set_metrics(model, Path(draw), ks, by="itm")[0] if ks else {}
         fresh.append({"draw": Path(draw).name, "i2i_R1": round(same["R1"], 2), "i2i_mAP": round(same["mAP"], 2),
                       **{str(k): {m: round(by_k[k][m], 2) for m in ("R1", "R5", "mAP")} for k in by_k},
                       **({"itm": {str(k): {m: round(alone[k][m], 2) for m in ("R1", "R5", "mAP")} for k in ks}}
                          if ks else {})})
         cost = cost or draw_cost
-    real = real_metrics(model, ks)
-    return {"rerank_by": "fused" if ks else None, "fresh": fresh,
+    real = real_metrics(model, ks, weight=weight)
+    return {"rerank_by": "fused" if ks else None,
+            **({"rerank_weight": weight, "rerank_weight_from": source} if ks else {}), "fresh": fresh,
             "real_mAP": {str(k): round(v, 2) for k, v in real.items()},
             **({"real_mAP_itm": {str(k): round(v, 2) for k, v in real_metrics(model, ks, by="itm").items()}}
                if ks else {}),
@@ -151,8 +164,9 @@ def render(rows: list[dict]) -> str:
              f"one machine at the same time, or on a 2-core CPU one after another, each alone (so each budget's pair "
              f"is an equal-time comparison); fresh draws "
              f"{', '.join(draws)} (test splits, mean over the draws). K: the cosine's top K re-ordered, "
-             f"\"fused\" by the matching head's log-odds and the cosine, each standardised over the K and summed "
-             f"(`ivt.evaluate.rerank.fuse`, what every ranking path does), or by the log-odds alone (rows measured "
+             f"\"fused\" by the matching head's log-odds and the cosine, each standardised over the K, the log-odds "
+             f"times a weight the run chose on its validation split (`ivt.evaluate.rerank.fuse`, "
+             f"`choose_weight`; what every ranking path does), summed, or by the log-odds alone (rows measured "
              f"before the fusion); \"best K\" is the best of K = {', '.join(map(str, KS))} (chosen here on these "
              f"draws: an upper bound on what one fixed K gives).", "",
              "| machine | variant | batch | minutes | steps | ITM loss at the end | top K ordered by | R1 K=0 | "
@@ -167,7 +181,9 @@ def render(rows: list[dict]) -> str:
         cells = [r["machine"] + (f", {r['parallel']} runs at once" if r.get("parallel", 1) > 1 else ""), name,
                  str(r["batch"]), f"{r['minutes']:g}", f"{r['steps']:,}",
                  f"{r['itm_loss_end']:.3f}" if r["itm_loss_end"] is not None else "—",
-                 "—" if best is None else "fused" if r.get("rerank_by") == "fused" else "ITM alone",
+                 "—" if best is None else "ITM alone" if "rerank_weight" not in r else
+                 f"fused, weight {r['rerank_weight']:g}" + ("" if r["rerank_weight_from"] == "training"
+                                                            else " (chosen after training)"),
                  *(f"{r1[k]:.2f}" if k in r1 else "—" for k in ["0", *map(str, KS)]),
                  "—" if best is None else f"{_alone(r):.2f}",
                  f"{_mean(r, 'mAP'):.2f} / " + (f"{_mean(r, 'mAP', best):.2f}" if best else "—"),

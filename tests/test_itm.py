@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from ivt.errors import ConfigError
+import ivt
+from ivt.errors import CheckpointError, ConfigError
+from ivt.evaluate.rerank import WEIGHTS
 from ivt.model import EncoderConfig, IVTEncoder
 from ivt.model.packing import pack_texts
 from ivt.model.transformer import key_padding_to_attn_mask
@@ -192,10 +194,24 @@ def test_itm_training_resumes_exactly_and_packing_changes_nothing(tmp_path):
     log = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     itm_losses = [r["itm_loss"] for r in log if r["kind"] == "train"]
     assert itm_losses and all(0 < v < 5 for v in itm_losses)
+    # each validation chooses the head's re-ranking weight; the checkpoints carry the latest
+    evals = [r for r in log if r["kind"] == "eval"]
+    assert len(evals) == 2 and all(r["rerank_weight"] in WEIGHTS and 0 <= r["rerank_R1"] <= 100 for r in evals)
+    for which in ("last", "best"):
+        meta = json.loads((straight / f"{which}.json").read_text())
+        assert meta["rerank_weight"] == evals[-1]["rerank_weight"]
+        assert ivt.load(straight, device="cpu", which=which).rerank_weight == evals[-1]["rerank_weight"]
+    tampered = json.loads((straight / "last.json").read_text())
+    for bad in ("1", -1, True):
+        (straight / "last.json").write_text(json.dumps({**tampered, "rerank_weight": bad}))
+        with pytest.raises(CheckpointError, match=r"last\.json: rerank_weight must be a finite number >= 0"):
+            ivt.load(straight, device="cpu", which="last")
+    (straight / "last.json").write_text(json.dumps(tampered))
     part = train(cfg("b", "train.stop_after_steps=3"))
     resumed = train(load_config(part / "config.yaml", ["train.stop_after_steps=null"]), resume=True)
     a, b = load_file(str(straight / "last.safetensors")), load_file(str(resumed / "last.safetensors"))
     assert "itm_head.weight" in a and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((resumed / "last.json").read_text())["rerank_weight"] in WEIGHTS
     padded = train(cfg("c", "train.pack_texts=false"))
     c = load_file(str(padded / "last.safetensors"))
     assert all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
@@ -286,8 +302,52 @@ def test_fuse_weighs_both_scores_equally_whatever_their_scales():
     # a score that does not vary adds nothing: equal cosines leave the ITM order, one candidate stays
     torch.testing.assert_close(fuse(match[:1], torch.full((1, 3), 0.3)), torch.tensor([[z, -z, 0.0]]))
     assert fuse(torch.tensor([[7.0]]), torch.tensor([[0.5]])).tolist() == [[0.0]]
+    # the weight scales the head's part: 0 leaves the cosine order, 2 doubles the log-odds' say
+    torch.testing.assert_close(fuse(match, cosine, 0.0), torch.tensor([[-z, 0.0, z], [-z, 0.0, z]]))
+    torch.testing.assert_close(fuse(match, cosine, 2.0), torch.tensor([[z, -2 * z, z], [z, -2 * z, z]]))
     with pytest.raises(ValueError, match="differ in shape"):
         fuse(match, cosine[:, :2])
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            fuse(match, cosine, bad)
+
+
+def test_choose_weight_picks_what_puts_the_right_image_first():
+    from ivt.evaluate.rerank import choose_weight
+
+    gen = torch.Generator().manual_seed(3)
+    cosine = torch.sort(torch.rand(200, 8, generator=gen), dim=1, descending=True).values
+    truth = torch.randint(0, 8, (200,), generator=gen)
+    relevant = torch.nn.functional.one_hot(truth, 8).bool()
+    # a head that sees the truth (plus noise) wins at a large weight; the cosine alone gets R1 of chance
+    sighted = relevant.float() * 3 + torch.randn(200, 8, generator=gen)
+    weight, r1 = choose_weight(sighted, cosine, relevant)
+    assert weight == 4.0 and r1[4.0] > 90 and r1[0.0] == 100 * (truth == 0).float().mean().item()
+    # a blind head: the cosine order (weight 0) when the cosine is right
+    relevant_first = torch.zeros(200, 8, dtype=torch.bool)
+    relevant_first[:, 0] = True
+    weight, r1 = choose_weight(torch.randn(200, 8, generator=gen), cosine, relevant_first)
+    assert weight == 0.0 and r1[0.0] == 100.0 and r1[4.0] < 100.0
+    # ties go to the smaller weight
+    assert choose_weight(torch.zeros(5, 3), torch.ones(5, 3), torch.ones(5, 3, dtype=torch.bool))[0] == 0.0
+
+
+def test_the_weight_a_model_carries_orders_its_reranking(retrieval):
+    from ivt.evaluate.rerank import rerank_scores
+
+    images = _gallery()
+    emb, states = retrieval.encode_images_with_states(images)
+    texts = CAPTIONS[:5]
+    sim = retrieval.encode_texts(texts) @ emb.T
+    before = retrieval.rerank_weight
+    try:
+        retrieval.rerank_weight = 0.0                    # the head does not count: the cosine order stays
+        scores = rerank_scores(retrieval, sim, texts, states, k=6)
+        assert torch.equal(scores.argsort(dim=1, descending=True), sim.argsort(dim=1, descending=True))
+    finally:
+        retrieval.rerank_weight = before
+    assert not torch.equal(rerank_scores(retrieval, sim, texts, states, k=6, weight=4.0).argsort(dim=1),
+                           sim.argsort(dim=1))
 
 
 def test_reranking_moves_only_the_top_k(retrieval):
@@ -324,6 +384,7 @@ def test_every_ranking_path_reranks_and_a_model_without_the_head_says_so(tmp_pat
                  "--rerank", "5", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["rerank"] == 5 and set(result["cosine"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    assert result["rerank_weight"] == 1.0            # trained without validation: no weight chosen
     assert result["R10"] == result["cosine"]["R10"]     # below the top 5 nothing moves: R10 >= 5 unchanged
     assert "(cosine order)" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(plain), "--data", str(data), "--which", "last",

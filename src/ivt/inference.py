@@ -30,6 +30,16 @@ ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
 __all__ = ["RetrievalModel", "load", "ImageInput"]
 
 
+def _rerank_weight(meta: dict, weights: Path | None) -> float:
+    """How much the matching head counts against the cosine when re-ranking
+    (:func:`ivt.evaluate.rerank.fuse`): what training chose on validation, 1 where it chose none."""
+    value = meta.get("rerank_weight", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < float("inf")):
+        where = weights.with_suffix(".json") if weights else "the checkpoint's metadata"
+        raise CheckpointError(f"{where}: rerank_weight must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _check_batch_size(batch_size: object) -> None:
     """A non-positive batch size would silently encode nothing (or fail deep in ``range``)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
@@ -92,6 +102,7 @@ class RetrievalModel:
         self.transform = EvalTransform(self.config.image_mean, self.config.image_std)
         self.embed_dim = int(self.config.width)
         self.fingerprint = meta.get("weights_sha256") or (file_sha256(weights) if weights else "")
+        self.rerank_weight = _rerank_weight(meta, weights)
         self.tokenizer_fingerprint = hashlib.sha256(tokenizer.hf.to_str().encode()).hexdigest()
 
     def __repr__(self) -> str:

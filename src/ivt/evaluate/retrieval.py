@@ -98,7 +98,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, data_format
         scores = rerank_scores(model, emb.text @ emb.image.T, emb.captions, states, rerank)
         cosine = {k: result[k] for k in METRIC_KEYS}
         result.update({k: float(v) for k, v in ranking_metrics(scores, emb.text_pids, emb.image_pids).items()})
-        result.update({"cosine": cosine, "rerank": int(rerank)})
+        result.update({"cosine": cosine, "rerank": int(rerank), "rerank_weight": model.rerank_weight})
     for k in ("num_queries", "num_gallery", "num_skipped_queries"):
         result[k] = int(result[k])
     result.update({"split": split, "checkpoint": str(model.weights),
@@ -120,6 +120,7 @@ def format_metrics(result: dict) -> str:
         if f"{prefix}_R1" in result:
             lines.insert(2, " ".join(f"{result[f'{prefix}_{k}']:7.2f}" for k in keys) + f"   ({what})")
     if "cosine" in result:
-        lines[1] += f"   (top {result['rerank']} re-ranked by image-text matching)"
+        lines[1] += (f"   (top {result['rerank']} re-ranked by image-text matching, weight "
+                     f"{result['rerank_weight']:g})")
         lines.insert(2, " ".join(f"{result['cosine'][k]:7.2f}" for k in keys) + "   (cosine order)")
     return "\n".join(lines)

@@ -172,8 +172,9 @@ def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_tra
     provenance); every score is a finite number (JSON has no NaN), else a CheckpointError.
 
     ``rerank`` = (model, text, K): the cosine's top K are re-ordered by the model's image-text
-    matching head together with the cosine (:func:`ivt.evaluate.rerank.fuse`; each hit of them also
-    gets ``match``, its ITM log-odds); below K, cosine order.
+    matching head together with the cosine (:func:`ivt.evaluate.rerank.fuse`, weighted as the
+    model's training chose; each hit of them also gets ``match``, its ITM log-odds); below K, cosine
+    order.
     ``where``: only hits that pass these metadata filters (camera, time, track, minimum score).
     ``example``: the example image's own item is left out (per track: its whole track).
     ``same_person`` (the query is ``example`` alone): ranked as :mod:`ivt.index.same_person` finds
@@ -198,7 +199,7 @@ def results(gallery: Gallery | MilvusGallery, query: np.ndarray, k: int, per_tra
         top = hits[:top_k]
         images = [Image.open(io.BytesIO(gallery.read_image(hit.id))) for hit in top]
         scores = model.rerank(text, images)
-        fused = fuse(scores, torch.tensor([hit.score for hit in top])).tolist()
+        fused = fuse(scores, torch.tensor([hit.score for hit in top]), model.rerank_weight).tolist()
         order = sorted(range(len(top)), key=lambda i: -fused[i])
         hits = [top[i] for i in order] + hits[top_k:]
         matches = {top[i].id: float(scores[i]) for i in range(len(top))}

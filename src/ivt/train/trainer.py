@@ -31,7 +31,8 @@ from ivt.data import DataError, load_dataset
 from ivt.data.image_bank import ImageBank
 from ivt.errors import RunDirError, TrainingDivergedError
 from ivt.evaluate.metrics import METRIC_KEYS
-from ivt.evaluate.retrieval import embed_split, split_metrics
+from ivt.evaluate.rerank import CHOOSE_K, choose_weight_on
+from ivt.evaluate.retrieval import embed_split, split_images, split_metrics
 from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss, image_image_loss
 from ivt.model.packing import pack_texts
@@ -196,6 +197,9 @@ class Trainer:
         # Image-text matching pairs the captions (the sentence level) with images and hard negatives.
         self.itm_level = self.levels.index("sentence") if cfg.model.itm else None
         self._matching_on = False
+        # The matching head's re-ranking weight, chosen at each validation (a resumed run's last).
+        self.rerank_weight = json.loads((self.run_dir / "last.json").read_text()).get("rerank_weight") \
+            if resume and cfg.model.itm else None
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.pair_encoder = nn.parallel.DistributedDataParallel(
@@ -463,16 +467,27 @@ class Trainer:
         do not depend on the number of ranks)."""
         t = self.cfg.train
         live = RetrievalModel(self.model, self.tokenizer, {}, device=self.device, dtype=self.amp)
-        emb = embed_split(live, self.dataset, self.eval_records, images=self.eval_images)
-        self.model.train()
+        images = self.eval_images
+        if images is None and self.cfg.model.itm:
+            images = split_images(live, self.dataset, self.eval_records)
+        emb = embed_split(live, self.dataset, self.eval_records, images=images)
         if not (bool(torch.isfinite(emb.image).all()) and bool(torch.isfinite(emb.text).all())):
+            self.model.train()
             self._diverged("the validation embeddings became inf/nan")
         m = split_metrics(emb)
         record = {"kind": "eval", "epoch": epoch, "step": self.state.step, "split": t.eval_split,
                   **{k: round(float(m[k]), 4) for k in METRIC_KEYS}}
+        said = ""
+        if self.cfg.model.itm:   # how much the matching head counts when re-ranking, chosen here
+            w, by_weight = choose_weight_on(live, emb.captions, emb.text_pids, emb.text, images, emb.image_pids,
+                                            emb.image)
+            self.rerank_weight = w
+            record.update(rerank_weight=w, rerank_R1=round(by_weight[w], 4))
+            said = f"  (top {CHOOSE_K} re-ranked: R1 {by_weight[w]:.2f} at weight {w:g})"
+        self.model.train()
         self.log.write(record, self.state.step)
         tqdm.write(f"epoch {format_epoch(epoch)}: {t.eval_split} R1 {m['R1']:.2f}  R5 {m['R5']:.2f}  "
-                   f"mAP {m['mAP']:.2f}")
+                   f"mAP {m['mAP']:.2f}{said}")
         return record
 
     def end_epoch(self, epoch: float, validate: bool | None = None) -> None:
@@ -495,7 +510,8 @@ class Trainer:
         if self.dist.is_main:
             c = self.state
             meta = {"epoch": c.epoch, "step": c.step, "text_max_length": self.tokenizer.max_length,
-                    "precision": self.precision.name, "precision_reason": self.precision.reason}
+                    "precision": self.precision.name, "precision_reason": self.precision.reason,
+                    **({"rerank_weight": self.rerank_weight} if self.rerank_weight is not None else {})}
             files = checkpoint_files("last", self.model, meta)
             if best_meta is not None:
                 files.update(checkpoint_files("best", self.model, {**meta, **best_meta}))
