@@ -3,6 +3,7 @@ for budgets of minutes, each evaluated with and without re-ranking (a curve over
 
     python benchmarks/rerank_budget.py --device cuda --precision bf16 --minutes 1 2 4 \\
         --variants "" "model.itm=true" --parallel 6 --threads 2 [--rows OUT.json]
+    python benchmarks/rerank_budget.py --evaluate runs/rerank-budget/RUN ...   # kept runs, scored again
     python benchmarks/rerank_budget.py --write           # render the kept rows into RESULTS.md
 
 A variant is a space-separated list of config overrides on the demo recipe ("" is the recipe,
@@ -14,8 +15,11 @@ train at the same time (``--parallel``, for a GPU machine; on the 2-core CPU use
 dual and matching runs share the machine alike, so a row pair is an equal-time comparison, and the
 steps each reached are recorded. Each run is then evaluated on the test split of fresh draws (other
 seeds, never used to choose): text-to-image R1 / mAP in cosine order (K = 0) and with the top K
-re-ordered by the matching head (K = 8, 16, 32, 64), image-to-image R1, and the real crops'
-text-to-image mAP (benchmarks/real). A run's re-ranking cost (ms per query, on the device) is
+re-ordered (K = 8, 16, 32, 64) as every ranking path does (the matching head's log-odds fused with
+the cosine, weighted as the run chose on its validation split) and by the log-odds alone,
+image-to-image R1, and the real crops' text-to-image mAP (benchmarks/real). ``--evaluate`` scores
+kept runs again after a change to the ranking (a run trained before training chose the weight
+gets it chosen the same way on its validation split). A run's re-ranking cost (ms per query, on the device) is
 timed right after it (other runs may still share the device: the table says how many ran at once);
 ``--cost`` times a base-size encoder's after all runs, on the idle device (alone: a row of its own).
 
