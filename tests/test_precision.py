@@ -98,3 +98,71 @@ def test_a_resumed_auto_run_keeps_the_precision_it_started_with(tmp_path, monkey
     assert kept.dtype is torch.bfloat16 and kept.reason == "auto, as this run started"
     assert _training_precision("fp32", CPU, tmp_path).dtype is None  # an explicit setting wins
     assert _training_precision("auto", CPU, None).dtype is None       # a new run measures
+
+
+# ---------------------------------------------------------------- a bf16 kernel that computes wrong
+def _wrong_in_bf16(encoder: torch.nn.Module) -> torch.nn.Module:
+    """``encoder`` with its final norm computing garbage under CPU autocast (as oneDNN's AMX bf16
+    convolution did for the convolution stem's last layer)."""
+    encoder.norm.register_forward_hook(
+        lambda module, args, out: out.flip(-1) if torch.is_autocast_enabled("cpu") else out)
+    return encoder
+
+
+def _tiny() -> torch.nn.Module:
+    from ivt.model import IVTEncoder, model_config
+
+    torch.manual_seed(0)
+    return IVTEncoder(model_config("tiny", width=96, num_heads=3, stem="conv", vocab_size=300))
+
+
+def test_a_sound_model_passes_the_bf16_check_and_keeps_bf16():
+    encoder = _tiny().train()
+    state = torch.random.get_rng_state()
+    assert runtime.low_precision_error(encoder, torch.bfloat16, CPU) < 0.03
+    assert encoder.training and torch.equal(state, torch.random.get_rng_state())
+    choice = runtime.PrecisionChoice(torch.bfloat16, "as asked")
+    assert runtime.check_low_precision(encoder, choice, CPU, "bf16") is choice
+
+
+def test_a_wrong_bf16_kernel_makes_auto_use_fp32_and_an_explicit_bf16_fail(monkeypatch):
+    encoder = _wrong_in_bf16(_tiny())
+    error = runtime.low_precision_error(encoder, torch.bfloat16, CPU)
+    assert error > 0.5
+    auto = runtime.check_low_precision(encoder, runtime.PrecisionChoice(torch.bfloat16, "native", "training"),
+                                       CPU, "auto")
+    assert auto.dtype is None and auto.purpose == "training"
+    assert f"moves this model's embeddings by {error:.2f}" in auto.reason and auto.reason.endswith("using fp32")
+    with pytest.raises(DeviceError, match=r"precision bf16: bf16 autocast moves .* use precision fp32"):
+        runtime.check_low_precision(encoder, runtime.PrecisionChoice(torch.bfloat16, "as asked"), CPU, "bf16")
+    monkeypatch.setenv(runtime.CPU_PRECISION_ENV, "bf16")   # auto forced to bf16: the user asked for it
+    with pytest.raises(DeviceError, match=r"or unset \$IVT_CPU_PRECISION"):
+        runtime.check_low_precision(encoder, runtime.PrecisionChoice(torch.bfloat16, "forced"), CPU, "auto")
+    monkeypatch.setattr(runtime, "low_precision_error", lambda *a: pytest.fail("fp32 needs no check"))
+    fp32 = runtime.PrecisionChoice(None, "as asked")
+    assert runtime.check_low_precision(encoder, fp32, CPU, "fp32") is fp32
+
+
+def test_training_and_loading_check_bf16_on_the_model_they_use(tmp_path, monkeypatch, fresh_probe):
+    from helpers import write_toy_pedes
+    from ivt import load
+    from ivt.config import load_config
+    from ivt.train.trainer import Trainer, train
+
+    data = write_toy_pedes(tmp_path / "toy")
+    fast = ["model.size=tiny", "model.image_size=[32, 16]", "train.batch_size=8", "train.threads=2",
+            "data.vocab_size=200", "data.max_text_len=24", "train.epochs=1", f"data.path={data}"]
+    run = train(load_config(None, [*fast, "train.precision=fp32", f"train.out_dir={tmp_path / 'run'}"]))
+    seen = []
+    monkeypatch.setattr(runtime, "low_precision_error", lambda encoder, dtype, device: seen.append(encoder) or 0.9)
+    with pytest.raises(DeviceError, match="moves this model's embeddings by 0.90"):
+        Trainer(load_config(None, [*fast, "train.precision=bf16", f"train.out_dir={tmp_path / 'bf16'}"]))
+    assert not (tmp_path / "bf16").exists()                    # nothing written before the check
+    monkeypatch.setattr(runtime, "cpu_info", lambda: AMX)
+    monkeypatch.setattr(runtime, "probe_cpu_precision", lambda purpose: PrecisionProbe(2, 100.0, 400.0, 2.0, 2.0))
+    trainer = Trainer(load_config(None, [*fast, "train.precision=auto", f"train.out_dir={tmp_path / 'auto'}"]))
+    assert trainer.amp is None and "using fp32" in trainer.precision.reason and seen[-1] is trainer.model
+    with pytest.raises(DeviceError, match="use precision fp32"):
+        load(run, device="cpu", precision="bf16")
+    model = load(run, device="cpu", precision="auto")
+    assert model.dtype is None and seen[-1] is model.encoder

@@ -268,5 +268,6 @@ def load(run_dir: str | os.PathLike, device: str = "auto", which: str = "best",
     encoder, meta = load_model(run_dir, which, dev)
     tokenizer = load_tokenizer(run_dir, meta, which)
     weights, _ = resolve_checkpoint(run_dir, which)
-    return RetrievalModel(encoder, tokenizer, meta, device=dev, dtype=resolve_precision(precision, dev),
+    dtype = resolve_precision(precision, dev, encoder=encoder)
+    return RetrievalModel(encoder, tokenizer, meta, device=dev, dtype=dtype,
                           run_dir=weights.parent, weights=weights)

@@ -216,13 +216,74 @@ def precision_choice(precision: str, device: torch.device, purpose: str = "infer
     return choose_cpu_precision(cpu_info(), probe_cpu_precision(purpose), purpose)
 
 
+#: How far a low-precision autocast may move an encoder's embeddings from fp32's (relative L2 error
+#: over a probe batch). bf16 rounding alone gives about 0.005-0.01 on the models here; a wrong
+#: kernel gives errors near 1 (oneDNN's AMX bf16 convolution once gave 1.3).
+LOW_PRECISION_TOLERANCE = 0.1
+
+
+def low_precision_error(encoder: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> float:
+    """Relative L2 error of ``encoder``'s image and text embeddings under ``dtype`` autocast
+    against fp32, on a fixed random batch (2 images at the model's size, 2 texts of 24 tokens):
+    the larger of the two. The encoder is put in eval mode for it (no dropout or token dropping)
+    and left as it was; the caller's random state is untouched."""
+    config = encoder.config
+    was_training = encoder.training
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(2, config.in_chans, *config.image_size, generator=gen).to(device)
+    ids = torch.randint(1, config.vocab_size, (2, 24), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, 16:] = 0                                   # one padded text: the masked path too
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            errors = []
+            for encode, inputs in ((encoder.encode_image, (images,)), (encoder.encode_text, (ids, mask))):
+                reference = encode(*inputs).float()
+                with autocast(device, dtype):
+                    low = encode(*inputs).float()
+                errors.append(((low - reference).norm() / reference.norm().clamp_min(1e-12)).item())
+    finally:
+        encoder.train(was_training)
+    return max(errors)
+
+
+def check_low_precision(encoder: torch.nn.Module, choice: PrecisionChoice, device: torch.device,
+                        asked: str) -> PrecisionChoice:
+    """``choice`` once ``encoder`` is seen to compute right in it on this CPU, else what to use.
+
+    A CPU's bf16 kernels can be wrong for some shapes (oneDNN's AMX convolution with kernel =
+    stride at some channel counts: training then never learns, search returns noise, and nothing
+    fails). So a bf16 choice on CPU is checked once against fp32 on a probe batch
+    (:func:`low_precision_error`). Beyond :data:`LOW_PRECISION_TOLERANCE`: ``auto`` (``asked``)
+    falls back to fp32 and says why; an explicit bf16 is a :class:`DeviceError` naming the error.
+    CUDA's kernels are not checked (a few ms here, but no such fault is known there).
+    """
+    if choice.dtype is None or device.type != "cpu":
+        return choice
+    error = low_precision_error(encoder, choice.dtype, device)
+    if error <= LOW_PRECISION_TOLERANCE:
+        return choice
+    what = (f"{choice.name} autocast moves this model's embeddings by {error:.2f} (relative L2 error against "
+            f"fp32; rounding alone gives about 0.01) on this CPU ({cpu_info().describe()}): one of its "
+            f"{choice.name} kernels computes wrong values for this model's shapes")
+    if asked == "auto" and not os.environ.get(CPU_PRECISION_ENV):
+        return PrecisionChoice(None, f"{what}; using fp32", choice.purpose)
+    raise DeviceError(f"precision {choice.name}: {what}; use precision fp32 (--precision fp32, train.precision=fp32"
+                      f"{f', or unset ${CPU_PRECISION_ENV}' if os.environ.get(CPU_PRECISION_ENV) else ''})")
+
+
 _ANNOUNCED: set[tuple[str, str, str]] = set()
 
 
-def resolve_precision(precision: str, device: torch.device, purpose: str = "inference") -> torch.dtype | None:
-    """The autocast dtype (None = fp32) of :func:`precision_choice`; the choice and its reason are
-    logged once per process (logger ``ivt``: the CLI prints it on stderr)."""
+def resolve_precision(precision: str, device: torch.device, purpose: str = "inference",
+                      encoder: torch.nn.Module | None = None) -> torch.dtype | None:
+    """The autocast dtype (None = fp32) of :func:`precision_choice`, checked on ``encoder`` when
+    given (:func:`check_low_precision`); the choice and its reason are logged once per process
+    (logger ``ivt``: the CLI prints it on stderr)."""
     choice = precision_choice(precision, device, purpose)
+    if encoder is not None:
+        choice = check_low_precision(encoder, choice, device, precision)
     key = (device.type, purpose, choice.name)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)

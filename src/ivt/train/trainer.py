@@ -37,7 +37,15 @@ from ivt.inference import RetrievalModel
 from ivt.losses import RetrievalLoss, image_image_loss
 from ivt.model.packing import pack_texts
 from ivt.model.pretrained import format_reports, init_pretrained, text_vocab_for, write_init_report
-from ivt.runtime import PrecisionChoice, autocast, precision_choice, resolve_device, to_device, training_attention
+from ivt.runtime import (
+    PrecisionChoice,
+    autocast,
+    check_low_precision,
+    precision_choice,
+    resolve_device,
+    to_device,
+    training_attention,
+)
 from ivt.text.tokenizer import Tokenizer
 from ivt.train.batches import (
     EpochSampler,
@@ -190,6 +198,8 @@ class Trainer:
             init_reports = init_pretrained(model, cfg.model.init_image, cfg.model.init_text)
         self.model = model
         self.model.to(self.device).train()
+        self.precision = check_low_precision(self.model, self.precision, self.device, cfg.train.precision)
+        self.amp = self.precision.dtype
         self.pair_encoder: nn.Module = PairEncoder(self.model)
         # Packing changes no number (tests/test_packing.py), only the padding computed; BMM drops
         # tokens of padded rows, so with it on the texts stay padded.
