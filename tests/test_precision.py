@@ -117,10 +117,14 @@ def _tiny() -> torch.nn.Module:
 
 
 def test_a_sound_model_passes_the_bf16_check_and_keeps_bf16():
+    from ivt.model import IVTEncoder, model_config
+
     encoder = _tiny().train()
     state = torch.random.get_rng_state()
     assert runtime.low_precision_error(encoder, torch.bfloat16, CPU) < 0.03
     assert encoder.training and torch.equal(state, torch.random.get_rng_state())
+    short = IVTEncoder(model_config("tiny", width=96, num_heads=3, vocab_size=300, max_text_len=8))
+    assert runtime.low_precision_error(short, torch.bfloat16, CPU) < 0.03   # texts fit its length
     choice = runtime.PrecisionChoice(torch.bfloat16, "as asked")
     assert runtime.check_low_precision(encoder, choice, CPU, "bf16") is choice
 

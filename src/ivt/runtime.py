@@ -224,16 +224,18 @@ LOW_PRECISION_TOLERANCE = 0.1
 
 def low_precision_error(encoder: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> float:
     """Relative L2 error of ``encoder``'s image and text embeddings under ``dtype`` autocast
-    against fp32, on a fixed random batch (2 images at the model's size, 2 texts of 24 tokens):
+    against fp32, on a fixed random batch (2 images at the model's size, 2 texts of up to 24
+    tokens):
     the larger of the two. The encoder is put in eval mode for it (no dropout or token dropping)
     and left as it was; the caller's random state is untouched."""
     config = encoder.config
     was_training = encoder.training
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(2, config.in_chans, *config.image_size, generator=gen).to(device)
-    ids = torch.randint(1, config.vocab_size, (2, 24), generator=gen).to(device)
+    length = min(24, config.max_text_len)
+    ids = torch.randint(1, config.vocab_size, (2, length), generator=gen).to(device)
     mask = torch.ones_like(ids)
-    mask[1, 16:] = 0                                   # one padded text: the masked path too
+    mask[1, 2 * length // 3:] = 0                      # one padded text: the masked path too
     encoder.eval()
     try:
         with torch.no_grad():
