@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import time
@@ -66,9 +67,10 @@ class Reranker(nn.Module):
 
 class Split:
     """One split's images and captions through the frozen encoder: L2-normalised embeddings and
-    the states entering its last ``layers`` blocks (bf16 on the CPU: what the re-ranker starts from)."""
+    the states entering its joint blocks (its config's ``itm_layers``, set by :func:`measure`; bf16
+    on the CPU: what the re-ranker starts from)."""
 
-    def __init__(self, model, data: Path, name: str, layers: int) -> None:
+    def __init__(self, model, data: Path, name: str) -> None:
         from ivt.data import load_dataset
         from ivt.evaluate.retrieval import split_images
 
@@ -79,7 +81,6 @@ class Split:
         own = torch.tensor([i for i, r in enumerate(records) for _ in r.captions])
         self.image_pids = torch.tensor([r.pid for r in records])
         self.text_pids = self.image_pids[own]
-        self.start = len(model.encoder.blocks) - layers
         self.image, self.image_states = self._images(model, images)
         self.text, self.text_states, self.text_mask = self._texts(model)
 
@@ -87,32 +88,25 @@ class Split:
     def _images(self, model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from ivt.runtime import autocast
 
-        encoder, embeddings, states = model.encoder, [], []
+        embeddings, states = [], []
         for start in range(0, len(images), 256):
             with autocast(model.device, model.dtype):
-                x = encoder.embed_image(model.transform(images[start:start + 256]))
-                for i, block in enumerate(encoder.blocks):
-                    if i == self.start:
-                        states.append(x.to(torch.bfloat16))
-                    x = block(x, None, "image")
-                embeddings.append(encoder.pool(encoder.norm(x)).float())
+                emb, st = model.encoder.encode_image_with_states(model.transform(images[start:start + 256]))
+            embeddings.append(emb.float())
+            states.append(st.to(torch.bfloat16))
         return F.normalize(torch.cat(embeddings), dim=-1), torch.cat(states)
 
     @torch.inference_mode()
     def _texts(self, model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ivt.model.transformer import key_padding_to_attn_mask
         from ivt.runtime import autocast
 
-        encoder, embeddings, states, masks = model.encoder, [], [], []
+        embeddings, states, masks = [], [], []
         for start in range(0, len(self.captions), 512):
             ids, mask = model.tokenizer(self.captions[start:start + 512])
             with autocast(model.device, model.dtype):
-                x, attn = encoder.embeddings(ids), key_padding_to_attn_mask(mask)
-                for i, block in enumerate(encoder.blocks):
-                    if i == self.start:
-                        states.append(x.to(torch.bfloat16))
-                    x = block(x, attn, "text")
-                embeddings.append(encoder.pool(encoder.norm(x), mask).float())
+                emb, st, mask = model.encoder.encode_text_with_states(ids, mask)
+            embeddings.append(emb.float())
+            states.append(st.to(torch.bfloat16))
             masks.append(mask)
         width = max(m.shape[1] for m in masks)
         return (F.normalize(torch.cat(embeddings), dim=-1),
@@ -203,18 +197,20 @@ def measure(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed)
     model = load(args.run, device="cpu", precision=args.precision)
+    # The encoder hands out the states entering its last ``layers`` blocks (encode_*_with_states).
+    model.encoder.config = dataclasses.replace(model.encoder.config, itm_layers=args.layers)
     data = data_of(args.run)
     started = time.perf_counter()
-    train = Split(model, data, "train", args.layers)
+    train = Split(model, data, "train")
     cache_s = time.perf_counter() - started
     reranker, fit = train_reranker(model, train, args)
-    val = Split(model, data, "val", args.layers)
+    val = Split(model, data, "val")
     similarity, top, match = top_scores(model, reranker, val, CHOOSE_K)
     weight, by_weight = choose_weight(match, similarity.gather(1, top), val.image_pids[top] == val.text_pids[:, None])
     fresh = {}
     for seed in args.fresh:
         draw = Path("data/fresh") / f"seed{seed}-400"
-        fresh[draw.name] = fresh_r1(model, reranker, Split(model, draw, "test", args.layers), weight)
+        fresh[draw.name] = fresh_r1(model, reranker, Split(model, draw, "test"), weight)
         print(draw.name, fresh[draw.name], flush=True)
     run_steps = json.loads((Path(args.run) / "last.state.json").read_text())["step"]
     return {"machine": machine("cpu"), "precision": args.precision, "run": str(args.run), "run_steps": run_steps,

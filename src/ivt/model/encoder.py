@@ -23,7 +23,6 @@ class PatchEmbed(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.image_size = tuple(config.image_size)
-        self.grid_size = config.grid_size
         self.in_chans = config.in_chans
         self.use_stem = config.stem != "patch"
         if config.stem == "conv":
