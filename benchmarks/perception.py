@@ -31,6 +31,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,9 @@ ROWS = Path(__file__).with_name("perception_rows.json")
 FIELDS = ("gender", "hair_length", "hair_colour", "upper_type", "upper_colour", "lower_type", "lower_colour",
           "shoes_type", "shoes_colour", "bag", "headwear")
 SLOT_OF = {f: slot for slot, fields in SLOT_FIELDS.items() for f in fields}
-FEATURES = ("majority", "embedding", "joint states", "patch tokens", "captions", "pixels")
+IMAGE_PROBES = ("embedding", "joint states", "patch tokens")     # what the image side carries
+PROBES = (*IMAGE_PROBES, "captions")
+FEATURES = ("majority", *PROBES, "pixels")
 
 
 @dataclasses.dataclass
@@ -93,8 +96,10 @@ def _targets(labels: list[str | None], values: list[str]) -> torch.Tensor:
     return torch.tensor([values.index(v) if v in values else -100 for v in labels])
 
 
-def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-2) -> nn.Module:
-    """A multinomial logistic regression on standardised ``x`` (rows with y = -100 left out)."""
+def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int,
+                 l2: float = 1e-2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A multinomial logistic regression on standardised ``x`` (rows with y = -100 left out):
+    features -> logits."""
     keep = y >= 0
     x, y = x[keep], y[keep]
     mean, std = x.mean(0), x.std(0) + 1e-6
@@ -111,16 +116,7 @@ def linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-
         return loss
 
     opt.step(closure)
-    return nn.Sequential(_Standardise(mean, std), linear)
-
-
-class _Standardise(nn.Module):
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        super().__init__()
-        self.mean, self.std = mean, std
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+    return lambda features: linear((features - mean) / std)
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -189,7 +185,7 @@ def measure(run: Path, draws: list[Path], layers: int, cnn_seconds: float, seed:
         y = _targets(train.labels[f], values[f])
         counts = collections.Counter(int(v) for v in y if v >= 0)
         majority = counts.most_common(1)[0][0]
-        probes = {k: linear_probe(train.features[k], y, len(values[f])) for k in FEATURES[1:-1]}
+        probes = {k: linear_probe(train.features[k], y, len(values[f])) for k in PROBES}
         for test in tests.values():
             yt = _targets(test.labels[f], values[f])
             acc[f]["majority"].append(100 * float((yt[yt >= 0] == majority).float().mean()))
@@ -233,8 +229,8 @@ def render(rows: list[dict]) -> str:
                   "| attribute | values | " + " | ".join(FEATURES) + " |", "|" + " --- |" * (len(FEATURES) + 2)]
         for f in FIELDS:
             a = r["accuracy"][f]
-            best_probe = max(a[k] for k in FEATURES[1:4])
-            cells = [f"**{a[k]:.1f}**" if k in FEATURES[1:4] and a[k] == best_probe else f"{a[k]:.1f}"
+            best_probe = max(a[k] for k in IMAGE_PROBES)
+            cells = [f"**{a[k]:.1f}**" if k in IMAGE_PROBES and a[k] == best_probe else f"{a[k]:.1f}"
                      for k in FEATURES]
             lines.append(f"| {f.replace('_', ' ')} | {r['values'][f]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
