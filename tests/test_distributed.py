@@ -24,8 +24,8 @@ COMMON = [*MICRO_MODEL, "train.precision=fp32", "train.threads=1",
 
 
 # Weights of 2 processes against 1: the same sums, reduced in another order, so fp32 rounding (2**-24 relative per
-# operation) makes them differ by a few 1e-6 of how far each tensor moved in the run (measured: 5e-6 at most, an
-# AMD EPYC and an Intel Xeon alike). A real DDP error moves them by a large share of it: with the all-gather
+# operation) makes them differ by a few 1e-6 of how far each tensor moved in the run (measured: 5e-6 at most on
+# an AMD EPYC with avx512_bf16). A real DDP error moves them by a large share of it: with the all-gather
 # broken on purpose (each rank's loss sees only its own half of the batch), 50-66 % (test below).
 RELATIVE_DRIFT = 1e-3
 
