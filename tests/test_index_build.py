@@ -190,6 +190,10 @@ def test_cli_errors_exit_2_with_one_message(run_and_data, tmp_path, capsys):
     assert main(["index", "build", "--checkpoint", str(run), "--images", str(data), "--out", str(tmp_path / "x"),
                  "--backend", "hnsw", "--param", "efsearch=5"]) == 2
     assert "no parameter 'efsearch'" in capsys.readouterr().err
+    assert main(["index", "build", "--checkpoint", str(run), "--images", str(data), "--out", str(tmp_path / "x"),
+                 "--backend", "hnsw", "--param", "M=99999999999999"]) == 2
+    assert "backend hnsw: M=99999999999999 is out of range: allowed 2 to 512" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     assert main(["index", "build", "--checkpoint", str(run), "--images", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "y")]) == 2
     assert "no such file or directory" in capsys.readouterr().err

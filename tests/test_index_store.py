@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ivt.errors import ConfigError, IndexStoreError
+from ivt.errors import ConfigError, IndexStoreError, IvtError
 from ivt.index import store
 from ivt.index.backends import build_backend, load_backend, resolve_params
 from ivt.index.gallery import Gallery
@@ -276,7 +277,7 @@ def test_backend_parameters_are_checked():
         resolve_params("ivfpq", None, 100, 8)
     with pytest.raises(ConfigError, match="must divide"):
         resolve_params("ivfpq", {"m": 7}, 1000, 64)
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="M=0 is out of range: allowed 2 to 512"):
         resolve_params("hnsw", {"M": 0}, 10, 8)
     with pytest.raises(ConfigError, match="unknown index backend"):
         resolve_params("annoy", None, 10, 8)
@@ -324,3 +325,76 @@ def test_items_are_confined_to_their_root(small_index, tmp_path):
         gallery.read_image(5)
     with pytest.raises(IndexStoreError, match="no item"):
         gallery.read_image(20)
+
+
+@pytest.mark.parametrize("name, params", [("hnsw", {}), ("ivfpq", {"nprobe": 1})])
+def test_approximate_search_fills_k_when_faiss_finds_fewer_candidates(name, params):
+    # faiss pads with id -1 when its graph or its probed lists hold fewer than the candidates asked.
+    emb = _vectors(300, 16)
+    backend = build_backend(name, resolve_params(name, params, len(emb), 16), emb)
+    exact = build_backend("exact", {}, emb)
+    queries = emb[:4]
+    for k in (60, 299, 300, 1000):
+        scores, ids = backend.search(queries, k)
+        assert ids.shape == (4, min(k, 300)) and (ids >= 0).all() and np.isfinite(scores).all()
+        assert all(len(set(row)) == len(row) for row in ids.tolist())
+        np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", emb[ids], queries), rtol=1e-5, atol=1e-6)
+    everything = np.sort(backend.search(queries, 300)[1], 1)
+    np.testing.assert_array_equal(everything, np.sort(exact.search(queries, 300)[1], 1))
+
+
+def test_a_small_hnsw_gallery_answers_every_search_with_real_items(tmp_path):
+    from ivt.index.filters import SearchFilter
+    from ivt.index.query import example_item, results
+    from ivt.index.same_person import SamePersonSettings
+
+    items = _gallery_files(tmp_path / "imgs", 300)
+    emb = _vectors(300, 16)
+    params = resolve_params("hnsw", None, 300, 16)
+    with index_writer(tmp_path / "idx") as writer:
+        writer.commit(_manifest([str(tmp_path / "imgs")], "hnsw", params), emb, items,
+                      build_backend("hnsw", params, emb).serialize())
+    gallery = Gallery.open(tmp_path / "idx")
+    for where in (None, SearchFilter.make(None, None, None, None, -1.0)):
+        hits = gallery.search(emb[0], 300, where=where)
+        assert sorted(h.id for h in hits) == list(range(300))
+        assert len(gallery.search(emb[0], 300, per_track=True, where=where)) == 300
+    example = example_item(gallery, "7")        # find this person: a pool of 400 asked of 300 items
+    ranked = results(gallery, example.vector, 10, example=example, same_person=SamePersonSettings())
+    assert len(ranked) == 10 and 7 not in [r["id"] for r in ranked] and all(r["id"] >= 0 for r in ranked)
+
+
+@pytest.mark.parametrize("name, given, items, message", [
+    ("hnsw", {"M": "99999999999999"}, 1000, "M=99999999999999 is out of range: allowed 2 to 512"),
+    ("hnsw", {"M": 1}, 1000, "M=1 is out of range: allowed 2 to 512"),
+    ("hnsw", {"ef_construction": 10**11}, 1000, "ef_construction=100000000000 is out of range: allowed 1 to 65536"),
+    ("hnsw", {"ef_search": 99999999999}, 1000, "ef_search=99999999999 is out of range: allowed 1 to 65536"),
+    ("hnsw", {"rerank": 5000}, 1000, "rerank=5000 is out of range: allowed 1 to 1000"),
+    ("ivfpq", {"nbits": 16}, 1568, "nbits=16 is out of range: allowed 1 to 10 (2**nbits centroids per sub-quantiser "
+                                   "need as many items to train on; this gallery has 1568)"),
+    ("ivfpq", {"nbits": 17}, 1 << 20, "nbits=17 is out of range: allowed 1 to 16"),
+    ("ivfpq", {"nlist": 1569}, 1568, "nlist=1569 is out of range: allowed 1 to 1568 (each inverted list needs "
+                                     "an item to train on; this gallery has 1568)"),
+    ("ivfpq", {"nlist": 64, "nprobe": 65}, 1568, "nprobe=65 is out of range: allowed 1 to 64 (nlist)"),
+    ("ivfpq", {"m": 64}, 1568, "m=64 must divide the embedding size 32"),
+    ("ivfpq", {"nprobe": 10**12}, 1568, "nprobe=1000000000000 is out of range"),
+])
+def test_backend_parameters_out_of_range_name_the_allowed_range(name, given, items, message):
+    with pytest.raises(ConfigError, match=f"backend {name}: " + re.escape(message)):
+        resolve_params(name, given, items, 32)
+
+
+def test_search_parameter_overrides_are_checked_against_the_index(tmp_path):
+    emb = _vectors(300, 16)
+    items = _gallery_files(tmp_path / "imgs", 300)
+    params = resolve_params("ivfpq", {"nlist": 8}, 300, 16)
+    with index_writer(tmp_path / "idx") as writer:
+        writer.commit(_manifest([str(tmp_path / "imgs")], "ivfpq", params), emb, items,
+                      build_backend("ivfpq", params, emb).serialize())
+    assert Gallery.open(tmp_path / "idx", {"nprobe": 8}).backend.params["nprobe"] == 8
+    for given, message in (({"nprobe": 9}, "nprobe=9 is out of range: allowed 1 to 8 (nlist)"),
+                           ({"nprobe": 0}, "nprobe=0 is out of range: allowed 1 to 8"),
+                           ({"rerank": 10**11}, "rerank=100000000000 is out of range: allowed 1 to 1000"),
+                           ({"ef_search": 5}, "backend ivfpq has no search parameter 'ef_search'")):
+        with pytest.raises(IvtError, match=re.escape(message)):
+            Gallery.open(tmp_path / "idx", given)

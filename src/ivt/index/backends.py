@@ -16,7 +16,7 @@ approximate. Every parameter (including resolved automatic values) goes into the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,19 @@ DEFAULT_PARAMS: dict[str, dict[str, int]] = {
 }
 #: Parameters that only change how a built index is searched (may be overridden when opening).
 SEARCH_PARAMS = {"ef_search", "nprobe", "rerank"}
+#: The range of each parameter (inclusive). Bounds that depend on the gallery are checked with it
+#: (:func:`check_params`): nlist and 2**nbits at most the item count (faiss's k-means needs a
+#: training point per centroid), m a divisor of the embedding size, nprobe at most nlist.
+PARAM_RANGES: dict[str, tuple[int, int]] = {
+    "M": (2, 512),                   # graph neighbours per item (2 * M ids per item on the base layer)
+    "ef_construction": (1, 1 << 16),
+    "ef_search": (1, 1 << 16),
+    "rerank": (1, 1000),             # candidates per result re-scored exactly
+    "nlist": (1, 1 << 24),
+    "m": (1, 1 << 16),               # and a divisor of the embedding size
+    "nbits": (1, 16),
+    "nprobe": (1, 1 << 24),
+}
 _QUERY_CHUNK = 16  # queries scored at once by exact search (16 x 1M scores = 64 MB)
 _SINGLE_THREAD_MAX = 1 << 21  # gallery elements (N x D) below which exact search stays on one thread
 
@@ -43,7 +56,7 @@ _SINGLE_THREAD_MAX = 1 << 21  # gallery elements (N x D) below which exact searc
 def resolve_params(name: str, given: Mapping[str, Any] | None, num_items: int, dim: int) -> dict[str, int]:
     """The full parameter set of backend ``name``: defaults, then ``given``, then automatic values.
 
-    Unknown names and non-positive values are a :class:`~ivt.errors.ConfigError`.
+    Unknown names and values out of range (:func:`check_params`) are a :class:`~ivt.errors.ConfigError`.
     """
     if name not in BACKENDS:
         raise ConfigError(f"unknown index backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -56,16 +69,37 @@ def resolve_params(name: str, given: Mapping[str, Any] | None, num_items: int, d
             params[key] = int(value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"backend parameter {key}={value!r} is not an integer") from exc
-        if params[key] <= 0:
-            raise ConfigError(f"backend parameter {key}={value!r} must be positive")
     if name == "ivfpq":
         if num_items < 256:
             raise ConfigError(f"the ivfpq backend needs at least 256 items to train its quantisers, "
                               f"got {num_items}; use --backend exact for small galleries")
         if not params["nlist"]:
             params["nlist"] = max(1, min(1 << round(math.log2(4 * math.sqrt(num_items))), num_items // 39))
-        resolve_pq(params, dim, "ivfpq")
+        if "nprobe" not in (given or {}):
+            params["nprobe"] = min(params["nprobe"], params["nlist"])
+        resolve_pq(params, dim, "backend ivfpq")
+    check_params(name, params, num_items)
     return params
+
+
+def check_params(name: str, params: Mapping[str, int], num_items: int, keys: Iterable[str] | None = None) -> None:
+    """ConfigError naming the parameter, its value and the allowed range when a parameter of
+    backend ``name`` (those named in ``keys``, default all) lies outside :data:`PARAM_RANGES` or
+    the bounds of a gallery of ``num_items`` (see there; m's divisor rule is :func:`resolve_pq`'s)."""
+    for key in params if keys is None else keys:
+        value = params[key]
+        low, high = PARAM_RANGES[key]
+        why = ""
+        if key == "nlist" and num_items < high:
+            high, why = num_items, f" (each inverted list needs an item to train on; this gallery has {num_items})"
+        elif key == "nbits" and num_items < 1 << high:
+            high = max(0, num_items.bit_length() - 1)
+            why = (f" (2**nbits centroids per sub-quantiser need as many items to train on; this gallery has "
+                   f"{num_items})")
+        elif key == "nprobe" and "nlist" in params:
+            high, why = min(high, params["nlist"]), " (nlist)"
+        if not low <= value <= high:
+            raise ConfigError(f"backend {name}: {key}={value} is out of range: allowed {low} to {high}{why}")
 
 
 def resolve_pq(params: dict[str, Any], dim: int, what: str) -> None:
@@ -76,8 +110,9 @@ def resolve_pq(params: dict[str, Any], dim: int, what: str) -> None:
         params["m"] = max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
     if dim % params["m"]:
         raise ConfigError(f"{what}: m={params['m']} must divide the embedding size {dim}")
-    if params["nbits"] > 16:
-        raise ConfigError(f"{what}: nbits={params['nbits']} must be at most 16")
+    low, high = PARAM_RANGES["nbits"]
+    if not low <= params["nbits"] <= high:
+        raise ConfigError(f"{what}: nbits={params['nbits']} is out of range: allowed {low} to {high}")
 
 
 class SearchBackend:
@@ -107,12 +142,22 @@ class SearchBackend:
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self.ann is None:
-            parts = [_top_k(self._scores(q[i:i + _QUERY_CHUNK]), np.arange(len(self))[None], k)
-                     for i in range(0, len(q), _QUERY_CHUNK)]
-            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            return self._exact(q, k)
         candidates = min(len(self), k * self.params["rerank"])
         _, ids = self.ann.search(q, candidates)
-        return self.rerank(q, ids, k)
+        scores, top = self.rerank(q, ids, k)
+        # faiss pads with -1 when its graph or the probed lists yield fewer than asked (k near the
+        # gallery size, a small nprobe): those queries are scored exactly instead.
+        short = (top < 0).any(axis=1)
+        if short.any():
+            scores[short], top[short] = self._exact(q[short], k)
+        return scores, top
+
+    def _exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``k`` (k <= N) of each query, scoring every item."""
+        parts = [_top_k(self._scores(queries[i:i + _QUERY_CHUNK]), np.arange(len(self))[None], k)
+                 for i in range(0, len(queries), _QUERY_CHUNK)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _scores(self, queries: np.ndarray) -> np.ndarray:
         """Inner products (Q, N) with every item; see the module docstring for the two paths."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from ivt.errors import IndexStoreError
 from ivt.files import ConfinedRoot
-from ivt.index.backends import SEARCH_PARAMS, SearchBackend, load_backend
+from ivt.index.backends import SEARCH_PARAMS, SearchBackend, check_params, load_backend
 from ivt.index.filters import ItemColumns, SearchFilter, camera_of, parse_time
 from ivt.index.same_person import NO_CAMERA, CameraMeans
 from ivt.index.store import (
@@ -68,9 +68,8 @@ class Gallery:
         for key, value in (search_params or {}).items():
             if key not in SEARCH_PARAMS or key not in params:
                 raise IndexStoreError(f"backend {backend_info['name']} has no search parameter {key!r}")
-            if int(value) <= 0:
-                raise IndexStoreError(f"search parameter {key}={value} must be positive")
             params[key] = int(value)
+        check_params(backend_info["name"], params, len(stored), search_params or ())
         try:
             backend = load_backend(backend_info["name"], params, stored.embeddings, stored.ann_path)
         except (RuntimeError, ValueError) as exc:
