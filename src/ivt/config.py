@@ -6,6 +6,7 @@ directory alone says how it was made.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -226,10 +227,29 @@ def _update(obj: Any, values: dict, prefix: str = "") -> None:
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{key}: expected a mapping of its fields, got {value!r}")
+                raise ConfigError(_not_a_section(key, current, value))
             _update(current, value, f"{key}.")
         else:
             setattr(obj, name, _check_value(value, hints[name], key))
+
+
+def _not_a_section(key: str, section: Any, value: Any) -> str:
+    """The message for a section given a value (``train=null`` would reset every train.* key)."""
+    shown = "null" if value is None else repr(value)
+    first = dataclasses.fields(section)[0].name
+    return (f"{key}: a section of settings, not a value (got {shown}); set its keys (e.g. {key}.{first}) "
+            f"or leave the section out")
+
+
+def _check_sections(values: dict, obj: Any, prefix: str = "") -> None:
+    """Refuse a section given as anything but a mapping, before it is merged with later overrides
+    (a ``train=null`` followed by ``train.epochs=3`` would silently reset the rest of train.*)."""
+    for name, value in values.items():
+        current = getattr(obj, name, None) if isinstance(name, str) else None
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(_not_a_section(f"{prefix}{name}", current, value))
+            _check_sections(value, current, f"{prefix}{name}.")
 
 
 #: Sections renamed since runs were first saved: a saved config.yaml or an old recipe still loads.
@@ -269,6 +289,29 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "model.stem": (None, *STEMS), "model.pool": (None, *POOLS)}
 
 
+def _longest_text() -> int:
+    """The most text positions of a model size (BERT's 512): a bound on ``data.max_text_len``, whose
+    position embeddings a model allocates whole."""
+    from ivt.model.config import MODEL_SIZES
+
+    return max(int(size["max_text_len"]) for size in MODEL_SIZES.values())
+
+
+def _non_finite(cfg: Config) -> list[str]:
+    """The one finiteness rule: every number of the configuration, alone or in a list, is finite
+    (no key means "none" by inf; those that may be absent take null)."""
+    problems = []
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                what = "finite numbers" if isinstance(value, list) else "a finite number"
+                problems.append(f"{section.name}.{f.name}: {value!r} must be {what}")
+    return problems
+
+
 def _get(cfg: Config, key: str) -> Any:
     section, name = key.split(".")
     return getattr(getattr(cfg, section), name)
@@ -279,8 +322,10 @@ def validate_config(cfg: Config) -> None:
 
     Raises one :class:`ConfigError` listing every problem (key, value, what is allowed).
     """
-    problems = [f"{key}: {_get(cfg, key)!r} is not one of {', '.join(c for c in choices if c is not None)}"
+    problems = _non_finite(cfg)
+    problems += [f"{key}: {_get(cfg, key)!r} is not one of {', '.join(c for c in choices if c is not None)}"
                 for key, choices in _choices().items() if _get(cfg, key) not in choices]
+    max_text_len = _longest_text()
     try:
         check_device(cfg.train.device)
     except DeviceError as exc:
@@ -306,7 +351,9 @@ def validate_config(cfg: Config) -> None:
         ("train.stop_after_steps", cfg.train.stop_after_steps is None or cfg.train.stop_after_steps >= 1,
          ">= 1 (or null)"),
         ("train.threads", cfg.train.threads is None or cfg.train.threads >= 1, ">= 1 (or null)"),
-        ("data.max_text_len", cfg.data.max_text_len >= 3, ">= 3 ([CLS], a token, [SEP])"),
+        ("data.max_text_len", 3 <= cfg.data.max_text_len <= max_text_len,
+         f"from 3 to {max_text_len} ([CLS], a token, [SEP]; at most the text positions of the largest model "
+         f"size, BERT's)"),
         ("data.vocab_size", cfg.data.vocab_size >= 10, ">= 10"),
         ("data.decode_threads", cfg.data.decode_threads >= 1, ">= 1"),
         ("synth.ids", cfg.synth.ids >= 3, ">= 3"),
@@ -331,14 +378,16 @@ def validate_config(cfg: Config) -> None:
         ("optim.warmup_start", cfg.optim.warmup_start is None or 0 <= cfg.optim.warmup_start <= 1,
          "in [0, 1] (or null)"),
     ]
-    problems += [f"{key}: {_get(cfg, key)!r} must be {rule}" for key, ok, rule in checks if not ok]
+    done = {problem.split(":")[0] for problem in problems}  # keys already reported (non-finite: once)
+    problems += [f"{key}: {_get(cfg, key)!r} must be {rule}" for key, ok, rule in checks
+                 if not ok and key not in done]
     if cfg.model.image_size is not None and (len(cfg.model.image_size) != 2 or min(cfg.model.image_size) < 1):
         problems.append(f"model.image_size: {cfg.model.image_size!r} must be [height, width], both >= 1")
     for key in ("model.image_mean", "model.image_std"):
         value = _get(cfg, key)
-        if value is not None and (len(value) != 3 or (key.endswith("std") and min(value) <= 0)):
+        if value is not None and key not in done and (len(value) != 3 or (key.endswith("std") and min(value) <= 0)):
             problems.append(f"model.{key.split('.')[1]}: {value!r} must be 3 numbers (std > 0)")
-    if cfg.train.sampler != "random" and cfg.train.batch_size % cfg.train.k_per_id:
+    if cfg.train.sampler != "random" and cfg.train.k_per_id >= 1 and cfg.train.batch_size % cfg.train.k_per_id:
         problems.append(f"train.batch_size: {cfg.train.batch_size} must be a multiple of train.k_per_id "
                         f"({cfg.train.k_per_id}) with train.sampler={cfg.train.sampler}")
     if cfg.model.init and (cfg.model.init_image or cfg.model.init_text):
@@ -412,9 +461,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, train, ...)")
+        try:
+            _check_sections(_renamed(values), Config())
+        except ConfigError as exc:
+            raise ConfigError(f"{p}: {exc}") from None
     values = _renamed(values)
     for text in overrides:
-        values = _merge(values, _renamed(parse_override(text)))
+        override = _renamed(parse_override(text))
+        _check_sections(override, Config())
+        values = _merge(values, override)
     try:
         return config_from_dict(values)
     except ConfigError as exc:
