@@ -171,3 +171,17 @@ def test_warmup_lasts_its_epochs_of_steps_under_a_time_budget(tmp_path, monkeypa
     # 4 steps per epoch: step k (1-based) trains at (k - 1) / 4 of the cosine's rate while warming up.
     ramp = [1e-3, 0.25, 0.5, 0.75, 1.0, 1.0]
     assert lrs == [pytest.approx(1e-3 * r * cosine(0.1 * k)) for k, r in enumerate(ramp)]
+
+
+@pytest.mark.parametrize("lr", [1e-4, 3.0, 1e5, 5e-324, 0.0, math.inf, -math.inf, math.nan])
+def test_the_advice_of_a_diverged_run_is_a_valid_lower_finite_learning_rate(lr):
+    from ivt.train.trainer import lr_advice
+
+    advice = lr_advice(lr)
+    override = advice.split("--set ")[1].rstrip(")")
+    advised = load_config(None, [override]).optim.lr
+    assert math.isfinite(advised) and advised > 0 and "inf" not in advice and "nan" not in advice
+    if math.isfinite(lr) and lr / 10 > 0:
+        assert advice == f"lower optim.lr (e.g. --set optim.lr={lr / 10:g})" and advised < lr
+    else:
+        assert advice == "set a finite optim.lr > 0 (e.g. --set optim.lr=0.001)"

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ivt.checkpoint import checkpoint_files, commit_files, load_model, read_json, recover_run_dir
-from ivt.config import Config, save_config
+from ivt.config import Config, OptimConfig, save_config
 from ivt.data import DataError, load_dataset
 from ivt.data.image_bank import ImageBank
 from ivt.errors import RunDirError, TrainingDivergedError
@@ -128,6 +128,14 @@ def _training_precision(precision: str, device: torch.device, resume_dir: Path |
             choice = precision_choice(recorded, device, "training")
             return PrecisionChoice(choice.dtype, "auto, as this run started", "training")
     return precision_choice(precision, device, "training")
+
+
+def lr_advice(lr: float) -> str:
+    """What to set after a run diverged at learning rate ``lr``: a tenth of it, or (for 0, a value too
+    small to divide, inf or nan) the default; always an override that loads."""
+    if math.isfinite(lr) and lr / 10 > 0:
+        return f"lower optim.lr (e.g. --set optim.lr={lr / 10:g})"
+    return f"set a finite optim.lr > 0 (e.g. --set optim.lr={OptimConfig.lr:g})"
 
 
 class Trainer:
@@ -468,8 +476,8 @@ class Trainer:
         fp32 = "" if self.amp is None else " or train.precision=fp32"
         raise TrainingDivergedError(
             f"training diverged: {what} by step {c.step} (epoch {max(1, c.epoch + bool(c.batch))}) with "
-            f"optim.lr={self.cfg.optim.lr:g}; lower optim.lr (e.g. --set optim.lr={self.cfg.optim.lr / 10:g}){fp32} "
-            f"and train again; {self.run_dir}: {saved}")
+            f"optim.lr={self.cfg.optim.lr:g}; {lr_advice(self.cfg.optim.lr)}{fp32} and train again; "
+            f"{self.run_dir}: {saved}")
 
     # -- validation and checkpoints ------------------------------------------------------
     def validate(self, epoch: float) -> dict:
