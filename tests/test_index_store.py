@@ -126,6 +126,56 @@ def test_a_damaged_index_is_refused_and_left_as_it_is(small_index, damage):
     assert _snapshot(index_dir) == before
 
 
+def _rewrite_items(version: Path, edit) -> None:
+    """Replace the first item record by ``edit(record text)`` and re-record the file's size and
+    sha256, so only the record itself is damaged."""
+    lines = (version / "items.jsonl").read_text().splitlines()
+    lines[0] = edit(lines[0])
+    data = ("\n".join(lines) + "\n").encode()
+    (version / "items.jsonl").write_bytes(data)
+    _edit_manifest(version, lambda m: m["files"].update({"items.jsonl": {"size": len(data),
+                                                                          "sha256": hashlib.sha256(data).hexdigest()}}))
+
+
+def _edit_manifest(version: Path, edit) -> None:
+    manifest = json.loads((version / "manifest.json").read_text())
+    edit(manifest)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+DAMAGED_RECORDS = {
+    "manifest-is-a-directory": (lambda v: ((v / "manifest.json").unlink(), (v / "manifest.json").mkdir()),
+                                r"cannot read .*v000001/manifest.json: Is a directory"),
+    "manifest-nested-too-deep": (lambda v: (v / "manifest.json").write_text('{"format": ' + DEEP + "}"),
+                                 r"v000001/manifest.json is not valid JSON \(nested too deeply\)"),
+    "source-not-an-object": (lambda v: _edit_manifest(v, lambda m: m.update(sources=[5])),
+                             r"manifest.json field sources\[0\] must be an object, not int"),
+    "source-without-path": (lambda v: _edit_manifest(v, lambda m: m.update(sources=[{"name": "a.avi"}])),
+                            r"manifest.json field sources\[0\].path must be a non-empty string"),
+    "item-without-width": (lambda v: _rewrite_items(v, lambda line: json.dumps(
+                               {k: x for k, x in json.loads(line).items() if k != "width"})),
+                           "items.jsonl line 1: width is missing"),
+    "item-height-not-a-number": (lambda v: _rewrite_items(v, lambda line: json.dumps(
+                                     {**json.loads(line), "height": "tall"})),
+                                 "items.jsonl line 1: height 'tall' is not a positive integer"),
+    "item-nested-too-deep": (lambda v: _rewrite_items(v, lambda line: DEEP),
+                             r"items.jsonl line 1 is not valid JSON \(nested too deeply\)"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGED_RECORDS))
+def test_a_damaged_record_is_refused_naming_the_file_and_field(small_index, damage):
+    index_dir, _, _ = small_index
+    spoil, expected = DAMAGED_RECORDS[damage]
+    spoil(index_dir / "v000001")
+    before = _snapshot(index_dir)
+    with pytest.raises(IndexStoreError, match=expected) as exc:
+        Gallery.open(index_dir)
+    assert str(exc.value).startswith(f"index {index_dir}: ") and str(exc.value).endswith("the index was not modified")
+    assert _snapshot(index_dir) == before
+
+
 def test_not_an_index_and_a_different_model_are_clear_errors(small_index, tmp_path):
     index_dir, _, _ = small_index
     with pytest.raises(IndexStoreError, match="not an ivt index"):

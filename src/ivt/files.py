@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,6 +57,30 @@ def atomic_write(path: str | Path, data: bytes | str, tmp: str | Path | None = N
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """:func:`atomic_write` of ``obj`` as indented JSON."""
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def parse_json(text: str | bytes, where: str, error: Callable[[str], Exception]) -> Any:
+    """The JSON value of ``text``; ``error(message)`` is raised, the message naming ``where`` (a
+    file, or a line of one), when it is not valid JSON: bad syntax, bad UTF-8, or nesting too deep
+    for Python to decode (a RecursionError otherwise)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(f"{where} is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:          # JSONDecodeError and UnicodeDecodeError
+        raise error(f"{where} is not valid JSON ({exc})") from exc
+
+
+def read_json(path: str | Path, error: Callable[[str], Exception]) -> Any:
+    """The JSON value of the file ``path``; ``error(message)``, naming the file and why, when it
+    cannot be read (missing, a directory, no permission) or is not valid JSON (:func:`parse_json`).
+    ``error`` is an :class:`~ivt.errors.IvtError` class (``DataError``, ``ConfigError``, ...) or a
+    function that words the message for its caller."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return parse_json(data, str(path), error)
 
 
 def relative_path_problem(path: object) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ivt.errors import IndexStoreError
-from ivt.files import atomic_write, fsync_dir, relative_path_problem, write_synced
+from ivt.files import atomic_write, fsync_dir, parse_json, read_json, relative_path_problem, write_synced
 
 FORMAT = "ivt-index"
 FORMAT_VERSION = 1
@@ -165,6 +165,11 @@ def _check_manifest(index_dir: Path, manifest: Any) -> dict[str, Any]:
         raise _fail(index_dir, f"{MANIFEST} field roots must be a list of directories")
     if not isinstance(manifest["sources"], list):
         raise _fail(index_dir, f"{MANIFEST} field sources must be a list")
+    for n, source in enumerate(manifest["sources"]):
+        if not isinstance(source, dict):
+            raise _fail(index_dir, f"{MANIFEST} field sources[{n}] must be an object, not {type(source).__name__}")
+        if not isinstance(source.get("path"), str) or not source["path"]:
+            raise _fail(index_dir, f"{MANIFEST} field sources[{n}].path must be a non-empty string (the video file)")
     backend = manifest["backend"]
     if not isinstance(backend, dict) or not isinstance(backend.get("name"), str):
         raise _fail(index_dir, f"{MANIFEST} field backend needs a name")
@@ -241,7 +246,7 @@ def _check_values(embeddings: np.ndarray, index_dir: Path) -> None:
 
 def parse_item(line: str, where: str, num_roots: int, num_sources: int) -> Item:
     """One ``items.jsonl`` line -> :class:`Item`, or ValueError naming what is wrong."""
-    data = json.loads(line)
+    data = parse_json(line, where, ValueError)
     if not isinstance(data, dict):
         raise TypeError(f"{where}: not a JSON object")
     path, sha = data.get("path"), data.get("sha256")
@@ -255,9 +260,12 @@ def parse_item(line: str, where: str, num_roots: int, num_sources: int) -> Item:
             raise ValueError(f"{where}: an item without a root must be a crop under {CROPS_DIR}/")
     elif not (isinstance(root, int) and 0 <= root < num_roots):
         raise ValueError(f"{where}: root {root!r} is not an index into the {num_roots} roots")
-    width, height, pid = data.get("width"), data.get("height"), data.get("pid")
-    if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-        raise ValueError(f"{where}: width/height must be positive integers")
+    for field in ("width", "height"):
+        if field not in data:
+            raise ValueError(f"{where}: {field} is missing")
+        if isinstance(data[field], bool) or not isinstance(data[field], int) or data[field] <= 0:
+            raise ValueError(f"{where}: {field} {data[field]!r} is not a positive integer")
+    width, height, pid = data["width"], data["height"], data.get("pid")
     if pid is not None and not isinstance(pid, int):
         raise ValueError(f"{where}: pid {pid!r} is not an integer")
     video = data.get("video")
@@ -293,13 +301,7 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
     index_dir = Path(index_dir)
     version = current_version(index_dir)
     vdir = index_dir / version
-    try:
-        manifest = json.loads((vdir / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise _fail(index_dir, f"version {version} has no {MANIFEST}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(index_dir, f"{MANIFEST} is not valid JSON ({exc})") from exc
-    manifest = _check_manifest(index_dir, manifest)
+    manifest = _check_manifest(index_dir, read_json(vdir / MANIFEST, lambda what: _fail(index_dir, what)))
     files = manifest["files"]
     emb_bytes = _read_verified(vdir / EMBEDDINGS, files[EMBEDDINGS], index_dir, verify)
     items_bytes = bytes(_read_verified(vdir / ITEMS, files[ITEMS], index_dir, verify))
@@ -431,10 +433,10 @@ class IndexWriter:
             return
         referenced: set[str] = set()
         for name in keep:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
                 for line in (self.directory / name / ITEMS).read_text(encoding="utf-8").splitlines():
-                    path = json.loads(line).get("path", "")
-                    if path.startswith(CROPS_DIR + "/"):
+                    path = parse_json(line, ITEMS, ValueError).get("path", "")
+                    if isinstance(path, str) and path.startswith(CROPS_DIR + "/"):
                         referenced.add(path)
         for path in crops.glob("*/*"):
             rel = path.relative_to(self.directory).as_posix()
