@@ -12,7 +12,7 @@ import pytest
 import ivt
 from helpers import trained_toy_run, write_toy_pedes
 from ivt.cli import build_parser, main
-from ivt.errors import ConfigError, DeviceError
+from ivt.errors import ConfigError, DeviceError, IndexStoreError
 from ivt.index.build import build_index
 from ivt.index.ingest import image_source
 
@@ -153,6 +153,33 @@ def test_an_output_file_that_is_a_directory_is_a_usage_error(argv, option, tmp_p
     argv = [str(blocked / "out.x") if a == str(tmp_path) else a for a in argv]
     assert _usage_error(capsys, argv) == (f"ivt {argv[0]}: error: argument {option}: cannot write "
                                           f"'{blocked}/out.x': {blocked} is not a directory")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["search", "x", "--index", "i", "--html", "/proc/ivt-out.x"], "--html"),
+    (["explain", "x", "--checkpoint", "c", "--image", "i", "--out", "/proc/ivt-out.x"], "--out"),
+    (["evaluate", "--checkpoint", "c", "--data", "d", "--json", "/proc/ivt-out.x"], "--json"),
+])
+def test_an_output_file_in_a_folder_that_takes_no_files_is_a_usage_error(argv, option, capsys):
+    assert _usage_error(capsys, argv) == (f"ivt {argv[0]}: error: argument {option}: cannot write '/proc/ivt-out.x': "
+                                          f"cannot create files in /proc (No such file or directory)")
+
+
+def test_index_build_out_under_a_file_or_in_proc_is_a_user_error_before_any_work(base, tmp_path, capsys,
+                                                                                   monkeypatch):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    monkeypatch.setattr(ivt, "load", lambda *a, **k: pytest.fail("the model was loaded before --out was checked"))
+    for out, reason in ((target / "sub", f"{target} is not a directory"),
+                        (Path("/proc/ivt-index"), "cannot create files in /proc (No such file or directory)")):
+        message = _user_error(capsys, ["index", "build", "--checkpoint", str(base["run"]), "--images",
+                                       str(base["gallery"]), "--out", str(out), "--device", "cpu", "--quiet"])
+        assert message == (f"ivt index: error: cannot write '{out}': {reason}; give --out a new or empty directory "
+                           f"(nothing was changed)")
+    assert target.read_text() == "mine"
+    monkeypatch.undo()
+    with pytest.raises(IndexStoreError, match=f"cannot write '{target}/sub': {target} is not a directory"):
+        build_index(target / "sub", ivt.load(base["run"], device="cpu"), images=image_source(base["gallery"]))
 
 
 def test_index_build_out_naming_a_file_is_a_user_error(base, tmp_path, capsys):

@@ -3,10 +3,10 @@ option and the value (exit status 2), never tracebacks."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Callable
 
 from ivt.devices import PRECISIONS, check_device
+from ivt.files import output_problem
 from ivt.terminal import printable
 
 FORMAT_HELP = "dataset format (default: auto-detect from the file name and contents)"
@@ -34,13 +34,12 @@ port_number = int_in(1, 65535)
 
 
 def output_file(text: str) -> str:
-    """argparse type of an option naming a file to write: refuses a directory, or a path under a file."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"'{printable(text)}' is a directory; give the file to write")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"cannot write '{printable(text)}': {printable(parent)} is not a directory")
+    """argparse type of an option naming a file to write: refuses what
+    :func:`ivt.files.output_problem` does (a directory, a path under a file, a folder where no
+    file can be created), before any work is done."""
+    problem = output_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(printable(problem))
     return text
 
 

@@ -34,13 +34,17 @@ def _backend_params(pairs: Sequence[str] | None) -> dict[str, str]:
 def _cmd_index(args: argparse.Namespace) -> None:
     import ivt
     from ivt.errors import DataError
-    from ivt.index.build import add_to_index, build_index
+    from ivt.index.build import add_to_index, build_index, check_index_target
     from ivt.index.ingest import image_source
+    from ivt.index.milvus import is_milvus
     from ivt.index.query import index_manifest, index_model
     from ivt.video.detect import load_detector
 
     if args.images is None and not args.video:
         raise DataError("give --images DIR_OR_ANNOTATION and/or --video FILE")
+    target = args.out if args.index_command == "build" else args.index
+    if target is not None and not is_milvus(target):
+        check_index_target(target, create=args.index_command == "build")
     images = image_source(args.images, args.split, args.format) if args.images else None
     detector = load_detector(args.detector) if args.video else None
     progress = not args.quiet and sys.stderr.isatty()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -81,6 +82,35 @@ def read_json(path: str | Path, error: Callable[[str], Exception]) -> Any:
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
     return parse_json(data, str(path), error)
+
+
+def output_problem(path: str | Path, directory: bool = False) -> str | None:
+    """Why ``path`` cannot be written, as a message naming it, or None: a file to write or replace
+    (``directory``: a directory to create or write into). The path must not be a directory (a
+    file), its nearest existing folder (the directory itself when it exists) must be a directory,
+    and a file must be creatable there: tried with an empty temporary file, removed at once, so a
+    read-only file system, /proc or a folder without permission are found before the work whose
+    result could not be saved. Parent folders that do not exist yet are not made here."""
+    text = os.fspath(path)
+    if "\x00" in text:
+        return f"cannot write {text!r}: the path contains a NUL character"
+    target = Path(text).absolute()
+    if not directory and target.is_dir():
+        return f"'{text}' is a directory; give the file to write"
+    if directory and target.exists() and not target.is_dir():
+        return f"'{text}' is a file, not a directory"
+    folder = next(p for p in ([target] if directory else []) + list(target.parents) if p.exists())
+    if not folder.is_dir():
+        return f"cannot write '{text}': {folder} is not a directory"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ivt-write-check-", dir=folder)
+    except OSError as exc:
+        return f"cannot write '{text}': cannot create files in {folder} ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    if not directory and target.exists() and not os.access(target, os.W_OK):
+        return f"cannot write '{text}': the file is read-only"
+    return None
 
 
 def relative_path_problem(path: object) -> str | None:

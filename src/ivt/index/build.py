@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ivt.errors import ConfigError, IndexStoreError
+from ivt.files import output_problem
 from ivt.index.backends import (
     SearchBackend,
     build_backend,
@@ -88,13 +89,7 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
     start = time.perf_counter()
     report = BuildReport(index_dir)
     video_paths, start_time = check_ingest(every, camera, start_time, videos, images)
-    if index_dir.exists() and not index_dir.is_dir():
-        what = "give --out a new or empty directory" if create else "--index names an index directory"
-        raise IndexStoreError(f"{index_dir} is a file, not an index directory; {what} (nothing was changed)")
-    if create and index_dir.exists() and not is_index(index_dir) and any(
-            p.name != ".lock" for p in index_dir.iterdir()):
-        raise IndexStoreError(f"{index_dir} exists and is not an ivt index; choose an empty or new --out "
-                              f"(nothing was changed)")
+    check_index_target(index_dir, create)
     with index_writer(index_dir) as writer:
         current = writer.current()
         if create and current is not None and not force:
@@ -129,6 +124,24 @@ def _update(index_dir: Path, model: RetrievalModel, *, create: bool, images: Ima
         report.version = writer.commit(manifest, embeddings, all_items, search.serialize())
     report.seconds = time.perf_counter() - start
     return report
+
+
+def check_index_target(index_dir: str | Path, create: bool) -> None:
+    """IndexStoreError unless ``index_dir`` can take a new index (``create``: a new or empty
+    directory, or an index to replace, where files can be written) or names an index directory
+    to add to; cheap, so callers check it before loading a model or encoding anything."""
+    index_dir = Path(index_dir)
+    if index_dir.exists() and not index_dir.is_dir():
+        what = "give --out a new or empty directory" if create else "--index names an index directory"
+        raise IndexStoreError(f"{index_dir} is a file, not an index directory; {what} (nothing was changed)")
+    if not create:
+        return
+    if index_dir.exists() and not is_index(index_dir) and any(p.name != ".lock" for p in index_dir.iterdir()):
+        raise IndexStoreError(f"{index_dir} exists and is not an ivt index; choose an empty or new --out "
+                              f"(nothing was changed)")
+    problem = output_problem(index_dir, directory=True)
+    if problem is not None:
+        raise IndexStoreError(f"{problem}; give --out a new or empty directory (nothing was changed)")
 
 
 def _backend_for(keep: Any, embeddings: np.ndarray, name: str, params: dict[str, Any] | None,
