@@ -1,6 +1,7 @@
 """Camera footage: frame reading, the HOG detector on people it can see, IoU tracks, crops."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import cv2
@@ -151,3 +152,95 @@ def test_tracker_links_tight_person_boxes_by_their_surroundings():
     assert len({tight.update(s, [b])[0] for s, b in enumerate(boxes)}) > 1
     with pytest.raises(ValueError, match="grow"):
         IoUTracker(grow=(0.5, 1.0))
+
+
+#: Frame sizes (width, height) below the HOG window after its 1.5x upscale: OpenCV corrupted its
+#: heap on them (segfault or abort), which would end the test run, hence the subprocess.
+SMALL_FRAMES = [(100, 50), (1, 1), (10, 10), (20, 40), (30, 200)]
+
+_SMALL_VIDEO_RUN = """
+import contextlib, io, json, sys
+import numpy as np
+from ivt.cli import main
+from ivt.errors import DataError
+from ivt.video import HOGDetector
+run, base = sys.argv[1], sys.argv[2]
+for w, h in json.loads(sys.argv[3]):
+    try:
+        direct = repr(HOGDetector()(np.zeros((h, w, 3), np.uint8)))
+    except DataError as exc:
+        direct = str(exc)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["index", "build", "--checkpoint", run, "--video", f"{base}/{w}x{h}.avi",
+                   "--out", f"{base}/idx{w}x{h}", "--device", "cpu", "--precision", "fp32", "--quiet"])
+    print(json.dumps([w, h, direct, rc, err.getvalue()]), flush=True)
+"""
+
+
+def test_videos_with_frames_smaller_than_the_hog_window_are_refused_by_name(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from search_helpers import tiny_trained_run
+
+    run, _ = tiny_trained_run(tmp_path)
+    rng = np.random.default_rng(0)
+    for w, h in SMALL_FRAMES:
+        writer = cv2.VideoWriter(str(tmp_path / f"{w}x{h}.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+        for _ in range(20):
+            writer.write(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        writer.release()
+    proc = subprocess.run([sys.executable, "-c", _SMALL_VIDEO_RUN, str(run), str(tmp_path), json.dumps(SMALL_FRAMES)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"crashed (rc {proc.returncode}): {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(w, h) for w, h, *_ in results] == SMALL_FRAMES
+    for w, h, direct, rc, err in results:
+        assert direct == (f"a {w}x{h} frame is smaller than the HOG detector's 64x128 window at upscale 1.5 "
+                          f"(it needs frames of at least 43x85 pixels)")
+        assert rc == 2
+        assert err.splitlines()[-1] == f"ivt index: error: {tmp_path}/{w}x{h}.avi: its frames are {w}x{h} pixels, " + \
+            direct.removeprefix(f"a {w}x{h} frame is ")
+        assert not (tmp_path / f"idx{w}x{h}").exists()
+
+
+class _FixedDetector:
+    """Answers every frame with ``answer``."""
+
+    name = "fixed"
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def __call__(self, frame: np.ndarray) -> object:
+        return self.answer
+
+
+def test_a_detectors_boxes_are_clipped_to_the_frame_and_its_wrong_answers_named(tmp_path):
+    clip = tmp_path / "walk.avi"
+    write_clip(clip, frames=2)                           # 160 x 120
+    boxes = [Detection((-10, 80, 30, 60), 0.9),           # partly outside: clipped to x 0-20, y 80-120
+             Detection((500, 10, 40, 80), 0.8),           # wholly outside: no crop
+             Detection((150, -50, 10, 20), 0.7)]          # above the frame: no crop
+    crops = list(extract_people(clip, _FixedDetector(boxes), keep_static=True))
+    assert [(c.frame, c.box, c.image.size) for c in crops] == [(0, (0, 80, 20, 40), (22, 44)),
+                                                               (1, (0, 80, 20, 40), (22, 44))]
+    for answer, shown in ((None, "a NoneType"), ([(1, 2, 3, 4)], "(1, 2, 3, 4)"),
+                          ([Detection((0, 0, float("nan"), 40), 1.0)], "Detection(box=(0, 0, nan, 40)")):
+        with pytest.raises(ConfigError, match=r"detector 'fixed' returned " + re.escape(shown) +
+                           r".*; it must return a list of ivt.video.Detection\(box=\(x, y, w, h\), score\)"):
+            list(extract_people(clip, _FixedDetector(answer)))
+
+
+def test_a_frame_the_detector_cannot_search_is_refused_with_the_video_and_frame(tmp_path):
+    clip = tmp_path / "walk.avi"
+    write_clip(clip, frames=2)
+    with pytest.raises(DataError, match=re.escape(f"{clip} (frame 0): its frames are 160x120 pixels, smaller than "
+                                                  f"the HOG detector's 64x128 window at upscale 0.5 (it needs "
+                                                  f"frames of at least 127x255 pixels)")):
+        list(extract_people(clip, HOGDetector(upscale=0.5)))
+    with pytest.raises(DataError, match=r"RGB frames \(H, W, 3\) of uint8, got float32 \(200, 100, 3\)"):
+        HOGDetector()(np.zeros((200, 100, 3), np.float32))

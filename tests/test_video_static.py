@@ -111,3 +111,13 @@ def test_hog_returns_the_person_not_its_window():
     assert (x + w / 2, y + h / 2) == (0.5, 0.5)               # centred in the window
     assert (w * 64, h * 128) == (32, 96)                     # INRIA's 96 px person in a 64 x 128 window
     assert HOGDetector().min_score == 0.5
+
+
+def test_frames_of_any_shape_are_judged_without_an_opencv_error():
+    """Large frames are shrunk for the comparison; a 1 x 4000 frame keeps a column (it used to
+    shrink to none, which OpenCV refused with an assertion)."""
+    rng = np.random.default_rng(3)
+    for height, width in ((4000, 1), (1, 4000), (2000, 3)):
+        frames = [(i / 2, rng.integers(0, 255, (height, width), dtype=np.uint8), [(0, 0, width, height)], i)
+                  for i in range(4)]
+        assert [payload for payload, _ in drop_static(frames)] == [0, 1, 2, 3]

@@ -373,13 +373,21 @@ def collect_video(collector: Collector, path: Path, detector: Detector, every: i
 
 def collect(collector: Collector, images: ImageSource | None, videos: Sequence[Path], every: int,
             detector: Detector | None, progress: bool, camera: str | None, start_time: str | None) -> None:
-    """Index ``images`` and the people of ``videos`` into the collector's sink."""
+    """Index ``images`` and the people of ``videos`` into the collector's sink (videos whose frames
+    the detector cannot search are refused before anything is read)."""
+    det = None
+    if videos:
+        from ivt.video import video_info
+        from ivt.video.detect import HOGDetector
+        from ivt.video.people import check_frame_size
+
+        det = detector or HOGDetector()
+        for v in videos:
+            info = video_info(v)
+            check_frame_size(v, det, info.width, info.height)
     if images is not None:
         collect_images(collector, images, progress)
         collector.report.skipped.extend((str(images.root / rel), why) for rel, why in images.skipped)
-    if videos:
-        from ivt.video.detect import HOGDetector
-
-        det = detector or HOGDetector()
+    if det is not None:
         for v in videos:
             collect_video(collector, v, det, every, progress, camera, start_time)

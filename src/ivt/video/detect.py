@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from ivt.errors import ConfigError
+from ivt.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,24 @@ class HOGDetector:
         self._hog = cv2.HOGDescriptor()
         self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
 
+    def frame_problem(self, width: int, height: int) -> str | None:
+        """Why a ``width`` x ``height`` frame cannot be searched, or None: after the upscale it must
+        hold the 64 x 128 window (OpenCV corrupts its memory on smaller images)."""
+        win_w, win_h = self._hog.winSize
+        if round(width * self.upscale) >= win_w and round(height * self.upscale) >= win_h:
+            return None
+        need = [_smallest_side(side, self.upscale) for side in (win_w, win_h)]
+        return (f"smaller than the HOG detector's {win_w}x{win_h} window at upscale {self.upscale:g} "
+                f"(it needs frames of at least {need[0]}x{need[1]} pixels)")
+
     def __call__(self, frame: np.ndarray) -> list[Detection]:
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise DataError(f"the HOG detector takes RGB frames (H, W, 3) of uint8, got {frame.dtype} "
+                            f"{tuple(frame.shape)}")
         height, width = frame.shape[:2]
+        problem = self.frame_problem(width, height)
+        if problem is not None:
+            raise DataError(f"a {width}x{height} frame is {problem}")
         image = frame
         if self.upscale != 1.0:
             image = cv2.resize(frame, None, fx=self.upscale, fy=self.upscale, interpolation=cv2.INTER_LINEAR)
@@ -90,6 +106,14 @@ class HOGDetector:
             if x1 > x0 and y1 > y0:
                 out.append(Detection((x0, y0, x1 - x0, y1 - y0), scores[i]))
         return sorted(out, key=lambda d: -d.score)
+
+
+def _smallest_side(window: int, upscale: float) -> int:
+    """The fewest pixels that OpenCV's resize by ``upscale`` (rounded) turns into ``window`` or more."""
+    side = max(1, int(window / upscale) - 1)
+    while round(side * upscale) < window:
+        side += 1
+    return side
 
 
 def load_detector(spec: str) -> Detector:

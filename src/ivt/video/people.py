@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ivt.errors import ConfigError, DataError
 from ivt.video.detect import Detection, Detector
 from ivt.video.reader import Frame, read_frames
 from ivt.video.static import Box, drop_static
@@ -35,6 +36,39 @@ def crop_box(box: tuple[int, int, int, int], margin: float, width: int, height: 
     return max(0, x - dx), max(0, y - dy), min(width, x + w + dx), min(height, y + h + dy)
 
 
+def check_frame_size(path: str | Path, detector: Detector, width: int, height: int) -> None:
+    """DataError naming the video when ``detector`` cannot search its ``width`` x ``height`` frames
+    (a detector may say why through a ``frame_problem(width, height)`` method)."""
+    problem = getattr(detector, "frame_problem", None)
+    why = problem(width, height) if callable(problem) else None
+    if why is not None:
+        raise DataError(f"{path}: its frames are {width}x{height} pixels, {why}")
+
+
+def in_frame(found: object, detector: Detector, width: int, height: int) -> list[Detection]:
+    """What ``detector`` returned for a ``width`` x ``height`` frame, each box clipped to the frame
+    (boxes outside it dropped): ConfigError naming the detector unless it is a list of
+    :class:`Detection` with finite numbers."""
+    wrong = (f"detector {detector.name!r} returned {{}}; it must return a list of "
+             f"ivt.video.Detection(box=(x, y, w, h), score)")
+    if not isinstance(found, (list, tuple)):
+        raise ConfigError(wrong.format(f"a {type(found).__name__}"))
+    out = []
+    for det in found:
+        try:
+            x, y, w, h = (float(v) for v in det.box)
+            score = float(det.score)
+        except (AttributeError, TypeError, ValueError):
+            raise ConfigError(wrong.format(repr(det)[:80])) from None
+        if not np.isfinite([x, y, w, h, score]).all():
+            raise ConfigError(wrong.format(repr(det)[:80]))
+        x0, y0 = max(0, round(x)), max(0, round(y))
+        x1, y1 = min(width, round(x + w)), min(height, round(y + h))
+        if x1 > x0 and y1 > y0:
+            out.append(Detection((x0, y0, x1 - x0, y1 - y0), score))
+    return out
+
+
 def extract_people(path: str | Path, detector: Detector, every: int = 1, margin: float = 0.1,
                    min_height: int = 32, tracker: IoUTracker | None = None,
                    limit: int | None = None, keep_static: bool = False,
@@ -52,7 +86,9 @@ def extract_people(path: str | Path, detector: Detector, every: int = 1, margin:
     def seen() -> Iterator[tuple[float, np.ndarray, list[Box], tuple[int, float, list[Detection], list[Image.Image]]]]:
         for frame in read_frames(path, every, limit):
             height, width = frame.image.shape[:2]
-            detections = [d for d in detector(frame.image) if d.box[3] >= min_height and d.box[2] > 0]
+            check_frame_size(f"{path} (frame {frame.index})", detector, width, height)
+            found = in_frame(detector(frame.image), detector, width, height)
+            detections = [d for d in found if d.box[3] >= min_height]
             crops = []
             for det in detections:        # cut now: the frame itself is not kept while background is judged
                 left, top, right, bottom = crop_box(det.box, margin, width, height)

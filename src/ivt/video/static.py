@@ -61,9 +61,11 @@ class _Seen(Generic[P]):
 
 def _grey(image: np.ndarray) -> tuple[np.ndarray, float]:
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    scale = min(1.0, GREY_SIDE / max(grey.shape[:2]))
-    if scale < 1.0:
-        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    height, width = grey.shape[:2]
+    scale = min(1.0, GREY_SIDE / max(height, width))
+    if scale < 1.0:     # at least a pixel each way: a 1 x 4000 frame would shrink to no column at all
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
     return grey, scale
 
 
