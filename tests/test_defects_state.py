@@ -61,7 +61,7 @@ def _error(capsys) -> str:
 
 
 def _resume(run: Path) -> int:
-    return main(["train", "--resume", str(run), "--set", "train.epochs=2"])
+    return main(["train", "--resume", str(run)])
 
 
 def test_resume_refuses_a_state_file_with_a_flipped_byte(base, tmp_path, capsys):

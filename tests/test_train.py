@@ -185,3 +185,56 @@ def test_the_advice_of_a_diverged_run_is_a_valid_lower_finite_learning_rate(lr):
         assert advice == f"lower optim.lr (e.g. --set optim.lr={lr / 10:g})" and advised < lr
     else:
         assert advice == "set a finite optim.lr > 0 (e.g. --set optim.lr=0.001)"
+
+
+def _paused_run_files(run, *extra):
+    """A run directory as a paused run leaves it, as far as resuming reads before training: its
+    configuration and a training state (no training needed to check what a resume may change)."""
+    from ivt.config import save_config
+
+    run.mkdir()
+    save_config(_cfg(run.parent / "data", run, "model.width=32", *extra), run / "config.yaml")
+    (run / "last.state.json").write_text("{}\n")
+    return {p.name: p.read_bytes() for p in run.iterdir()}
+
+
+def test_resume_refuses_settings_that_change_the_run_naming_key_and_both_values(tmp_path, capsys):
+    from ivt.cli import main
+
+    run = tmp_path / "run"
+    before = _paused_run_files(run)
+    assert main(["train", "--resume", str(run), "--set", "model.width=64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ivt train: error: cannot resume {run} with model.width=64 (the run has 32): a resumed "
+                          f"run continues exactly, so only train.stop_after_steps, train.log_every")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert main(["train", "--resume", str(run), "--set", "train.batch_size=4", f"data.path={tmp_path}",
+                 "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err
+    for line in ("train.batch_size=4 (the run has 8)", f"data.path={tmp_path} (the run has {tmp_path / 'data'})",
+                 "train.precision=bf16 (the run has fp32)"):
+        assert f"\n  {line}" in err
+    assert main(["train", "--resume", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
+    assert f"a resumed run stays in its directory {run}" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"with optim.lr=0.5 \(the run has 0.001\)"):
+        train(load_config(run / "config.yaml", ["optim.lr=0.5"]), resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_accepts_the_settable_keys_and_the_run_own_values(tmp_path, capsys):
+    from ivt.cli import build_parser, main
+    from ivt.config import RESUME_SETTABLE
+
+    run = tmp_path / "run"
+    _paused_run_files(run)
+    settable = ["train.stop_after_steps=1", "train.log_every=7", "train.threads=1", "train.device=cpu",
+                "data.decode_threads=1", "data.cache_images=false"]
+    assert sorted(s.split("=")[0] for s in settable) == sorted(RESUME_SETTABLE)
+    same = ["model.width=32", "train.batch_size=8", "optim.lr=0.001", "model.image_size=[32, 16]"]
+    assert main(["train", "--resume", str(run), "--set", *settable, *same, "--precision", "fp32", "--out",
+                 str(run)]) == 2
+    err = capsys.readouterr().err   # past the check: the (absent) dataset is what stops it here
+    assert "cannot resume" not in err and f"{tmp_path / 'data'}: no such file or directory" in err
+    train_help = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                      if a.dest == "resume").help
+    assert ", ".join(RESUME_SETTABLE) in train_help

@@ -71,6 +71,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise RunDirError(f"--resume {run_dir}: no config.yaml there (is it a run directory?)")
+        if args.out and Path(args.out) != run_dir:
+            raise RunDirError(f"--out {args.out}: a resumed run stays in its directory {run_dir}; drop --out "
+                              f"(nothing was changed)")
         cfg = load_config(run_dir / "config.yaml", overrides)
         cfg.train.out_dir = str(run_dir)
     else:
@@ -122,6 +125,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ivt import __version__
+    from ivt.config import RESUME_SETTABLE
 
     parser = argparse.ArgumentParser(prog="ivt", description="Text-based person retrieval with IVT.")
     parser.add_argument("--version", action="version", version=f"ivt {__version__}")
@@ -157,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. train.epochs=3 (repeatable: --set a=1 --set b=2)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly; with it, --set may "
+                   "change only " + ", ".join(RESUME_SETTABLE) + " (the rest, train.precision included, is what "
+                   "the run is: other values are refused)")
     p.add_argument("--device", type=device_arg, help="auto, cpu, cuda or cuda:N (overrides train.device)")
     p.add_argument("--precision", choices=PRECISIONS, help="auto, fp32, bf16 or fp16 (overrides train.precision)")
     p.add_argument("--out", help="run directory (overrides train.out_dir)")

@@ -477,6 +477,36 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"{where}{exc}") from None
 
 
+#: What ``ivt train --resume`` may change: where the run computes and when it logs or pauses; none of it
+#: changes the weights the run ends with. Every other key is what the run is: the epochs and the time
+#: budget set the learning-rate schedule, validation (train.eval_every, train.eval_split) picks the best
+#: checkpoint. ``train.out_dir`` is where the run is (``--resume`` names it), not a setting of it.
+RESUME_SETTABLE = ("train.stop_after_steps", "train.log_every", "train.device", "train.threads",
+                   "data.decode_threads", "data.cache_images")
+
+
+def _yaml_text(value: Any) -> str:
+    """``value`` as it is written after ``--set key=`` (``null``, ``[32, 16]``, ``data/x``)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).removesuffix("...\n").strip()
+
+
+def check_resume_config(run: Config, given: Config, run_dir: str | Path) -> None:
+    """Refuse to continue the run whose configuration is ``run`` with ``given`` when they differ in a
+    key other than :data:`RESUME_SETTABLE`: a ConfigError naming each key, the value given and the run's.
+    A key set to the run's own value is no change."""
+    ran, asked = config_to_dict(run), config_to_dict(given)
+    changed = [f"{section}.{key}={_yaml_text(value)} (the run has {_yaml_text(ran[section][key])})"
+               for section, values in asked.items() for key, value in values.items()
+               if value != ran[section][key] and f"{section}.{key}" not in (*RESUME_SETTABLE, "train.out_dir")]
+    if not changed:
+        return
+    rule = (f"a resumed run continues exactly, so only {', '.join(RESUME_SETTABLE)} may change (start a new "
+            f"run to change the rest; nothing was changed)")
+    if len(changed) == 1:
+        raise ConfigError(f"cannot resume {run_dir} with {changed[0]}: {rule}")
+    raise ConfigError(f"cannot resume {run_dir} with these settings: {rule}\n  " + "\n  ".join(changed))
+
+
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ivt.checkpoint import checkpoint_files, commit_files, load_model, read_json, recover_run_dir
-from ivt.config import Config, OptimConfig, save_config
+from ivt.config import Config, OptimConfig, check_resume_config, load_config, save_config
 from ivt.data import DataError, load_dataset
 from ivt.data.image_bank import ImageBank
 from ivt.errors import RunDirError, TrainingDivergedError
@@ -143,6 +143,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False) -> None:
         self.cfg = cfg
+        _check_run_dir(Path(cfg.train.out_dir), resume)
+        if resume:  # before anything is read or recovered: a resumed run is the same run
+            check_resume_config(load_config(Path(cfg.train.out_dir) / "config.yaml"), cfg, cfg.train.out_dir)
         self.dist, device_name = init_distributed(cfg.train.device)
         self.device = resolve_device(device_name)
         train_records = self._setup_data()
@@ -174,10 +177,9 @@ class Trainer:
         return train_records
 
     def _setup_run(self, resume: bool) -> None:
-        """The run directory (checked; recovered after a crash), threads, precision and seed."""
+        """The run directory (recovered after a crash), threads, precision and seed."""
         t = self.cfg.train
         self.run_dir = Path(t.out_dir)
-        _check_run_dir(self.run_dir, resume)
         if resume and self.dist.is_main:
             for line in recover_run_dir(self.run_dir):
                 tqdm.write(f"{self.run_dir}: {line}")
