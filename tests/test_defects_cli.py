@@ -257,6 +257,19 @@ def test_demo_passes_its_device_to_training(tmp_path, monkeypatch):
     assert seen == {"device": "cuda:2"}
 
 
+
+@pytest.mark.parametrize("argv, message", [
+    (["--minutes", "0"], "--minutes 0: train.max_minutes: 0.0 must be > 0 (or null)"),
+    (["--minutes", "-2.5"], "--minutes -2.5: train.max_minutes: -2.5 must be > 0 (or null)"),
+    (["--minutes", "nan"], "--minutes nan: train.max_minutes: nan must be a finite number"),
+    (["--ids", "2"], "--ids 2: synth.ids: 2 must be >= 3"),
+])
+def test_a_bad_demo_option_is_blamed_on_the_option_not_the_recipe(tmp_path, capsys, argv, message):
+    data, out = tmp_path / "data", tmp_path / "run"
+    assert main(["demo", "--data", str(data), "--out", str(out), *argv]) == 2
+    assert capsys.readouterr().err == f"ivt demo: error: {message}\n"
+    assert not data.exists() and not out.exists()
+
 # --- 4. minor: hints that name what exists, the demo recipe found from the package -----------
 
 

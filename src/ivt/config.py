@@ -485,7 +485,7 @@ RESUME_SETTABLE = ("train.stop_after_steps", "train.log_every", "train.device", 
                    "data.decode_threads", "data.cache_images")
 
 
-def _yaml_text(value: Any) -> str:
+def yaml_text(value: Any) -> str:
     """``value`` as it is written after ``--set key=`` (``null``, ``[32, 16]``, ``data/x``)."""
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).removesuffix("...\n").strip()
 
@@ -495,7 +495,7 @@ def check_resume_config(run: Config, given: Config, run_dir: str | Path) -> None
     key other than :data:`RESUME_SETTABLE`: a ConfigError naming each key, the value given and the run's.
     A key set to the run's own value is no change."""
     ran, asked = config_to_dict(run), config_to_dict(given)
-    changed = [f"{section}.{key}={_yaml_text(value)} (the run has {_yaml_text(ran[section][key])})"
+    changed = [f"{section}.{key}={yaml_text(value)} (the run has {yaml_text(ran[section][key])})"
                for section, values in asked.items() for key, value in values.items()
                if value != ran[section][key] and f"{section}.{key}" not in (*RESUME_SETTABLE, "train.out_dir")]
     if not changed:

@@ -10,10 +10,11 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ivt.config import DEMO_CONFIG, load_config
+from ivt.config import DEMO_CONFIG, load_config, yaml_text
 from ivt.data import format_stats, load_dataset
 from ivt.errors import ConfigError, RunDirError
 from ivt.evaluate.metrics import chance_metrics
@@ -90,6 +91,23 @@ def result_rows(run_dir: Path, data_dir: Path, num_queries: int = 6, top_k: int 
     return rows
 
 
+def _option_overrides(options: dict[str, tuple[str, Any]]) -> list[str]:
+    """The overrides of the options given (``{option: (key, value or None)}``), each checked alone,
+    so that a bad value is blamed on its option and not on the recipe."""
+    overrides = []
+    for option, (key, value) in options.items():
+        if value is None:
+            continue
+        override = f"{key}={yaml_text(value)}"
+        try:
+            load_config(None, [override])
+        except ConfigError as exc:
+            shown = f"{value:g}" if isinstance(value, float) else value
+            raise ConfigError(f"{option} {shown}: {exc}") from None
+        overrides.append(override)
+    return overrides
+
+
 def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int | None = None,
              minutes: float | None = None, seed: int = 0, config: str | Path = DEMO_CONFIG,
              precision: str | None = None, device: str | None = None) -> dict:
@@ -104,14 +122,9 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     started = time.perf_counter()
     overrides = [f"data.path={data_dir}", f"train.out_dir={run_dir}", f"train.seed={seed}"]
-    if minutes is not None:
-        overrides.append(f"train.max_minutes={minutes}")
-    if ids is not None:
-        overrides.append(f"synth.ids={ids}")
-    if precision is not None:
-        overrides.append(f"train.precision={precision}")
-    if device is not None:
-        overrides.append(f"train.device={device}")
+    overrides += _option_overrides({"--minutes": ("train.max_minutes", minutes), "--ids": ("synth.ids", ids),
+                                    "--precision": ("train.precision", precision),
+                                    "--device": ("train.device", device)})
     cfg = load_config(config, overrides)
     precision, device = cfg.train.precision, cfg.train.device
     ids = cfg.synth.ids
