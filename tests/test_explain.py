@@ -10,7 +10,9 @@ from PIL import Image
 import ivt
 from ivt.cli import main
 from ivt.data import load_dataset
+from ivt.errors import DataError
 from ivt.explain import content_phrases, explain, explain_png, faithfulness, render, similarity_without
+from ivt.index.query import encode_query
 from search_helpers import tiny_trained_run
 
 
@@ -85,3 +87,17 @@ def test_explaining_is_deterministic(trained):
     b = explain(model, image, "a red shirt", samples=8, seed=3)
     assert all(torch.equal(torch.from_numpy(x.relevance), torch.from_numpy(y.relevance))
                for x, y in zip(a.maps, b.maps))
+
+
+def test_a_text_of_no_known_word_is_refused_as_search_refuses_it(trained):
+    model, _, data = trained
+    image = sorted((data / "imgs" / "test").iterdir())[0]
+    message = ("none of the words of the description were seen in training (zebrastriped, quokka); describe the "
+               "person's clothes, colours and what they carry")
+    with pytest.raises(DataError) as exc:
+        explain(model, image, "zebrastriped quokka", samples=8)
+    assert str(exc.value) == message
+    with pytest.raises(DataError) as exc:
+        encode_query(model, "zebrastriped quokka")
+    assert str(exc.value) == message
+    assert len(explain(model, image, "a zebrastriped shirt", samples=8).maps) == 2    # a known word suffices

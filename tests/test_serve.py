@@ -134,6 +134,15 @@ def test_explain_endpoint(client):
     assert client.get("/api/explain", params={"id": "3"}).json()["error"] == "text is required"
 
 
+def test_explain_refuses_a_text_of_no_known_word_as_search_does(client):
+    searched = client.post("/api/search", json={"text": "zebrastriped quokka", "k": 3})
+    explained = client.get("/api/explain", params={"id": "3", "text": "zebrastriped quokka"})
+    assert explained.status_code == searched.status_code == 422
+    assert explained.json()["error"] == searched.json()["error"] == (
+        "none of the words of the description were seen in training (zebrastriped, quokka); describe the "
+        "person's clothes, colours and what they carry")
+
+
 def test_page_is_self_contained_and_safe(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")

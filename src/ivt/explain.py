@@ -159,6 +159,7 @@ def explain(model: RetrievalModel, image: ImageInput, text: str, *, phrases: Seq
     check_samples(samples)
     if not text or not text.strip():
         raise DataError("the text to explain is empty")
+    model.tokenizer.words_left_out(text)           # refused as search refuses it: no known word
     phrases = content_phrases(text) if phrases is None else [p.strip() for p in phrases if p.strip()]
     texts = [text.strip()] + [p for p in phrases if p != text.strip().lower()]
     text_emb = model.encode_texts(texts)                                   # (T, D)

@@ -266,6 +266,10 @@ class SearchService:
 
         from ivt.explain import explain_png
 
+        try:
+            self.model.tokenizer.words_left_out(text)       # refused as search refuses it
+        except DataError as exc:
+            raise ApiError(422, str(exc)) from exc
         key = (item_id, text)
         with self._cache_lock:
             if key in self._explained:

@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from ivt.errors import TokenizerError
+from ivt.errors import DataError, TokenizerError
 from ivt.files import atomic_write
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -177,6 +177,16 @@ class Tokenizer:
         if not self.closed:
             return []
         return list(dict.fromkeys(w for w in self.words(text) if self.hf.token_to_id(w) is None))
+
+    def words_left_out(self, description: str) -> list[str]:
+        """The words of a description that encoding leaves out (:meth:`unknown_words`); DataError
+        when no word of it is known: it would encode to nothing, and rank or explain by nothing.
+        Search and explain judge a description here."""
+        ignored = self.unknown_words(description)
+        if ignored and not [w for w in self.words(description) if w.isalnum() and w not in ignored]:
+            raise DataError(f"none of the words of the description were seen in training ({', '.join(ignored[:8])}); "
+                            f"describe the person's clothes, colours and what they carry")
+        return ignored
 
     def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of one text, without special tokens (for inspection)."""
