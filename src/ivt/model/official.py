@@ -91,6 +91,8 @@ def infer_official_config(state_dict: Mapping[str, torch.Tensor], *,
     if proj[2] != patch_size:
         raise CheckpointError(f"patch_embed.proj.weight has patch size {proj[2]} but "
                               f"patch_size={patch_size} was requested")
+    if patch_stride is not None and not 1 <= patch_stride <= patch_size:
+        raise CheckpointError(f"patch_stride must be from 1 to the patch size {patch_size}, got {patch_stride}")
     positions = int(state_dict["pos_embed"].shape[1])
     h, w = image_size
 
