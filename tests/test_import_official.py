@@ -145,3 +145,27 @@ def test_a_patch_stride_below_one_is_a_checkpoint_error_in_the_library_too(tmp_p
         import_official(ckpt, tmp_path / "run", image_size=(64, 32), patch_stride=0, num_heads=4,
                         vocab=write_vocab(tmp_path / "vocab.txt", 60))
     assert not (tmp_path / "run").exists()
+
+
+def test_import_leaves_a_directory_it_did_not_create_alone_and_no_staging_behind(tmp_path, model, monkeypatch):
+    import ivt.importing as importing
+
+    ckpt = export_official(model, tmp_path / "official.pth")
+    vocab = write_vocab(tmp_path / "vocab.txt", 60)
+    for name in (".run.importing", "run.importing"):   # someone's own folders, named like a staging dir
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text("keep")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(importing, "save_checkpoint", broken)
+    with pytest.raises(OSError, match="disk full"):
+        run_import(ckpt, tmp_path / "run", vocab)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before   # its staging directory removed, no run
+    monkeypatch.undo()
+    assert run_import(ckpt, tmp_path / "run", vocab) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
+    assert all((tmp_path / name / "mine.txt").read_text() == "keep" for name in (".run.importing", "run.importing"))
+    assert (tmp_path / "run" / "best.safetensors").is_file()

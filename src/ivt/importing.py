@@ -9,6 +9,7 @@ inverse, a ``.pth`` file the official code (and ``import_official``) can read.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from pathlib import Path
 
@@ -56,11 +57,23 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
         raise CheckpointError(f"the vocabulary has {tokenizer.vocab_size} entries but {source} embeds "
                               f"{config.vocab_size} tokens; pass the vocab.txt the checkpoint was trained "
                               f"with (--vocab)")
-    # Built beside the target and renamed into place: a crash leaves no half-imported run directory.
-    staging = out.parent / f".{out.name}.importing"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    # Built beside the target in a folder of this import's own (never one found there) and renamed
+    # into place: a crash leaves no half-imported run directory.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.importing-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        _write_run(staging, out, source, model, tokenizer)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_run(staging: Path, out: Path, source: Path, model: nn.Module, tokenizer: Tokenizer) -> None:
+    """The files of the run directory ``out`` for ``model`` imported from ``source``, into ``staging``."""
+    config = model.config
     tokenizer.save(staging)
     cfg = Config()
     cfg.model.size = _size_name(config.width, config.depth, config.num_heads)
@@ -74,8 +87,6 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
     save_checkpoint(staging, "best", model, {
         "epoch": None, "step": None, "selected_on": None, "text_max_length": config.max_text_len,
         "imported_from": {"path": str(source.resolve()), "sha256": file_sha256(source), "format": "official-ivt"}})
-    os.replace(staging, out)
-    return out
 
 
 def export_official(model: nn.Module, path: str | Path, *, epoch: int = 0) -> Path:
