@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from ivt.importing import export_official
 from ivt.model import IVTEncoder, model_config
 from ivt.text.tokenizer import Tokenizer
 
+#: The official models' preprocessing (mean = std = 0.5, bilinear resizes): what an import assumes.
+OFFICIAL_PREPROCESSING = {"image_mean": (0.5, 0.5, 0.5), "image_std": (0.5, 0.5, 0.5), "eval_interpolation": "bilinear"}
 WORDS = ["a", "man", "woman", "in", "red", "blue", "coat", "shirt", "black", "pants", "with", "bag", "."]
 
 
@@ -33,7 +36,7 @@ def write_vocab(path, size: int):
 def model() -> IVTEncoder:
     torch.manual_seed(0)
     config = model_config("tiny", image_size=(64, 32), patch_stride=16, width=64, depth=2, num_heads=4,
-                          vocab_size=60, max_text_len=40)
+                          vocab_size=60, max_text_len=40, **OFFICIAL_PREPROCESSING)
     return IVTEncoder(config).eval()
 
 
@@ -169,3 +172,55 @@ def test_import_leaves_a_directory_it_did_not_create_alone_and_no_staging_behind
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "run"])
     assert all((tmp_path / name / "mine.txt").read_text() == "keep" for name in (".run.importing", "run.importing"))
     assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+
+#: EncoderConfig fields that only training uses: an official checkpoint does not carry them.
+TRAINING_ONLY = ("dropout", "text_dropout", "attn_dropout", "drop_path", "token_drop", "token_drop_mode")
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(patch_stride=12, width=48, depth=1, num_heads=3, mlp_ratio=2.0, max_text_len=24),
+    dict(patch_stride=8, width=32, depth=2, num_heads=2, qkv_bias=False),
+])
+def test_an_exported_model_imports_back_as_the_same_model(tmp_path, overrides):
+    torch.manual_seed(1)
+    model = IVTEncoder(model_config("tiny", image_size=(64, 32), vocab_size=60, **OFFICIAL_PREPROCESSING,
+                                    **overrides)).eval()
+    ckpt = export_official(model, tmp_path / "official.pth")
+    assert run_import(ckpt, tmp_path / "run", write_vocab(tmp_path / "vocab.txt", 60), "--heads",
+                      str(overrides["num_heads"]), "--patch-stride", str(overrides["patch_stride"])) == 0
+    loaded, _ = load_model(tmp_path / "run")
+    want, got = model.config.to_dict(), loaded.config.to_dict()
+    assert {k: v for k, v in got.items() if k not in TRAINING_ONLY} == {
+        k: v for k, v in want.items() if k not in TRAINING_ONLY}
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_export_refuses_a_model_the_official_layout_cannot_hold_before_writing(tmp_path):
+    from ivt.config import DEMO_CONFIG
+    from ivt.errors import CheckpointError
+    from ivt.train.encoder_from_config import build_encoder
+
+    cfg = load_config(DEMO_CONFIG)
+    demo = build_encoder(cfg.model, vocab_size=60, max_text_len=cfg.data.max_text_len)
+    out = tmp_path / "official.pth"
+    with pytest.raises(CheckpointError) as info:
+        export_official(demo, out)
+    message = str(info.value)
+    assert message.startswith("cannot export this model as an official IVT checkpoint (import-official would "
+                              "read another model): ")
+    for said in ("stem 'conv' (official: 'patch')", "pool 'mean' (official: 'cls')",
+                 "image_mean (0.485, 0.456, 0.406) (official: (0.5, 0.5, 0.5))",
+                 "eval_interpolation 'bicubic' (official: 'bilinear')"):
+        assert said in message
+    assert message.endswith("; nothing was written") and not out.exists()
+    torch.manual_seed(0)
+    for overrides, said in [(dict(itm=True), "itm True (official: False)"),
+                            (dict(patch_size=8, patch_stride=8), "patch_size 8 (official: 16)"),
+                            (dict(ln_eps=1e-5), "ln_eps 1e-05 (official: 1e-06)")]:
+        model = IVTEncoder(model_config("tiny", image_size=(64, 32), width=32, depth=1, num_heads=2, vocab_size=60,
+                                        **OFFICIAL_PREPROCESSING, **overrides))
+        with pytest.raises(CheckpointError, match=re.escape(said)):
+            export_official(model, out)
+        assert not out.exists()

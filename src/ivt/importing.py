@@ -8,6 +8,7 @@ inverse, a ``.pth`` file the official code (and ``import_official``) can read.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -20,11 +21,16 @@ from ivt.checkpoint import save_checkpoint
 from ivt.config import Config, save_config
 from ivt.errors import CheckpointError, RunDirError
 from ivt.files import file_sha256
-from ivt.model.config import MODEL_SIZES
-from ivt.model.official import load_official_encoder
+from ivt.model.config import MODEL_SIZES, EncoderConfig
+from ivt.model.factory import arch_of
+from ivt.model.official import OFFICIAL_FIXED, TRAINING_ONLY, load_official_encoder
 from ivt.text.tokenizer import Tokenizer
 
 __all__ = ["export_official", "import_official"]
+
+#: The patch size of the official models (import-official reads no other).
+PATCH_SIZE = 16
+
 
 def _size_name(width: int, depth: int, heads: int) -> str:
     """The named size whose width, depth and heads these are (``base`` for the official models)."""
@@ -49,7 +55,7 @@ def import_official(checkpoint: str | Path, out_dir: str | Path, *, image_size: 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunDirError(f"{out} already exists and is not an empty directory; choose another --out "
                           f"(nothing was changed)")
-    model = load_official_encoder(source, image_size=tuple(image_size), patch_size=16,
+    model = load_official_encoder(source, image_size=tuple(image_size), patch_size=PATCH_SIZE,
                                   patch_stride=patch_stride, num_heads=num_heads)
     config = model.config
     tokenizer = Tokenizer.from_file(vocab if vocab is not None else "bert-base-uncased", max_length=config.max_text_len)
@@ -89,9 +95,40 @@ def _write_run(staging: Path, out: Path, source: Path, model: nn.Module, tokeniz
         "imported_from": {"path": str(source.resolve()), "sha256": file_sha256(source), "format": "official-ivt"}})
 
 
+def _export_problems(model: nn.Module) -> list[str]:
+    """How :func:`import_official` would read ``model`` back as another model (empty: as itself, but for
+    the training-only regularisation): what the official layout fixes, then every field of the
+    configuration it infers from the weights' shapes (on the meta device: nothing is allocated)."""
+    config = getattr(model, "config", None)
+    if arch_of(model) != "ivt" or not isinstance(config, EncoderConfig):
+        return [f"{type(model).__name__} is not an IVT encoder"]
+    fixed = {**OFFICIAL_FIXED, "patch_size": PATCH_SIZE}
+    problems = [f"{k} {getattr(config, k)!r} (official: {v!r})" for k, v in fixed.items() if getattr(config, k) != v]
+    if problems:
+        return problems
+    shapes = {f"module.encoder_vl.{k}": torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()}
+    try:
+        back = load_official_encoder(shapes, image_size=config.image_size, patch_size=PATCH_SIZE,
+                                     patch_stride=config.patch_stride, num_heads=config.num_heads).config
+    except CheckpointError as exc:
+        return [str(exc)]
+    return [f"{f.name} {getattr(config, f.name)!r} (official: {getattr(back, f.name)!r})"
+            for f in dataclasses.fields(config)
+            if f.name not in TRAINING_ONLY and getattr(config, f.name) != getattr(back, f.name)]
+
+
 def export_official(model: nn.Module, path: str | Path, *, epoch: int = 0) -> Path:
     """Save an encoder as the official training code does: ``{'state_dict': ..., 'optimizer', 'epoch',
-    'best_acc'}`` with keys prefixed ``module.encoder_vl.`` (our parameter names are the official ones)."""
+    'best_acc'}`` with keys prefixed ``module.encoder_vl.`` (our parameter names are the official ones).
+
+    Only a model that ``import-official`` reads back as itself is written (give it ``--image-size``,
+    ``--heads`` and, where several fit, ``--patch-stride``: the weights do not hold them); any other
+    (another stem or pooling, a matching head, ImageNet normalisation, ...) is a CheckpointError
+    saying why, and nothing is written."""
+    problems = _export_problems(model)
+    if problems:
+        raise CheckpointError(f"cannot export this model as an official IVT checkpoint (import-official would "
+                              f"read another model): {'; '.join(problems)}; nothing was written")
     state = {f"module.encoder_vl.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
     path = Path(path)
     torch.save({"state_dict": state, "optimizer": {}, "epoch": epoch, "best_acc": 0.0}, path)

@@ -27,10 +27,17 @@ from ivt.model.factory import create_encoder
 
 __all__ = [
     "load_official_encoder", "adapt_official", "infer_official_config",
-    "encoder_state_shapes", "OFFICIAL_PREFIXES", "CheckpointError",
+    "encoder_state_shapes", "OFFICIAL_PREFIXES", "OFFICIAL_FIXED", "TRAINING_ONLY", "CheckpointError",
 ]
 
 OFFICIAL_PREFIXES = ("module.", "encoder_vl.")
+#: What an official checkpoint is beyond its weights' shapes: the official code has one patch
+#: convolution, the cls token as embedding, no matching head, and trains on inputs normalised with
+#: mean = std = 0.5, evaluated on bilinear resizes (its test transform).
+OFFICIAL_FIXED: dict[str, Any] = {"stem": "patch", "pool": "cls", "itm": False, "image_mean": HALF,
+                                  "image_std": HALF, "eval_interpolation": "bilinear"}
+#: EncoderConfig fields of training only (regularisation): an official checkpoint does not carry them.
+TRAINING_ONLY = ("dropout", "text_dropout", "attn_dropout", "drop_path", "token_drop", "token_drop_mode")
 #: Our parameter names are the official ones: everything maps to itself but what only training used.
 OFFICIAL_RULES = (
     skip(r"temp", "the loss temperature of official training"),
@@ -126,9 +133,7 @@ def infer_official_config(state_dict: Mapping[str, torch.Tensor], *,
         vocab_size=int(state_dict["embeddings.word_embeddings.weight"].shape[0]),
         max_text_len=int(state_dict["embeddings.position_embeddings.weight"].shape[0]),
         type_vocab_size=int(state_dict["embeddings.token_type_embeddings.weight"].shape[0]),
-        # The official weights were trained on inputs normalised with mean = std = 0.5 and are
-        # evaluated on bilinear resizes (the official test transform).
-        image_mean=HALF, image_std=HALF, eval_interpolation="bilinear",
+        **OFFICIAL_FIXED,
     )
     params.update(overrides)
     try:
