@@ -321,6 +321,23 @@ def test_malformed_json_names_line_and_column(tmp_path: Path) -> None:
     assert message.startswith(f"{path}: malformed JSON at line 3, column")
 
 
+
+DEEP = "[" * 100_000 + "]" * 100_000
+ENTRY = '{"image": "a.jpg", "id": 1, "split": "train", "captions": ["a man"]}'
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("reid_raw.json", DEEP, ""),                              # a named format
+    ("mine.json", '{"train": ' + DEEP + "}", ""),             # auto-detected from the JSON
+    ("mine.jsonl", f"{ENTRY}\n{DEEP}\n", " line 2"),         # one line of a JSONL file
+    ("mine.json", f"{ENTRY}\n{DEEP}\n", " line 2"),          # JSONL told by its first line
+    ("other.json", f"{DEEP}\n{ENTRY}\n", ""),                # too deep before JSONL can be told
+])
+def test_json_nested_too_deeply_is_a_bad_annotation_file_naming_it(tmp_path: Path, name, text, where) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert load_error(path) == f"{path}{where} is not valid JSON (nested too deeply)"
+
 def test_wrong_top_level(tmp_path: Path) -> None:
     message = load_error(write_json(tmp_path / "reid_raw.json", ivt_cuhk()))
     assert str(tmp_path / "reid_raw.json") in message

@@ -55,7 +55,7 @@ from typing import Any
 from ivt.data.entries import Entry, Spec, json_kind, parse_entry
 from ivt.data.problems import Problems
 from ivt.data.records import SPLITS, DataError, PedesDataset, Record
-from ivt.files import ConfinedRoot
+from ivt.files import ConfinedRoot, parse_json
 
 FORMATS = ("cuhk-pedes", "icfg-pedes", "rstpreid", "ivt-cuhk", "ivt-icfg", "ivt-rstp", "jsonl")
 #: How a caller names the format: the hints of the errors say it for the command line and for Python.
@@ -115,7 +115,7 @@ def load_dataset(path: str | Path, format: str = "auto",
     text = _read_text(path)
     if format != "jsonl":
         try:
-            data = json.loads(text)
+            data = _loads(text, str(path))
         except json.JSONDecodeError as err:
             if not format and err.msg == "Extra data" and _looks_like_jsonl(text):
                 format = "jsonl"
@@ -166,6 +166,16 @@ def _find_annotation(directory: Path, format: str) -> Path:
                     f"({', '.join(p.name for p in found)}); pass the file itself")
 
 
+def _loads(text: str, where: str) -> Any:
+    """The JSON value of ``text``: bad syntax raises :class:`json.JSONDecodeError` (its line and column
+    worded by the caller); JSON nested too deeply to decode is the DataError of the shared rule
+    (:func:`ivt.files.parse_json`) naming ``where``, never a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return parse_json(text, where, DataError)
+
+
 def _read_text(path: Path) -> str:
     """The file's UTF-8 text (a leading byte-order mark is dropped)."""
     try:
@@ -180,8 +190,8 @@ def _looks_like_jsonl(text: str) -> bool:
     """Whether the first non-blank line is a JSON object carrying an ``image`` key."""
     first = next((line for line in text.splitlines() if line.strip()), "")
     try:
-        obj = json.loads(first)
-    except json.JSONDecodeError:
+        obj = _loads(first, "the first line")
+    except (json.JSONDecodeError, DataError):
         return False
     return isinstance(obj, dict) and "image" in obj
 
@@ -254,7 +264,7 @@ def _read_lines(text: str, spec: Spec, problems: Problems) -> list[Entry]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = _loads(line, f"{problems.source} line {number}")
         except json.JSONDecodeError as err:
             problems.add(f"line {number}", f"malformed JSON at column {err.colno}: {err.msg}")
             continue
