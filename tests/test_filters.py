@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -132,6 +133,23 @@ def test_the_cli_and_the_api_filter(indexes, capsys):
     assert len(body["results"]) == 6 and {h["provenance"]["camera"] for h in body["results"]} == {"yard"}
     r = client.post("/api/search", json={"text": QUERY, "k": 5, "after": "soon"})
     assert r.status_code == 422 and "neither an ISO 8601" in r.json()["error"]
+    body = client.post("/api/search", json={"text": QUERY, "k": 50, "camera": [" yard "], "before": 0.4}).json()
+    assert len(body["results"]) == 6                      # surrounding blanks are not part of a name
+    for blank in ("", "  "):
+        r = client.post("/api/search", json={"text": QUERY, "k": 5, "camera": ["north", blank]})
+        assert r.status_code == 422 and r.json()["error"] == f"camera {blank!r}: a camera name cannot be empty"
+
+
+def test_blank_camera_names_are_refused_before_anything_is_read(indexes, capsys, tmp_path):
+    dirs, model = indexes
+    assert main(["search", QUERY, "--index", str(tmp_path / "no-index"), "--camera", " "]) == 2
+    assert capsys.readouterr().err.strip() == "ivt search: error: camera ' ': a camera name cannot be empty"
+    for blank in ("", "\t "):
+        with pytest.raises(DataError, match=rf"^--camera {re.escape(repr(blank))}: a camera name cannot be empty$"):
+            add_to_index(dirs["exact"], model, videos=[dirs["exact"].parent / "north.avi"], camera=blank,
+                         detector=ColourDetector(), progress=False)
+    with pytest.raises(DataError, match=r"^camera 'a\\nb': a camera name must be printable"):
+        SearchFilter.make(["north", "a\nb"])
 
 
 def test_camera_and_start_time_are_checked_at_ingest(indexes, tmp_path):

@@ -100,6 +100,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         raise DataError("--cosine is for an example image alone (--image or --item, no description)")
     if not 1 <= args.top_k <= 1000:
         raise DataError(f"--top-k must be from 1 to 1000, got {args.top_k}")
+    where = SearchFilter.make(args.camera, args.after, args.before, args.track, args.min_score)
     gallery, model = open_for_search(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
     start = time.perf_counter()
     if args.rerank:
@@ -108,7 +109,6 @@ def _cmd_search(args: argparse.Namespace) -> None:
                example_file(gallery, model, args.image) if args.image is not None else None)
     text_vector, ignored = encode_query(model, text) if text else (None, [])
     query = combined_query(text_vector, example)
-    where = SearchFilter.make(args.camera, args.after, args.before, args.track, args.min_score)
     hits = results(gallery, query, args.top_k, args.per_track, (model, text, args.rerank) if args.rerank else None,
                    where, example, example_ranking(text, args.cosine))
     took = 1000 * (time.perf_counter() - start)

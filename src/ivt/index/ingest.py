@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ivt.errors import ConfigError, DataError, IvtError
 from ivt.files import ConfinedRoot, file_sha256
-from ivt.index.filters import parse_time
+from ivt.index.filters import camera_name, parse_time
 from ivt.index.store import Item, VideoRef, now_iso, sha256_bytes
 from ivt.runtime import precision_name
 from ivt.terminal import printable
@@ -198,8 +198,8 @@ def check_ingest(every: int, camera: str | None, start_time: str | None,
         raise DataError("nothing to index: give --images and/or --video")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"every (--every) must be an integer >= 1, got {every!r}")
-    if camera is not None and (not camera.strip() or not camera.isprintable()):
-        raise DataError(f"--camera {camera!r}: give a printable, non-empty camera name")
+    if camera is not None:
+        camera_name(camera, "--camera")
     if start_time is not None:
         when, wall_clock = parse_time(start_time, "--start-time")
         if not wall_clock:
@@ -212,6 +212,8 @@ def check_ingest(every: int, camera: str | None, start_time: str | None,
     for v in paths:
         if not v.is_file():
             raise DataError(f"--video {v}: no such file")
+        if camera is None:                  # the file's stem names its camera
+            camera_name(v.stem, f"--video {v} without --camera: the file's stem")
     return paths, start_time
 
 
@@ -332,7 +334,7 @@ def collect_video(collector: Collector, path: Path, detector: Detector, every: i
                              "sha256": file_sha256(path), "fps": info.fps, "frame_count": info.frame_count,
                              "width": info.width, "height": info.height, "every": every,
                              "detector": detector.name, "background": "dropped", "added": now_iso(),
-                             "camera": camera or path.stem,
+                             "camera": camera_name(camera or path.stem),
                              "start_time": start_time})
     if source is None:
         record["skipped"] = True
