@@ -79,6 +79,15 @@ def test_search_returns_ranked_results_with_provenance(client, service):
     ({"text": "a man", "path": "/etc/passwd"}, 422, "unknown field 'path'"),
     ("{not json", 400, "malformed JSON body"),
     ("[1, 2]", 422, "body"),
+    ({"text": "a man", "after": 10**400}, 422, "after 1000000000000000000000000000000000000000... is not a "
+                                              "finite time"),
+    ({"text": "a man", "before": -10**400}, 422, "before -100000000000000000000000000000000000000... is not a "
+                                                "finite time"),
+    ({"text": "a man", "track": 10**400}, 422, "track must be a track id (an integer from 0 to 2**63 - 1), got "
+                                              "1000000000000000000000000000000000000000..."),
+    ({"text": "a man", "min_score": 10**400}, 422, "min_score"),
+    ({"text": "a man", "rerank": 10**400}, 422, "rerank"),
+    ({"text": "a man", "like": 10**400}, 404, "like: no image with id '1000000000000000000000000000000000000000'"),
 ])
 def test_bad_search_requests_get_clear_4xx_answers(client, body, status, message):
     content = body if isinstance(body, str) else json.dumps(body)

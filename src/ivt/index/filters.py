@@ -11,6 +11,7 @@ filtered query returns k results whenever k items pass: no post-filter starvatio
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,12 +23,17 @@ import numpy as np
 from ivt.errors import DataError
 from ivt.index.store import Item
 
+MAX_TRACK = 2**63 - 1   # track ids are int64 columns (and Milvus INT64 fields)
+
 
 def parse_time(text: str | float | int, what: str = "time") -> tuple[float, bool]:
     """(seconds, wall_clock): an ISO 8601 date-time (a naive one is UTC) as epoch seconds, or a
     number of seconds into a video. DataError naming ``what`` and the value otherwise."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, clock = float(text), False
+        try:
+            value, clock = float(text), False
+        except OverflowError:        # an integer beyond any float: no finite time
+            value, clock = math.inf, False
     else:
         raw = str(text).strip()
         try:
@@ -36,35 +42,21 @@ def parse_time(text: str | float | int, what: str = "time") -> tuple[float, bool
             try:
                 moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
             except ValueError:
-                raise DataError(f"{what} {raw!r} is neither an ISO 8601 date-time (e.g. 2026-12-03T10:15:00Z) "
+                raise DataError(f"{what} {shortened(raw)} is neither an ISO 8601 date-time (e.g. 2026-12-03T10:15:00Z) "
                                 f"nor a number of seconds into a video") from None
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=timezone.utc)
             value, clock = moment.timestamp(), True
     if not np.isfinite(value):
-        raise DataError(f"{what} {text!r} is not a finite time")
+        raise DataError(f"{what} {shortened(text)} is not a finite time")
     return value, clock
 
 
-#: Longest camera name, in characters: 1,024 bytes at most in UTF-8, all that a Milvus index stores.
-MAX_CAMERA = 256
-
-
-def camera_name(name: object, what: str = "camera") -> str:
-    """A camera name as both stores keep and match it: without surrounding blanks, non-empty,
-    printable, at most :data:`MAX_CAMERA` characters. DataError naming ``what`` and the value
-    otherwise (one rule for ``--camera`` at ingest and the camera filters of searches)."""
-    if not isinstance(name, str):
-        raise DataError(f"{what} {name!r}: a camera name is text")
-    shown = repr(name if len(name) <= 60 else name[:60] + "...")
-    clean = name.strip()
-    if not clean:
-        raise DataError(f"{what} {shown}: a camera name cannot be empty")
-    if not clean.isprintable():
-        raise DataError(f"{what} {shown}: a camera name must be printable (no control characters)")
-    if len(clean) > MAX_CAMERA:
-        raise DataError(f"{what} {shown}: {len(clean)} characters, more than {MAX_CAMERA} in a camera name")
-    return clean
+def shortened(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters ('...' marks the cut), for messages quoting a
+    request's values (a JSON integer may have thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def camera_of(source: Mapping[str, Any]) -> str:
@@ -90,11 +82,11 @@ class SearchFilter:
         bounds = [parse_time(v, name) if v is not None else None for name, v in (("after", after), ("before", before))]
         if all(bounds) and bounds[0][1] == bounds[1][1] and bounds[0][0] > bounds[1][0]:
             raise DataError(f"after ({after}) is later than before ({before}): no item can match")
-        if track is not None and (isinstance(track, bool) or int(track) != track or track < 0):
-            raise DataError(f"track must be a track id (an integer >= 0), got {track!r}")
+        if track is not None and (isinstance(track, bool) or int(track) != track or not 0 <= track <= MAX_TRACK):
+            raise DataError(f"track must be a track id (an integer from 0 to 2**63 - 1), got {shortened(track)}")
         if min_score is not None and not (isinstance(min_score, (int, float)) and -1.0 <= min_score <= 1.0):
             raise DataError(f"min_score must be a cosine from -1 to 1, got {min_score!r}")
-        names = tuple(dict.fromkeys(camera_name(c) for c in (cameras or ())))
+        names = tuple(dict.fromkeys(c.strip() for c in (cameras or ()) if c.strip()))
         return cls(names, bounds[0], bounds[1], track, None if min_score is None else float(min_score))
 
     @property
