@@ -52,6 +52,27 @@ def parse_time(text: str | float | int, what: str = "time") -> tuple[float, bool
     return value, clock
 
 
+#: Longest camera name, in characters: 1,024 bytes at most in UTF-8, all that a Milvus index stores.
+MAX_CAMERA = 256
+
+
+def camera_name(name: object, what: str = "camera") -> str:
+    """A camera name as both stores keep and match it: without surrounding blanks, non-empty,
+    printable, at most :data:`MAX_CAMERA` characters. DataError naming ``what`` and the value
+    otherwise (one rule for ``--camera`` at ingest and the camera filters of searches)."""
+    if not isinstance(name, str):
+        raise DataError(f"{what} {name!r}: a camera name is text")
+    shown = repr(name if len(name) <= 60 else name[:60] + "...")
+    clean = name.strip()
+    if not clean:
+        raise DataError(f"{what} {shown}: a camera name cannot be empty")
+    if not clean.isprintable():
+        raise DataError(f"{what} {shown}: a camera name must be printable (no control characters)")
+    if len(clean) > MAX_CAMERA:
+        raise DataError(f"{what} {shown}: {len(clean)} characters, more than {MAX_CAMERA} in a camera name")
+    return clean
+
+
 def shortened(value: object, limit: int = 40) -> str:
     """``repr(value)`` cut to ``limit`` characters ('...' marks the cut), for messages quoting a
     request's values (a JSON integer may have thousands of digits)."""
@@ -86,7 +107,7 @@ class SearchFilter:
             raise DataError(f"track must be a track id (an integer from 0 to 2**63 - 1), got {shortened(track)}")
         if min_score is not None and not (isinstance(min_score, (int, float)) and -1.0 <= min_score <= 1.0):
             raise DataError(f"min_score must be a cosine from -1 to 1, got {min_score!r}")
-        names = tuple(dict.fromkeys(c.strip() for c in (cameras or ()) if c.strip()))
+        names = tuple(dict.fromkeys(camera_name(c) for c in (cameras or ())))
         return cls(names, bounds[0], bounds[1], track, None if min_score is None else float(min_score))
 
     @property
