@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -224,3 +225,7 @@ def test_export_refuses_a_model_the_official_layout_cannot_hold_before_writing(t
         with pytest.raises(CheckpointError, match=re.escape(said)):
             export_official(model, out)
         assert not out.exists()
+    wrapper = SimpleNamespace(encoder=model, config=model.config)   # as ivt.load returns: not the module itself
+    with pytest.raises(CheckpointError, match=r"SimpleNamespace is not an IVT encoder module \(the encoder of "):
+        export_official(wrapper, out)
+    assert not out.exists()

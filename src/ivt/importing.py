@@ -100,8 +100,8 @@ def _export_problems(model: nn.Module) -> list[str]:
     the training-only regularisation): what the official layout fixes, then every field of the
     configuration it infers from the weights' shapes (on the meta device: nothing is allocated)."""
     config = getattr(model, "config", None)
-    if arch_of(model) != "ivt" or not isinstance(config, EncoderConfig):
-        return [f"{type(model).__name__} is not an IVT encoder"]
+    if not isinstance(model, nn.Module) or arch_of(model) != "ivt" or not isinstance(config, EncoderConfig):
+        return [f"{type(model).__name__} is not an IVT encoder module (the encoder of ivt.load(RUN) is its .encoder)"]
     fixed = {**OFFICIAL_FIXED, "patch_size": PATCH_SIZE}
     problems = [f"{k} {getattr(config, k)!r} (official: {v!r})" for k, v in fixed.items() if getattr(config, k) != v]
     if problems:
