@@ -200,3 +200,19 @@ def test_default_bind_is_loopback_and_a_foreign_model_is_refused(index_dir, tmp_
     assert (args.host, args.port) == ("127.0.0.1", 8000)
     with pytest.raises(IndexStoreError, match="cannot load its model"):
         load_service(index_dir, checkpoint=tmp_path / "no-run", device="cpu")
+
+
+def test_serve_on_a_port_in_use_is_refused_before_anything_loads(tmp_path, capsys):
+    import socket
+
+    from ivt.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--index", str(tmp_path / "no-index"), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out
+    assert err.strip() == (f"ivt serve: error: cannot serve on 127.0.0.1:{port}: the port is already in use; "
+                           f"choose another --port")

@@ -149,15 +149,17 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from ivt.serve import create_app, load_service
+    from ivt.serve.app import bind
 
-    service = load_service(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
-    app = create_app(service=service)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {printable(args.host)}, reachable from other machines; the service has no "
-              f"authentication", file=sys.stderr)
-    print(f"serving {len(service.gallery)} indexed images at http://{printable(args.host)}:{args.port}/ "
-          f"(Ctrl-C stops)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    with bind(args.host, args.port) as sock:     # a port in use is told before anything loads
+        service = load_service(args.index, args.checkpoint, args.device, _search_params(args), args.precision)
+        app = create_app(service=service)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {printable(args.host)}, reachable from other machines; the service has "
+                  f"no authentication", file=sys.stderr)
+        print(f"serving {len(service.gallery)} indexed images at http://{printable(args.host)}:{args.port}/ "
+              f"(Ctrl-C stops)")
+        uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")).run(sockets=[sock])
 
 
 def add_search_commands(sub: argparse._SubParsersAction) -> None:

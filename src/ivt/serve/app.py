@@ -16,7 +16,9 @@ Mistakes in a request get a 4xx answer with a one-line ``error``.
 """
 from __future__ import annotations
 
+import errno
 import io
+import socket
 import sys
 import threading
 import time
@@ -31,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
-from ivt.errors import ApiError, DataError, IndexStoreError, IvtError
+from ivt.errors import ApiError, ConfigError, DataError, IndexStoreError, IvtError
 from ivt.index.filters import SearchFilter
 from ivt.index.frames import FrameNotAvailable, FrameServer
 from ivt.index.gallery import Gallery
@@ -285,6 +287,29 @@ class SearchService:
             while len(self._explained) > EXPLAIN_CACHE:
                 self._explained.popitem(last=False)
         return png
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` for the server to listen on (``uvicorn.Server.run(sockets=
+    [...])``), made before anything loads: a port already in use, or a host that is not an address
+    of this machine, is a ConfigError naming host:port rather than a failure after "serving"."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot serve on {where}: {host!r} is not a host name or address that resolves "
+                          f"({getattr(exc, 'strerror', None) or exc})") from exc
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn: a recently closed port is free
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reason = {errno.EADDRINUSE: "the port is already in use; choose another --port",
+                  errno.EADDRNOTAVAIL: f"{host} is not an address of this machine; check --host"}.get(
+                      exc.errno, exc.strerror or str(exc))
+        raise ConfigError(f"cannot serve on {where}: {reason}") from exc
+    return sock
 
 
 def load_service(index_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
