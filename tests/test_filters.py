@@ -160,3 +160,93 @@ def test_camera_and_start_time_are_checked_at_ingest(indexes, tmp_path):
     _, data = tiny_trained_run(tmp_path)                   # the session's cached run and data
     with pytest.raises(DataError, match="describe videos"):
         add_to_index(dirs["exact"], model, images=image_source(data, split="test"), camera="x", progress=False)
+
+
+HANDLED = r"the date-times ivt handles \(0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z\)"
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_start_time_whose_frames_leave_the_date_range_is_refused_at_add_time(indexes, tmp_path, capsys):
+    dirs, _ = indexes
+    clip = tmp_path / "late.avi"
+    _other_clip(clip, frames=11)                           # 5 fps: frames 0 to 2 s, 3 of them new to the index
+    before = _files(dirs["exact"])
+    for start, why in (("9999-12-31T23:59:59Z", f" with --video {clip}: its frames 0 to 2 s after it fall outside "),
+                       ("9999-12-31T23:59:58.5-00:00", f" with --video {clip}: its frames 0 to 2 s after it fall "
+                                                       f"outside "),
+                       ("0001-01-01T00:00:00+01:00", ": it is outside ")):
+        assert main(["index", "add", "--index", str(dirs["exact"]), "--video", str(clip), "--start-time", start,
+                     "--detector", "search_helpers:make_colour_detector", "--quiet"]) == 2
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert re.fullmatch(re.escape(f"ivt index: error: --start-time {start!r}{why}") + HANDLED, err), err
+    assert _files(dirs["exact"]) == before
+
+
+def test_frames_past_the_date_range_are_refused_even_when_the_container_understates_its_length(
+        indexes, tmp_path, monkeypatch):
+    import dataclasses
+
+    import ivt.video
+
+    dirs, model = indexes
+    clip = tmp_path / "late.avi"
+    _other_clip(clip, frames=11)
+    real = ivt.video.video_info
+    monkeypatch.setattr(ivt.video, "video_info", lambda path: dataclasses.replace(real(path), frame_count=1))
+    before = _files(dirs["exact"])
+    with pytest.raises(DataError, match=re.escape(f"{clip} with --start-time 9999-12-31T23:59:59.000+00:00: its "
+                                                  f"frames 0 to 1 s after it fall outside ") + HANDLED):
+        add_to_index(dirs["exact"], model, videos=[clip], start_time="9999-12-31T23:59:59Z",
+                     detector=ColourDetector(), progress=False)
+    assert _files(dirs["exact"]) == before
+
+
+@pytest.mark.parametrize("stored, why", [("9999-12-31T23:59:59.000+00:00", r"its frames [\d.]+ to 2.2 s after it "
+                                                                           r"fall outside " + HANDLED),
+                                         ("noon", "it is not an ISO 8601 date-time")])
+def test_an_index_holding_an_unshowable_start_time_is_refused_as_damaged(indexes, tmp_path, capsys, stored, why):
+    import shutil
+
+    from ivt.errors import IndexStoreError
+
+    dirs, _ = indexes
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dirs["exact"], damaged)
+    manifest_path = damaged / (damaged / "CURRENT").read_text().strip() / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    north = next(n for n, s in enumerate(manifest["sources"]) if s.get("start_time"))
+    manifest["sources"][north]["start_time"] = stored
+    manifest_path.write_text(json.dumps(manifest))
+    expected = (re.escape(f"index {damaged}: manifest.json field sources[{north}].start_time {stored!r}: ") + why +
+                "; the index was not modified")
+    with pytest.raises(IndexStoreError, match=f"^{expected}$"):
+        Gallery.open(damaged)
+    with pytest.raises(IndexStoreError, match=f"^{expected}$"):
+        load_service(damaged, device="cpu")                 # the server refuses to start: no search is a 500
+    assert main(["search", QUERY, "--index", str(damaged), "--device", "cpu"]) == 2
+    assert re.fullmatch("ivt search: error: " + expected, capsys.readouterr().err.splitlines()[-1])
+
+
+def test_a_milvus_item_whose_date_time_cannot_be_shown_is_reported_as_a_damaged_index():
+    from ivt.errors import IndexStoreError
+    from ivt.index.milvus import parse_address
+    from ivt.index.milvus_gallery import MilvusGallery
+
+    gallery = MilvusGallery.__new__(MilvusGallery)          # the stored records alone, no server
+    gallery.address = parse_address("milvus:/srv/people.db#people")
+    video = {"source": "ab" * 32, "frame": 11, "time": 2.2, "box": [1, 2, 3, 4], "track": 0}
+    gallery._record = lambda item_id: {"path": "crops/x.jpg", "width": 3, "height": 4, "video": video}
+    gallery._span = lambda track: None
+    for start, shown in (("2026-12-03T10:00:00.000+00:00", "2026-12-03T10:00:02.200+00:00"),
+                         ("9999-12-31T23:59:59.000+00:00", None)):
+        gallery._source = lambda sha, start=start: {"name": "north.avi", "start_time": start}
+        if shown is not None:
+            assert gallery.describe("cd" * 32)["wall_time"] == shown
+            continue
+        with pytest.raises(IndexStoreError, match=re.escape(
+                f"index {gallery.address}: video 'north.avi' field start_time {start!r}: its frames 2.2 to 2.2 s "
+                f"after it fall outside ") + HANDLED):
+            gallery.describe("cd" * 32)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ivt.errors import DataError
+from ivt.index.clock import iso_to_seconds
 from ivt.index.store import Item
 
 MAX_TRACK = 2**63 - 1   # track ids are int64 columns (and Milvus INT64 fields)
@@ -40,13 +40,10 @@ def parse_time(text: str | float | int, what: str = "time") -> tuple[float, bool
             value, clock = float(raw), False
         except ValueError:
             try:
-                moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                value, clock = iso_to_seconds(raw), True
             except ValueError:
                 raise DataError(f"{what} {shortened(raw)} is neither an ISO 8601 date-time (e.g. 2026-12-03T10:15:00Z) "
                                 f"nor a number of seconds into a video") from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=timezone.utc)
-            value, clock = moment.timestamp(), True
     if not np.isfinite(value):
         raise DataError(f"{what} {shortened(text)} is not a finite time")
     return value, clock

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ import numpy as np
 from ivt.errors import IndexStoreError
 from ivt.files import ConfinedRoot
 from ivt.index.backends import SEARCH_PARAMS, SearchBackend, check_params, load_backend
-from ivt.index.filters import ItemColumns, SearchFilter, camera_of, parse_time
+from ivt.index.clock import iso_to_seconds, seconds_to_iso
+from ivt.index.filters import ItemColumns, SearchFilter, camera_of
 from ivt.index.same_person import NO_CAMERA, CameraMeans
 from ivt.index.store import (
     Item,
@@ -273,8 +273,8 @@ def describe_item(item: Item, source: Mapping[str, Any] | None, span: TrackSpan 
         info.update(video=source.get("name") or Path(source.get("path", "")).name, frame=ref.frame,
                     time=round(ref.time, 3), box=list(ref.box), track=ref.track, camera=camera_of(source))
         if source.get("start_time") is not None:
-            moment = datetime.fromtimestamp(parse_time(source["start_time"])[0] + ref.time, timezone.utc)
-            info["wall_time"] = moment.isoformat(timespec="milliseconds")
+            # Start times were checked with their items' times (ivt's store when it opened the index).
+            info["wall_time"] = seconds_to_iso(iso_to_seconds(source["start_time"]) + ref.time)
         if span is not None:
             info.update(track_start=round(span.start, 3), track_end=round(span.end, 3),
                         track_items=len(span.items), first_frame=span.first_frame, last_frame=span.last_frame)

@@ -13,7 +13,6 @@ import io
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from ivt.errors import ConfigError, DataError, IvtError
 from ivt.files import ConfinedRoot, file_sha256
+from ivt.index.clock import iso_to_seconds, seconds_to_iso, span_problem
 from ivt.index.filters import camera_name, parse_time
 from ivt.index.store import Item, VideoRef, now_iso, sha256_bytes
 from ivt.runtime import precision_name
@@ -205,7 +205,9 @@ def check_ingest(every: int, camera: str | None, start_time: str | None,
         if not wall_clock:
             raise DataError(f"--start-time {start_time!r}: give the wall-clock time of the first frame in ISO 8601 "
                             f"(e.g. 2026-12-03T10:15:00Z)")
-        start_time = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
+        problem = span_problem(when, 0.0, 0.0)
+        if problem is not None:
+            raise DataError(f"--start-time {start_time!r}: {problem}")
     if (camera or start_time) and not videos:
         raise DataError("--camera and --start-time describe videos: give --video")
     paths = [Path(v) for v in videos]
@@ -214,6 +216,15 @@ def check_ingest(every: int, camera: str | None, start_time: str | None,
             raise DataError(f"--video {v}: no such file")
         if camera is None:                  # the file's stem names its camera
             camera_name(v.stem, f"--video {v} without --camera: the file's stem")
+    if start_time is not None:
+        from ivt.video import video_info
+
+        for v in paths:         # every frame's date-time must be one that search results can show
+            info = video_info(v)
+            problem = span_problem(when, 0.0, max(info.frame_count - 1, 0) / info.fps if info.fps else 0.0)
+            if problem is not None:
+                raise DataError(f"--start-time {start_time!r} with --video {v}: {problem}")
+        start_time = seconds_to_iso(when)
     return paths, start_time
 
 
@@ -357,7 +368,11 @@ def collect_video(collector: Collector, path: Path, detector: Detector, every: i
         tracks.update(i.video.track for i, _ in fresh)
         pending.clear()
 
+    start = iso_to_seconds(start_time) if start_time is not None else None
     for crop in extract_people(path, detector, every, on_frame=frame_done):
+        problem = span_problem(start, 0.0, crop.time) if start is not None else None
+        if problem is not None:     # a container that understated its length to check_ingest
+            raise DataError(f"{path} with --start-time {start_time}: {problem}")
         buf = io.BytesIO()
         crop.image.save(buf, format="JPEG", quality=CROP_QUALITY)
         rel, crop_sha = sink.store_crop(buf.getvalue())

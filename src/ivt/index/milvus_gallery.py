@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ivt.errors import ConfigError, IndexStoreError
+from ivt.index.clock import start_time_problem
 from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Hit, TrackSpan, check_compatible, confined_file, describe_item, read_verified
 from ivt.index.milvus import (
@@ -257,6 +258,11 @@ class MilvusGallery:
         item = self._item(item_id)
         record = self._record(item_id)
         source = self._source(record["video"]["source"]) if item.video is not None else None
+        problem = start_time_problem(source["start_time"], item.video.time, item.video.time) \
+            if source is not None and source.get("start_time") is not None else None
+        if problem is not None:
+            raise IndexStoreError(f"index {self.address}: video {source.get('name')!r} field start_time "
+                                  f"{source['start_time']!r}: {problem}")
         span = track or (self._span(item.video.track) if item.video is not None else None)
         return describe_item(item, source, span)
 

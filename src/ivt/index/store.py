@@ -35,6 +35,7 @@ import numpy as np
 
 from ivt.errors import IndexStoreError
 from ivt.files import atomic_write, fsync_dir, parse_json, read_json, relative_path_problem, write_synced
+from ivt.index.clock import start_time_problem
 
 FORMAT = "ivt-index"
 FORMAT_VERSION = 1
@@ -282,6 +283,20 @@ def parse_item(line: str, where: str, num_roots: int, num_sources: int) -> Item:
     return Item(path=path, sha256=sha, width=width, height=height, root=root, pid=pid, video=ref)
 
 
+def _check_start_times(index_dir: Path, sources: Sequence[dict[str, Any]], items: Sequence[Item]) -> None:
+    """Refuse a video start time that, with the times of its items, is no date-time search can show."""
+    times: dict[int, list[float]] = {}
+    for item in items:
+        if item.video is not None:
+            span = times.setdefault(item.video.source, [item.video.time, item.video.time])
+            span[0], span[1] = min(span[0], item.video.time), max(span[1], item.video.time)
+    for n, source in enumerate(sources):
+        start = source.get("start_time")
+        problem = None if start is None else start_time_problem(start, *times.get(n, (0.0, 0.0)))
+        if problem is not None:
+            raise _fail(index_dir, f"{MANIFEST} field sources[{n}].start_time {start!r}: {problem}")
+
+
 def read_items(path: Path, num_roots: int, num_sources: int, data: bytes | None = None) -> list[Item]:
     """Parse an ``items.jsonl`` (from ``data`` when already read)."""
     text = (bytes(data) if data is not None else path.read_bytes()).decode("utf-8")
@@ -320,6 +335,7 @@ def read_index(index_dir: str | Path, *, verify: bool = True) -> StoredIndex:
         raise _fail(index_dir, str(exc)) from exc
     if len(items) != count:
         raise _fail(index_dir, f"{ITEMS} has {len(items)} items, the manifest says {count}")
+    _check_start_times(index_dir, manifest["sources"], items)
     return StoredIndex(index_dir, version, manifest, embeddings, items, vdir / ANN if ANN in files else None)
 
 
