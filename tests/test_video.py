@@ -244,3 +244,44 @@ def test_a_frame_the_detector_cannot_search_is_refused_with_the_video_and_frame(
         list(extract_people(clip, HOGDetector(upscale=0.5)))
     with pytest.raises(DataError, match=r"RGB frames \(H, W, 3\) of uint8, got float32 \(200, 100, 3\)"):
         HOGDetector()(np.zeros((200, 100, 3), np.float32))
+
+
+class _UnnamedDetector:
+    name = 5
+
+    def __call__(self, frame: np.ndarray) -> list:
+        return []
+
+
+def _failing_factory() -> None:
+    raise FileNotFoundError("weights.pt is missing")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("os:system", "--detector 'os:system': os.system(command) takes arguments; give a function or class that "
+                  "takes none and returns a detector"),
+    ("json:loads", "--detector 'json:loads': json.loads(s, *, cls=None, "),
+    ("os:sep", "--detector 'os:sep': os.sep is a str, not a function or class that returns a detector"),
+    ("test_video:_failing_factory", "--detector 'test_video:_failing_factory': _failing_factory() failed "
+                                    "(FileNotFoundError: weights.pt is missing)"),
+    ("test_video:_UnnamedDetector", "--detector 'test_video:_UnnamedDetector': _UnnamedDetector() returned "
+                                    "_UnnamedDetector, whose `name` is not a non-empty string"),
+    ("builtins:iter", "--detector 'builtins:iter': iter() failed (TypeError: "),
+])
+def test_a_detector_import_path_that_gives_no_detector_is_a_clear_error(spec, message):
+    with pytest.raises(ConfigError) as exc:
+        load_detector(spec)
+    assert str(exc.value).startswith(message)
+    assert isinstance(load_detector("search_helpers:ColourDetector"), ColourDetector)   # a class is a factory too
+
+
+def test_the_cli_refuses_a_detector_that_is_no_factory_with_exit_2(tmp_path, capsys):
+    from ivt.cli import main
+
+    clip = tmp_path / "walk.avi"
+    write_clip(clip, frames=2)
+    assert main(["index", "build", "--checkpoint", str(tmp_path / "run"), "--video", str(clip),
+                 "--detector", "os:system", "--out", str(tmp_path / "idx")]) == 2
+    assert capsys.readouterr().err == ("ivt index: error: --detector 'os:system': os.system(command) takes "
+                                       "arguments; give a function or class that takes none and returns a detector\n")
+    assert not (tmp_path / "idx").exists()

@@ -3,6 +3,7 @@ user's own detector by import path (``package.module:factory``)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -126,10 +127,30 @@ def load_detector(spec: str) -> Detector:
         raise ConfigError(f"--detector {spec!r}: use 'hog' or 'package.module:factory'")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:    # the user's module: whatever its import raises is about their spec
         raise ConfigError(f"--detector {spec!r}: cannot import it ({exc})") from exc
-    detector = factory()
+    named = f"{module_name}.{attr}"
+    if not callable(factory):
+        raise ConfigError(f"--detector {spec!r}: {named} is a {type(factory).__name__}, not a function or class "
+                          f"that returns a detector")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):     # some built-ins have none: calling it tells
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind()
+        except TypeError:
+            raise ConfigError(f"--detector {spec!r}: {named}{signature} takes arguments; give a function or "
+                              f"class that takes none and returns a detector") from None
+    try:
+        detector = factory()
+    except Exception as exc:    # the user's factory failed (a missing weight file, a wrong object)
+        raise ConfigError(f"--detector {spec!r}: {attr}() failed ({type(exc).__name__}: {exc})") from exc
     if not isinstance(detector, Detector):
         raise ConfigError(f"--detector {spec!r}: {attr}() returned {type(detector).__name__}, which has no "
                           f"`name` or is not callable on a frame")
+    if not isinstance(detector.name, str) or not detector.name.strip():
+        raise ConfigError(f"--detector {spec!r}: {attr}() returned {type(detector).__name__}, whose `name` is "
+                          f"not a non-empty string")
     return detector
