@@ -206,7 +206,7 @@ def test_resume_refuses_settings_that_change_the_run_naming_key_and_both_values(
     assert main(["train", "--resume", str(run), "--set", "model.width=64"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"ivt train: error: cannot resume {run} with model.width=64 (the run has 32): a resumed "
-                          f"run continues exactly, so only train.stop_after_steps, train.log_every")
+                          f"run continues the same run, so only train.max_minutes, train.stop_after_steps")
     assert err.count("\n") == 1 and "Traceback" not in err
     assert main(["train", "--resume", str(run), "--set", "train.batch_size=4", f"data.path={tmp_path}",
                  "--precision", "bf16"]) == 2
@@ -227,8 +227,8 @@ def test_resume_accepts_the_settable_keys_and_the_run_own_values(tmp_path, capsy
 
     run = tmp_path / "run"
     _paused_run_files(run)
-    settable = ["train.stop_after_steps=1", "train.log_every=7", "train.threads=1", "train.device=cpu",
-                "data.decode_threads=1", "data.cache_images=false"]
+    settable = ["train.max_minutes=30", "train.stop_after_steps=1", "train.log_every=7", "train.threads=1",
+                "train.device=cpu", "data.decode_threads=1", "data.cache_images=false"]
     assert sorted(s.split("=")[0] for s in settable) == sorted(RESUME_SETTABLE)
     same = ["model.width=32", "train.batch_size=8", "optim.lr=0.001", "model.image_size=[32, 16]"]
     assert main(["train", "--resume", str(run), "--set", *settable, *same, "--precision", "fp32", "--out",

@@ -477,12 +477,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(f"{where}{exc}") from None
 
 
-#: What ``ivt train --resume`` may change: where the run computes and when it logs or pauses; none of it
-#: changes the weights the run ends with. Every other key is what the run is: the epochs and the time
-#: budget set the learning-rate schedule, validation (train.eval_every, train.eval_split) picks the best
-#: checkpoint. ``train.out_dir`` is where the run is (``--resume`` names it), not a setting of it.
-RESUME_SETTABLE = ("train.stop_after_steps", "train.log_every", "train.device", "train.threads",
-                   "data.decode_threads", "data.cache_images")
+#: What ``ivt train --resume`` may change: where the run computes, when it logs or pauses, and its time
+#: budget. The first change no weight the run ends with. The time budget is the one setting of what the run
+#: does that may change: a budget's schedule follows measured seconds, which no rerun repeats, so a budgeted
+#: run never continued to the same weights anyway, and giving a run more (or less) time is what a user resumes
+#: for; the schedule then follows the new budget from the resumed step on. Every other key is what the run
+#: is: the epochs set the learning-rate schedule, validation (train.eval_every, train.eval_split) picks the
+#: best checkpoint. ``train.out_dir`` is where the run is (``--resume`` names it), not a setting of it.
+RESUME_SETTABLE = ("train.max_minutes", "train.stop_after_steps", "train.log_every", "train.device",
+                   "train.threads", "data.decode_threads", "data.cache_images")
 
 
 def yaml_text(value: Any) -> str:
@@ -500,7 +503,7 @@ def check_resume_config(run: Config, given: Config, run_dir: str | Path) -> None
                if value != ran[section][key] and f"{section}.{key}" not in (*RESUME_SETTABLE, "train.out_dir")]
     if not changed:
         return
-    rule = (f"a resumed run continues exactly, so only {', '.join(RESUME_SETTABLE)} may change (start a new "
+    rule = (f"a resumed run continues the same run, so only {', '.join(RESUME_SETTABLE)} may change (start a new "
             f"run to change the rest; nothing was changed)")
     if len(changed) == 1:
         raise ConfigError(f"cannot resume {run_dir} with {changed[0]}: {rule}")
