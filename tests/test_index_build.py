@@ -226,3 +226,31 @@ def test_demo_ends_with_an_index_and_two_searches(run_and_data, tmp_path, capsys
     for text in DEMO_QUERIES:
         assert f'query: "{text}"  (8 indexed images, exact search' in out
     assert out.count("(id 2") == 8 and len(read_index(demo_run / "index")) == 8
+
+
+def test_a_large_file_that_is_no_image_is_skipped_from_its_header_without_reading_it(model, tmp_path, monkeypatch):
+    import os
+    import tracemalloc
+
+    from PIL import Image
+
+    import ivt.index.ingest as ingest
+
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    Image.new("RGB", (16, 32), (200, 30, 30)).save(folder / "person.jpg")
+    with open(folder / "junk.jpg", "wb") as fh:
+        fh.truncate(200 << 20)                             # 200 MB of zeros, sparse: no disk used
+    hashed = []
+    real_hash = ingest.file_sha256
+    monkeypatch.setattr(ingest, "file_sha256",
+                        lambda file: hashed.append(os.path.basename(getattr(file, "name", file))) or real_hash(file))
+    tracemalloc.start()
+    try:
+        report = build_index(tmp_path / "idx", model, images=image_source(folder), progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.added == 1
+    assert report.unreadable == [(str(folder.resolve() / "junk.jpg"), "not an image file (or an unsupported format)")]
+    assert set(hashed) == {"person.jpg"} and peak < 20 << 20     # refused from its first bytes: never read whole

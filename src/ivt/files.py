@@ -2,19 +2,21 @@
 can import them): hashing, the one atomic write, and the rule for paths under a root."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's content, read in chunks."""
+def file_sha256(path: str | Path | BinaryIO, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's content, read in chunks (``path`` may be a file opened for binary
+    reading: hashed from its current position)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(path, "rb") if isinstance(path, (str, os.PathLike)) else contextlib.nullcontext(path) as fh:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ivt.errors import ConfigError, DataError, IvtError
 from ivt.files import ConfinedRoot, file_sha256
 from ivt.index.clock import iso_to_seconds, seconds_to_iso, span_problem
 from ivt.index.filters import camera_name, parse_time
-from ivt.index.store import Item, VideoRef, now_iso, sha256_bytes
+from ivt.index.store import Item, VideoRef, now_iso
 from ivt.runtime import precision_name
 from ivt.terminal import printable
 
@@ -43,6 +43,7 @@ OTHER_IMAGE_SUFFIXES = frozenset({
     ".apng", ".avif", ".heic", ".heif", ".jxl", ".svg", ".ico", ".jfif", ".jpe", ".jp2", ".j2k", ".pbm", ".pgm",
     ".ppm", ".pnm", ".psd", ".tga", ".xcf", ".qoi", ".pcx", ".dng", ".cr2", ".nef", ".arw", ".raw"})
 CROP_QUALITY = 92   # JPEG quality of stored video crops
+NOT_AN_IMAGE = "not an image file (or an unsupported format)"
 _CHUNK = 256        # files decoded per step (bounded memory for any gallery size)
 
 
@@ -271,30 +272,47 @@ class Collector:
         self.report.added += len(items)
 
 
-def _hash_file(root: Path, entry: tuple[str, Any]) -> str | tuple[str, str]:
-    """The file's sha256, or ("bad", reason)."""
+def _read_image(fh: BinaryIO, model: RetrievalModel | None) -> tuple[str, Any]:
+    """The open file ``fh`` as an image: without ``model`` its header only (Pillow opens lazily, so
+    a file that is no image is refused from its first kilobytes), with it decoded and
+    preprocessed. ("ok", None or (width, height, uint8 image)) or ("bad", reason)."""
     try:
-        return file_sha256(root / entry[0])
+        with Image.open(fh) as img:
+            if model is None:
+                return "ok", None
+            img.load()
+            return "ok", (img.width, img.height, model.preprocess(img))
+    except UnidentifiedImageError:
+        return "bad", NOT_AN_IMAGE
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, IvtError) as exc:
+        return "bad", f"cannot decode ({exc})"
+
+
+def _hash_file(root: Path, entry: tuple[str, Any]) -> str | tuple[str, str]:
+    """The file's sha256 (read in chunks once its header is an image's), or ("bad", reason)."""
+    try:
+        with open(root / entry[0], "rb") as fh:
+            status, problem = _read_image(fh, None)
+            if status == "bad":
+                return status, problem
+            fh.seek(0)
+            return file_sha256(fh)
     except OSError as exc:
         return "bad", exc.strerror or str(exc)
 
 
 def _load_file(model: RetrievalModel, root: Path, entry: tuple[str, Any]) -> tuple[str, Any]:
-    """("new", (sha, width, height, uint8 image)) or ("bad", reason)."""
+    """("new", (sha, width, height, uint8 image)) or ("bad", reason): decoded from the open file,
+    then that same file hashed in chunks, so memory holds the image, never the whole file."""
     try:
-        data = (root / entry[0]).read_bytes()
+        with open(root / entry[0], "rb") as fh:
+            status, value = _read_image(fh, model)
+            if status == "bad":
+                return status, value
+            fh.seek(0)
+            return "new", (file_sha256(fh), *value)
     except OSError as exc:
         return "bad", exc.strerror or str(exc)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            width, height = img.size
-            tensor = model.preprocess(img)
-    except UnidentifiedImageError:
-        return "bad", "not an image file (or an unsupported format)"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, IvtError) as exc:
-        return "bad", f"cannot decode ({exc})"
-    return "new", (sha256_bytes(data), width, height, tensor)
 
 
 def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
