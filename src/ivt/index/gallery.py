@@ -2,6 +2,7 @@
 verified image bytes, and the check that a model is the one the index was built with."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ivt.errors import IndexStoreError
+from ivt.errors import DataError, IndexStoreError
 from ivt.files import ConfinedRoot
 from ivt.index.backends import SEARCH_PARAMS, SearchBackend, check_params, load_backend
 from ivt.index.clock import iso_to_seconds, seconds_to_iso
@@ -239,6 +240,29 @@ class Gallery:
         if not isinstance(item_id, (int, np.integer)) or not 0 <= int(item_id) < len(self):
             raise IndexStoreError(f"no item {item_id!r} in this index ({len(self)} items)")
         return self.stored.items[int(item_id)]
+
+
+#: The fewest hex digits an item id may be shortened to (as git abbreviates object names); the
+#: results table shows 12.
+MIN_ID_PREFIX = 4
+_HEX_PREFIX = re.compile(r"[0-9a-f]{1,64}")
+
+
+def id_prefix(raw: str) -> str | None:
+    """A content id (a sha256 in hex) or a prefix of one as a request gives it: at least
+    :data:`MIN_ID_PREFIX` hex digits in either case, returned lower-cased; None for anything else."""
+    text = raw.lower() if isinstance(raw, str) else ""
+    return text if len(text) >= MIN_ID_PREFIX and _HEX_PREFIX.fullmatch(text) else None
+
+
+def unique_id(raw: str, matches: Sequence[str]) -> str | None:
+    """The one id that begins with prefix ``raw`` among ``matches`` (None when there is none);
+    DataError when several do, listing them as the results table shows ids."""
+    if len(matches) > 1:
+        shown = ", ".join(m[:12] for m in matches[:2])
+        raise DataError(f"item id {raw[:70]!r} is ambiguous: the ids of several items begin with it ({shown}, ...); "
+                        f"give more of its digits")
+    return matches[0] if matches else None
 
 
 def confined_file(item_id: int | str, root: Path, relative: str) -> Path:

@@ -18,7 +18,16 @@ import numpy as np
 from ivt.errors import ConfigError, IndexStoreError
 from ivt.index.clock import start_time_problem
 from ivt.index.filters import SearchFilter
-from ivt.index.gallery import Hit, TrackSpan, check_compatible, confined_file, describe_item, read_verified
+from ivt.index.gallery import (
+    Hit,
+    TrackSpan,
+    check_compatible,
+    confined_file,
+    describe_item,
+    id_prefix,
+    read_verified,
+    unique_id,
+)
 from ivt.index.milvus import (
     MilvusAddress,
     check_embeddings,
@@ -125,10 +134,16 @@ class MilvusGallery:
                          preprocessing)
 
     def parse_id(self, raw: str) -> str | None:
-        """The item id a request names (a sha256 in hex), if the collection holds it."""
-        if not _SHA_RE.match(raw or ""):
-            return None
-        return raw if self._record(raw, missing_ok=True) is not None else None
+        """The item id a request names (a sha256 in hex, or a unique prefix of one in either case:
+        :func:`~ivt.index.gallery.id_prefix`), if the collection holds it; DataError when several
+        items' ids begin with the prefix."""
+        prefix = id_prefix(raw)
+        if prefix is None or len(prefix) == 64:
+            return prefix if prefix is not None and self._record(prefix, missing_ok=True) is not None else None
+        rows = milvus_call("looking up an item id", self.address, self.client.query, self.address.collection,
+                           filter=f'id like "{prefix}%"', output_fields=["id"], limit=2,
+                           consistency_level=self.consistency)
+        return unique_id(raw, sorted(row["id"] for row in rows))
 
     # -- search ---------------------------------------------------------------------------------
 

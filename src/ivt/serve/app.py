@@ -173,11 +173,16 @@ class SearchService:
         self._explained: OrderedDict[tuple[int | str, str], bytes] = OrderedDict()
         self.frames = FrameServer(gallery)
 
-    def item_id(self, raw: str) -> int | str:
-        """An item id from a request, naming an existing item, else 404."""
-        item = self.gallery.parse_id(raw)
+    def item_id(self, raw: str, field: str | None = None) -> int | str:
+        """An item id from a request (``field`` of the body, None for the URL), naming an existing
+        item, else 404; 422 for a prefix of several items' ids."""
+        where = f"{field}: " if field else ""
+        try:
+            item = self.gallery.parse_id(raw)
+        except DataError as exc:
+            raise ApiError(422, where + str(exc)) from exc
         if item is None:
-            raise ApiError(404, f"no image with id {raw[:40]!r}")
+            raise ApiError(404, f"{where}no image with id {raw[:40]!r}")
         return item
 
     def search(self, text: str | None, k: int, per_track: bool, rerank: int = 0,
@@ -197,10 +202,7 @@ class SearchService:
         start = time.perf_counter()
         example: Example | None = None
         if like is not None:
-            try:
-                example = example_item(self.gallery, str(like))
-            except DataError as exc:
-                raise ApiError(404, f"like: no image with id {str(like)[:40]!r}") from exc
+            example = example_item(self.gallery, str(self.item_id(str(like), "like")))
         ignored: list[str] = []
         text_vector = None
         if text is not None:
