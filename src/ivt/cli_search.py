@@ -203,8 +203,9 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("text", nargs="?", help='the description, e.g. "a man in a black jacket with a red backpack"')
     p.add_argument("--image", metavar="FILE", help="find this person: an image of them (left out of the results "
                    "when indexed)")
-    p.add_argument("--item", metavar="ID", help="find this person: an item of the index (left out of the results; "
-                   "with --per-track, its whole track)")
+    p.add_argument("--item", metavar="ID", help="find this person: an item of the index, by the id the results show "
+                   "(a Milvus item's id may be shortened to any unique prefix of 4 or more hex digits, either case); "
+                   "left out of the results, with --per-track its whole track")
     p.add_argument("--index", required=True, metavar="INDEX", help="index directory or milvus:URI#COLLECTION")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--per-track", action="store_true", help="one result per video track (its best crop)")
