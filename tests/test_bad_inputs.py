@@ -100,6 +100,13 @@ def _file(name: str, content: bytes | str, then: Callable[[dict[str, Path], Path
     return prepare
 
 
+def _png_bytes(format: str = "PNG") -> bytes:
+    """A small image file's bytes."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 16), (200, 30, 30)).save(buf, format)
+    return buf.getvalue()
+
+
 def _huge_png(path: Path) -> None:
     """A PNG whose header declares 20,000 x 20,000 pixels (a decompression bomb), a few bytes long."""
     buf = io.BytesIO()
@@ -153,6 +160,17 @@ CASES = [
         {**_entries(w)[0], "id": 999}]), ["data", "check", str(w["data"])])[1], "999"),
     Case("missing-annotation", lambda w: ["data", "check", str(w["tmp"] / "nowhere")], "nowhere"),
     Case("unknown-format", lambda w: ["data", "check", str(w["data"]), "--format", "coco"], "coco"),
+    Case("annotation-is-an-image", _file("one.png", _png_bytes(), lambda w, p: ["data", "check", str(p)]),
+         "one.png: this is an image file (PNG), not an annotation file; give the dataset's annotation file or "
+         "its directory"),
+    Case("images-option-given-an-image", _file("one.jpg", _png_bytes("JPEG"), lambda w, p: [
+        "index", "build", "--checkpoint", str(w["run"]), "--images", str(p), "--out", str(w["tmp"] / "idx")]),
+         "one.jpg: this is an image file (JPEG), but --images takes a folder of images (searched recursively) or "
+         "a dataset annotation file (JSON or JSONL) listing them; to index this image, put it in a folder and give "
+         "the folder"),
+    Case("images-option-of-add-given-an-image", _file("one.gif", _png_bytes("GIF"), lambda w, p: [
+        "index", "add", "--index", str(w["tmp"] / "idx"), "--images", str(p)]),
+         "one.gif: this is an image file (GIF), but --images takes a folder"),
     Case("jsonl-bad-line", _file("d.jsonl", '{"image": "a.jpg", "id": 1, "split": "train", "caption": "x"}\n{oops\n',
                                  lambda w, p: ["data", "check", str(p)]), "line 2"),
     # --- images ---

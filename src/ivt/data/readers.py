@@ -176,11 +176,29 @@ def _loads(text: str, where: str) -> Any:
         return parse_json(text, where, DataError)
 
 
+def image_format(path: str | Path) -> str | None:
+    """The image format of the file ``path`` (``JPEG``, ``PNG`` ...) from its header alone (Pillow
+    reads the first kilobytes), or None when it is no image Pillow knows."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.format or "image"
+    except Image.DecompressionBombError:
+        return "image"
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
 def _read_text(path: Path) -> str:
-    """The file's UTF-8 text (a leading byte-order mark is dropped)."""
+    """The file's UTF-8 text (a leading byte-order mark is dropped); an image file is named as one."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
+        kind = image_format(path)
+        if kind is not None:
+            raise DataError(f"{path}: this is an image file ({kind}), not an annotation file; give the dataset's "
+                            f"annotation file or its directory ({_accepted()})") from None
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read: {err.strerror or err}") from None

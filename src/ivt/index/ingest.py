@@ -102,11 +102,16 @@ def image_source(path: str | Path, split: str | None = None, data_format: str = 
     directly) gives its images with person ids, optionally of one ``split``; any other directory
     is scanned recursively for image files."""
     from ivt.data import load_dataset
-    from ivt.data.readers import FILE_NAMES
+    from ivt.data.readers import FILE_NAMES, image_format
 
     p = Path(path)
     if not p.exists():
         raise DataError(f"--images {p}: no such file or directory")
+    kind = image_format(p) if p.is_file() else None
+    if kind is not None:
+        raise DataError(f"--images {p}: this is an image file ({kind}), but --images takes a folder of images "
+                        f"(searched recursively) or a dataset annotation file (JSON or JSONL) listing them; to "
+                        f"index this image, put it in a folder and give the folder")
     is_dataset = p.is_file() or split is not None or data_format != "auto" or any(
         c.is_file() and (c.name.lower() in FILE_NAMES or c.suffix.lower() == ".jsonl") for c in p.iterdir())
     if not is_dataset:
