@@ -346,7 +346,7 @@ def test_per_track_search_returns_one_hit_per_track(tmp_path):
                           video=VideoRef(source=0, frame=10 * (i // 3), time=i // 3 * 2.0, box=(0, 0, 8, 16),
                                          track=track)))
     manifest = _manifest([])
-    manifest["sources"] = [{"kind": "video", "name": "cam.avi"}]
+    manifest["sources"] = [{"kind": "video", "path": "/videos/cam.avi", "name": "cam.avi"}]
     with index_writer(tmp_path / "idx") as writer:
         writer.commit(manifest, np.array(emb, np.float32), items)
     gallery = Gallery.open(tmp_path / "idx")
