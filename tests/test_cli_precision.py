@@ -11,7 +11,7 @@ import ivt
 from helpers import MICRO_MODEL
 from ivt.cli import main
 from ivt.index.store import read_index
-from search_helpers import tiny_trained_run
+from search_helpers import free_port, tiny_trained_run
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,8 @@ def test_index_search_explain_serve_and_evaluate_take_precision(run_and_data, tm
     image = next((data / "imgs").rglob("*.jpg"))
     assert main(["explain", "a person", "--checkpoint", str(run), "--image", str(image), "--samples", "4",
                  "--out", str(tmp_path / "e.png"), "--precision", "bf16"]) == 0
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
-    assert main(["serve", "--index", str(idx), "--precision", "fp32"]) == 0
+    monkeypatch.setattr("uvicorn.Server.run", lambda server, sockets=None: None)
+    assert main(["serve", "--index", str(idx), "--precision", "fp32", "--port", str(free_port())]) == 0
     assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--precision", "bf16"]) == 0
     assert loads == [torch.bfloat16, None, None, torch.bfloat16, None, torch.bfloat16]
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 import ivt
 from ivt.cli import main
-from ivt.errors import ConfigError, IndexStoreError
+from ivt.errors import ConfigError, DataError, IndexStoreError
 from ivt.files import file_sha256
 from ivt.index.build import add_to_index, build_index
 from ivt.index.filters import SearchFilter
@@ -130,6 +130,7 @@ def test_filters_are_milvus_expressions_with_quoted_names():
         'video == true and camera in ["cam \\"7\\"\\\\b", "gate"] and track == 5 and has_wall == true and '
         'wall_time >= 1796292000.000000 and time <= 30.000000')
     assert filter_expression(SearchFilter.make(min_score=0.2)) == ""
+    assert filter_expression(SearchFilter.make([" café-北口"])) == 'video == true and camera in ["café-北口"]'
 
 
 def test_adding_again_adds_nothing_and_the_model_is_checked(setup, milvus_index):
@@ -377,3 +378,28 @@ def test_index_settings_are_resolved_and_checked():
     with pytest.raises(ConfigError, match="M='-4' must be positive"):
         resolve_params({"index": "HNSW", "M": "-4"})
     assert resolve_params(None)[1] == {"index": "FLAT", "rerank": 1}
+
+
+def test_camera_names_match_and_are_bounded_alike_in_both_stores(setup, tmp_path):
+    base = _mkdir(tmp_path / "clips")
+    write_clip(base / "one.avi", frames=3)
+    _other_clip(base / "two.avi", frames=3)
+    _other_clip(base / "three.avi", frames=4)      # frames 0-2 are two.avi's (held already): 2 new crops
+    longest = "北" * 256                       # 768 bytes in UTF-8: kept whole by both stores
+    clips = {" café-北口 ": base / "one.avi", 'gate "7" \\ b': base / "two.avi", longest: base / "three.avi"}
+    q = setup["model"].encode_texts([QUERY])[0].numpy()
+    for location in (tmp_path / "local", f"milvus:{tmp_path / 'cams.db'}#cams"):
+        with pytest.raises(DataError, match=r"--camera '北北北.*': 257 characters, more than 256"):
+            build_index(location, setup["model"], videos=[base / "one.avi"], camera=longest + "x",
+                        detector=ColourDetector(), progress=False)
+        for i, (camera, clip) in enumerate(clips.items()):
+            (add_to_index if i else build_index)(location, setup["model"], videos=[clip], camera=camera,
+                                                 detector=ColourDetector(), progress=False)
+        gallery = MilvusGallery.open(location) if isinstance(location, str) else Gallery.open(location)
+        if isinstance(location, str):
+            _settle(gallery, 14)
+        for name, count in (("café-北口", 6), (" café-北口", 6), ('gate "7" \\ b', 6), (longest, 2)):
+            hits = gallery.search(q, 50, where=SearchFilter.make([name]))
+            assert len(hits) == count, (location, name)
+            assert {gallery.describe(h.id)["camera"] for h in hits} == {name.strip()}, (location, name)
+        assert len(gallery.search(q, 50, where=SearchFilter.make(["café-北口", 'gate "7" \\ b']))) == 12

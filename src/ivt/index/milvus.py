@@ -33,7 +33,6 @@ the index type.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -49,7 +48,7 @@ import numpy as np
 from ivt.errors import ConfigError, DataError, IndexStoreError
 from ivt.files import atomic_write
 from ivt.index.backends import resolve_pq
-from ivt.index.filters import parse_time
+from ivt.index.filters import MAX_CAMERA, parse_time
 from ivt.index.store import Item, now_iso, sha256_bytes, unit_rows_problem
 
 PREFIX = "milvus:"
@@ -72,7 +71,7 @@ CONNECT_SECONDS = 10            # how long to wait for a server that does not an
 WRITE_ROWS = 1000               # rows per upsert (milvus-lite slows down ~50x with 10,000 at once)
 TRACK_BITS = 24                 # tracks of one video: ids first_track .. first_track + 2**24 - 1
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
-_TEXT = 1024                     # longest camera name stored
+_TEXT = 4 * MAX_CAMERA           # bytes of the longest camera name in UTF-8
 
 
 @dataclass(frozen=True)
@@ -151,6 +150,12 @@ def connect(address: MilvusAddress, connection: Mapping[str, str] | None = None)
                               ) from exc
     finally:
         logging.disable(logging.NOTSET)
+
+
+def milvus_string(text: str) -> str:
+    """``text`` as a string literal of a Milvus filter expression: in double quotes, backslashes and
+    double quotes escaped, every other character as itself (Milvus does not decode ``\\uXXXX``)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _reason(exc: BaseException) -> str:
@@ -281,7 +286,7 @@ def get_meta(client: Any, address: MilvusAddress, keys: Sequence[str]) -> dict[s
     if not keys:
         return {}
     rows = milvus_call("reading the index's description", address, client.query, address.meta,
-                        filter=f"key in [{', '.join(json.dumps(k) for k in keys)}]", output_fields=["key", "value"])
+                        filter=f"key in [{', '.join(milvus_string(k) for k in keys)}]", output_fields=["key", "value"])
     return {row["key"]: row["value"] for row in rows}
 
 
@@ -349,7 +354,7 @@ class MilvusSink:
         if not shas:
             return set()
         rows = milvus_call("looking up contents", self.address, self.client.query, self.address.collection,
-                            filter=f"id in [{', '.join(json.dumps(s) for s in shas)}]", output_fields=["id"],
+                            filter=f"id in [{', '.join(milvus_string(s) for s in shas)}]", output_fields=["id"],
                             consistency_level="Session")
         return {row["id"] for row in rows}
 
@@ -408,7 +413,7 @@ class MilvusSink:
             start = source.get("start_time")
             record["video"] = {"source": source["sha256"], "frame": ref.frame, "time": ref.time, "box": list(ref.box),
                                "track": ref.track, "score": ref.score}
-            row.update(video=True, camera=str(source.get("camera") or "")[:_TEXT], track=ref.track, frame=ref.frame,
+            row.update(video=True, camera=str(source.get("camera") or ""), track=ref.track, frame=ref.frame,
                        time=float(ref.time), has_wall=start is not None,
                        wall_time=parse_time(start)[0] + ref.time if start is not None else 0.0)
         row["record"] = record

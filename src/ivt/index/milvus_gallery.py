@@ -4,7 +4,6 @@ candidates' stored vectors re-scored exactly, so scores are true cosines whateve
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -35,6 +34,7 @@ from ivt.index.milvus import (
     count_items,
     get_meta,
     milvus_call,
+    milvus_string,
     parse_address,
     positive_int,
     read_manifest,
@@ -55,7 +55,7 @@ def filter_expression(where: SearchFilter | None) -> str:
         return ""
     parts = ["video == true"]
     if where.cameras:
-        parts.append(f"camera in [{', '.join(json.dumps(c) for c in where.cameras)}]")
+        parts.append(f"camera in [{', '.join(milvus_string(c) for c in where.cameras)}]")
     if where.track is not None:
         parts.append(f"track == {int(where.track)}")
     for bound, op in ((where.after, ">="), (where.before, "<=")):
