@@ -11,7 +11,7 @@ from PIL import Image
 
 from ivt.errors import ConfigError, DataError
 from ivt.video import Detection, HOGDetector, IoUTracker, extract_people, iou, load_detector, read_frames, video_info
-from ivt.video.people import crop_box
+from ivt.video.people import check_frame_size, crop_box
 from search_helpers import ColourDetector, write_clip
 
 
@@ -242,6 +242,7 @@ def test_a_frame_the_detector_cannot_search_is_refused_with_the_video_and_frame(
                                                   f"the HOG detector's 64x128 window at upscale 0.5 (it needs "
                                                   f"frames of at least 127x255 pixels)")):
         list(extract_people(clip, HOGDetector(upscale=0.5)))
+    check_frame_size(clip, HOGDetector(), 0, 0)            # a container that does not say its size: frames tell
     with pytest.raises(DataError, match=r"RGB frames \(H, W, 3\) of uint8, got float32 \(200, 100, 3\)"):
         HOGDetector()(np.zeros((200, 100, 3), np.float32))
 

@@ -38,9 +38,10 @@ def crop_box(box: tuple[int, int, int, int], margin: float, width: int, height: 
 
 def check_frame_size(path: str | Path, detector: Detector, width: int, height: int) -> None:
     """DataError naming the video when ``detector`` cannot search its ``width`` x ``height`` frames
-    (a detector may say why through a ``frame_problem(width, height)`` method)."""
+    (a detector may say why through a ``frame_problem(width, height)`` method). A size of 0 (a
+    container that does not say) is left to the check of each decoded frame."""
     problem = getattr(detector, "frame_problem", None)
-    why = problem(width, height) if callable(problem) else None
+    why = problem(width, height) if callable(problem) and width > 0 and height > 0 else None
     if why is not None:
         raise DataError(f"{path}: its frames are {width}x{height} pixels, {why}")
 
