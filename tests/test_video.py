@@ -286,3 +286,15 @@ def test_the_cli_refuses_a_detector_that_is_no_factory_with_exit_2(tmp_path, cap
     assert capsys.readouterr().err == ("ivt index: error: --detector 'os:system': os.system(command) takes "
                                        "arguments; give a function or class that takes none and returns a detector\n")
     assert not (tmp_path / "idx").exists()
+
+
+def test_a_frame_number_the_video_does_not_have_is_refused_not_replaced(tmp_path):
+    from ivt.errors import IndexStoreError
+    from ivt.index.frames import read_frame
+
+    clip = tmp_path / "walk.avi"
+    write_clip(clip, frames=3)
+    assert read_frame(clip, 2).shape == (120, 160, 3)
+    for frame in (-1, 3):                                   # OpenCV would seek -1 to frame 0
+        with pytest.raises(IndexStoreError, match=re.escape(f"{clip}: no frame {frame}")):
+            read_frame(clip, frame)

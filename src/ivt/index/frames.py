@@ -39,6 +39,8 @@ class FrameNotAvailable(IndexStoreError):
 def read_frame(path: str | Path, index: int) -> np.ndarray:
     """Frame ``index`` of a video as RGB (H, W, 3), exactly that frame (IndexStoreError when the
     video has no such frame)."""
+    if index < 0:                     # OpenCV would seek to frame 0 instead
+        raise IndexStoreError(f"{path}: no frame {index}")
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
