@@ -186,11 +186,12 @@ def milvus_rows(label: str, uri: str, base: Path, data: np.ndarray, queries: np.
 
     n, dim = data.shape
     address = milvus.make_address(uri, "bench")
-    client = milvus.connect(address)
+    client = milvus.connect(address, create=True)
     rows = []
     first = indexes[0]
     manifest = milvus.new_manifest(manifest_of(dim), dim, first, None)
-    milvus.create_collections(client, address, manifest, force=True)
+    milvus.drop_collections(client, address)
+    milvus.create_collections(client, address, manifest)
     sink = milvus.MilvusSink(client, address, manifest)
     for record in sources:
         sink.add_video(dict(record))

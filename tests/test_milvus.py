@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from ivt.index.build import add_to_index, build_index
 from ivt.index.filters import SearchFilter
 from ivt.index.gallery import Gallery
 from ivt.index.ingest import image_source
-from ivt.index.milvus import connect, count_items, make_address, parse_address
+from ivt.index.milvus import MilvusSink, connect, count_items, make_address, parse_address
 from ivt.index.milvus_gallery import MilvusGallery, filter_expression
 from ivt.serve.app import create_app, load_service
 from search_helpers import ColourDetector, tiny_trained_run, write_clip
@@ -378,6 +379,181 @@ def test_index_settings_are_resolved_and_checked():
     with pytest.raises(ConfigError, match="M='-4' must be positive"):
         resolve_params({"index": "HNSW", "M": "-4"})
     assert resolve_params(None)[1] == {"index": "FLAT", "rerank": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures leave the user's index as it was; names, files and logs
+
+
+def _collections(location: str) -> list[str]:
+    return sorted(connect(parse_address(location)).list_collections())
+
+
+def test_a_failed_forced_build_keeps_the_old_collection(setup, tmp_path, monkeypatch):
+    location = f"milvus:{tmp_path / 'keep.db'}#people"
+    model, data = setup["model"], setup["data"]
+    build_index(location, model, images=image_source(data, split="test"), progress=False)
+    junk = _mkdir(tmp_path / "junk")
+    (junk / "x.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="nothing could be indexed"):
+        build_index(location, model, images=image_source(junk), progress=False, force=True)
+
+    def broken_write(self, items, embeddings):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(MilvusSink, "put", broken_write)
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        build_index(location, model, images=image_source(data, split="val"), progress=False, force=True)
+    monkeypatch.undo()
+    assert _collections(location) == ["people", "people__ivt_meta"]     # no half-built copy either
+    gallery = MilvusGallery.open(location)
+    _settle(gallery, 8)
+    old = {h.id for h in gallery.search(setup["model"].encode_texts([QUERY])[0].numpy(), 50)}
+    assert old == {i.sha256 for i in setup["local"].items if i.video is None}
+    # a forced build that succeeds replaces the index: the new items only, under the same name
+    report = build_index(location, model, images=image_source(data, split="val"), progress=False, force=True)
+    assert report.added == report.total == 6 and report.index_dir == location
+    assert _collections(location) == ["people", "people__ivt_meta"]
+    gallery = MilvusGallery.open(location)
+    _settle(gallery, 6)
+    assert not old & {h.id for h in gallery.search(setup["model"].encode_texts([QUERY])[0].numpy(), 50)}
+
+
+class _Records(logging.Handler):
+    """Every record that reaches the loggers it is attached to (as a terminal's handler would)."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.names, self.lines = names, []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+    def __enter__(self) -> _Records:
+        for name in self.names:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.names:
+            logging.getLogger(name).removeHandler(self)
+
+
+class _ServerNames:
+    """The collection names of a Milvus server, as :func:`take_over` uses them; one rename may fail."""
+
+    def __init__(self, names: dict[str, str], failing: tuple[str, str] | None = None) -> None:
+        self.names, self.failing = dict(names), failing
+
+    def has_collection(self, name: str) -> bool:
+        return name in self.names
+
+    def drop_collection(self, name: str) -> None:
+        del self.names[name]
+
+    def rename_collection(self, old: str, new: str) -> None:
+        if (old, new) == self.failing:
+            raise RuntimeError("rename refused")
+        assert new not in self.names
+        self.names[new] = self.names.pop(old)
+
+
+def test_a_server_renames_a_forced_rebuild_into_place_and_back_on_failure():
+    from ivt.index.milvus import staging_address, take_over
+
+    address = make_address("http://localhost:19530", "people")
+    names = {"people": "old items", "people__ivt_meta": "old meta", "people__ivt_staging": "new items",
+             "people__ivt_staging__ivt_meta": "new meta"}
+    client = _ServerNames(names)
+    take_over(client, staging_address(address), address, {})
+    assert client.names == {"people": "new items", "people__ivt_meta": "new meta"}
+    client = _ServerNames(names, failing=("people__ivt_staging__ivt_meta", "people__ivt_meta"))
+    with pytest.raises(IndexStoreError, match=r"renaming the new collection failed \(rename refused\)"):
+        take_over(client, staging_address(address), address, {})
+    assert client.names == {"people": "old items", "people__ivt_meta": "old meta"}
+
+
+def test_an_index_milvus_cannot_make_leaves_nothing_and_no_raw_milvus_logs(setup, tmp_path):
+    import pymilvus  # noqa: F401 - configures its loggers on import (handlers added before would be dropped)
+    from milvus_lite.server_manager import server_manager_instance
+
+    location = f"milvus:{tmp_path / 'hnsw.db'}#people"
+    test_images = image_source(setup["data"], split="test")
+    with _Records("", "pymilvus", "pymilvus.milvus_client") as logged:
+        with pytest.raises(IndexStoreError, match=r"creating the collection failed \(invalid index type: HNSW"):
+            build_index(location, setup["model"], images=test_images, backend_params={"index": "HNSW"},
+                        progress=False)
+        server_manager_instance.release_server(str(tmp_path / "none.db"))     # milvus-lite warns on the root logger
+    assert logged.lines == []
+    assert _collections(location) == []             # nothing half-made: the next build needs no --force
+
+
+def test_reading_a_missing_database_creates_nothing(setup, tmp_path, capsys):
+    from ivt.index.query import index_manifest, open_gallery
+
+    missing = tmp_path / "x" / "a" / "b" / "new.db"
+    for read in (open_gallery, index_manifest):
+        with pytest.raises(IndexStoreError, match=f"no Milvus database {missing}; build the index"):
+            read(f"milvus:{missing}#people")
+    assert main(["search", QUERY, "--index", f"milvus:{missing}#people", "--device", "cpu"]) == 2
+    assert f"no Milvus database {missing}" in capsys.readouterr().err
+    assert main(["index", "add", "--index", f"milvus:{missing}#people", "--images", str(setup["data"]),
+                 "--device", "cpu", "--quiet"]) == 2
+    assert f"no Milvus database {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_database_under_a_regular_file_is_a_clear_error(setup, tmp_path, capsys):
+    blocker = tmp_path / "FILE.png"
+    blocker.write_bytes(b"png")
+    for uri in (blocker / "x.db", blocker / "sub" / "x.db"):
+        assert main(["index", "build", "--checkpoint", str(setup["run"]), "--images", str(setup["data"]),
+                     "--backend", "milvus", "--param", f"uri={uri}", "collection=c", "--device", "cpu",
+                     "--quiet"]) == 2
+        assert f"error: milvus: cannot write '{uri}': {blocker} is not a directory" in capsys.readouterr().err
+        assert main(["search", QUERY, "--index", f"milvus:{uri}#c", "--device", "cpu"]) == 2
+        assert f"error: no Milvus database {uri}; build the index" in capsys.readouterr().err
+    assert blocker.read_bytes() == b"png"
+
+
+def _manifest_row(client, address) -> dict:
+    return client.query(address.meta, filter='key == "manifest"', output_fields=["value"])[0]["value"]
+
+
+DAMAGES = [
+    (lambda m: m.pop("backend"), "lacks field backend"),
+    (lambda m: m.update(backend={"name": "milvus"}), "field backend needs params"),
+    (lambda m: m["backend"]["params"].update(index="DISKANN"), "field backend has index 'DISKANN'"),
+    (lambda m: m["backend"]["params"].pop("rerank"), "field backend lacks parameter rerank"),
+    (lambda m: m["backend"]["params"].update(rerank="many"), "field backend has rerank='many'"),
+    (lambda m: m["backend"]["params"].update(nprobe=4), "field backend has parameter(s) nprobe, unknown"),
+    (lambda m: m.update(backend={"name": "exact", "params": {}}), "field backend names 'exact'"),
+    (lambda m: m.update(backend=[]), "field backend names []"),
+    (lambda m: m.pop("embedding"), "lacks field embedding"),
+    (lambda m: m.update(embedding={"dim": "8"}), "field embedding needs a positive integer dim"),
+    (lambda m: m.update(crops=5), "field crops must be a directory or null"),
+    (lambda m: m.pop("model"), "lacks field model"),
+    (lambda m: m["model"].pop("checkpoint"), "field model needs a fingerprint and a checkpoint"),
+    (lambda m: m.update(tokenizer="x"), "field tokenizer needs a fingerprint"),
+]
+
+
+def test_a_damaged_manifest_is_named_not_a_traceback(tmp_path):
+    from ivt.index.milvus import _put_meta, create_collections, new_manifest, read_manifest, resolve_params
+
+    address = make_address(str(tmp_path / "m.db"), "people")
+    client = connect(address, create=True)
+    entries = {"model": {"fingerprint": "f" * 64, "checkpoint": "/runs/x"}, "tokenizer": {"fingerprint": "t" * 64}}
+    create_collections(client, address, new_manifest(entries, 8, resolve_params(None)[1], None))
+    good = read_manifest(client, address)
+    for damage, message in DAMAGES:
+        manifest = json.loads(json.dumps(good))
+        damage(manifest)
+        _put_meta(client, address, "manifest", manifest)
+        with pytest.raises(IndexStoreError) as raised:
+            read_manifest(client, address)
+        assert str(raised.value).startswith(f"{address}: damaged index: the manifest in collection people__ivt_meta ")
+        assert message in str(raised.value), message
 
 
 def test_camera_names_match_and_are_bounded_alike_in_both_stores(setup, tmp_path):

@@ -191,7 +191,8 @@ def add_search_commands(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--video", nargs="+", metavar="FILE", help="video file(s): index the people in them")
         c.add_argument("--every", type=positive_int, default=1, help="with --video: process every N-th frame")
         c.add_argument("--detector", default="hog", help="person detector: hog, or package.module:factory")
-        c.add_argument("--camera", help="with --video: the camera's name (default: each video file's stem)")
+        c.add_argument("--camera", help="with --video: the camera's name, 1 to 256 printable characters "
+                                        "(default: each video file's stem)")
         c.add_argument("--start-time", metavar="ISO8601",
                        help="with --video: wall-clock time of the first frame, e.g. 2026-12-03T10:15:00Z")
         add_device_precision(c)

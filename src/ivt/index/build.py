@@ -175,33 +175,40 @@ def _milvus_update(location: str | Path | None, model: RetrievalModel, *, create
                           "http://HOST:PORT of a Milvus server)")
     crops = params.pop("crops", None)
     connection, settings = milvus.resolve_params(params)
-    client = milvus.connect(address, connection)
+    if not create and (crops is not None or settings != {"index": "FLAT", **milvus.DEFAULT_PARAMS["FLAT"]}):
+        raise ConfigError("index settings and the crop store are chosen when the index is built")
+    client = milvus.connect(address, connection, create=create)
     if create:
         store = crops or milvus.default_crop_store(address)
         manifest = milvus.new_manifest(model_manifest(model, which), int(model.embed_dim), settings,
                                        str(Path(store).expanduser().resolve()) if store else None)
-        milvus.create_collections(client, address, manifest, force)
     else:
-        if crops is not None or settings != {"index": "FLAT", **milvus.DEFAULT_PARAMS["FLAT"]}:
-            raise ConfigError("index settings and the crop store are chosen when the index is built")
         manifest = milvus.read_manifest(client, address)
         check_compatible(manifest, model.fingerprint, model.tokenizer_fingerprint, f"checkpoint {model.run_dir}",
                          Path(str(address)), model.config.preprocessing())
     if video_paths and not manifest.get("crops"):
-        if create:
-            milvus.drop_collections(client, address)
         raise ConfigError(f"{address} has no crop store for the people of videos; build it with --param crops=DIR "
                           f"(a directory every ingest worker and server can read)")
+    # A forced build over an existing index writes beside it and takes its name once complete: a
+    # failure on the way (nothing indexable, an error, Ctrl-C) leaves the old index as it was.
+    replacing = create and milvus.claim_name(client, address, force)
+    target = milvus.staging_address(address) if replacing else address
+    if replacing:
+        milvus.drop_collections(client, target)          # the copy a killed forced build left
+    if create:
+        milvus.create_collections(client, target, manifest)
     report = BuildReport(str(address))
     try:
-        collect(Collector(model, milvus.MilvusSink(client, address, manifest), batch_size, report), images,
+        collect(Collector(model, milvus.MilvusSink(client, target, manifest), batch_size, report), images,
                 video_paths, every, detector, progress, camera, start_time)
-        report.total = milvus.count_items(client, address)
+        report.total = milvus.count_items(client, target)
         check_something_indexed(report)
     except BaseException:
-        if create and report.added == 0:
-            milvus.drop_collections(client, address)
+        if replacing or (create and report.added == 0):
+            milvus.drop_collections(client, target)
         raise
+    if replacing:
+        milvus.take_over(client, target, address, manifest)
     report.seconds = time.perf_counter() - start
     return report
 

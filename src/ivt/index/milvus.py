@@ -22,6 +22,10 @@ Two collections make one index:
   the end: a worker killed mid-video leaves it incomplete, and the next add of that video goes
   through it again, keeping only what is not there yet).
 
+A forced rebuild (``--force``) is written to ``COLLECTION__ivt_staging`` (and its meta) and takes
+the name only once complete, so a failed rebuild leaves the old index as it was (see
+:func:`take_over`). Names containing ``__ivt_`` are ivt's own.
+
 Video crops are files in a crop store, a directory every ingest worker and server can read (a
 shared mount): ``CROPS/ab/ab12...jpg``, content-addressed like ivt's own ``crops/``. A server
 serves an image only by id, and only while its bytes still have that sha256.
@@ -46,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from ivt.errors import ConfigError, DataError, IndexStoreError
-from ivt.files import atomic_write
+from ivt.files import atomic_write, output_problem
 from ivt.index.backends import resolve_pq
 from ivt.index.filters import MAX_CAMERA, parse_time
 from ivt.index.store import Item, now_iso, sha256_bytes, unit_rows_problem
@@ -55,6 +59,9 @@ PREFIX = "milvus:"
 FORMAT = "ivt-milvus"
 FORMAT_VERSION = 1
 META_SUFFIX = "__ivt_meta"
+RESERVED = "__ivt_"             # ivt's own collections: COLLECTION__ivt_meta, a forced rebuild's staging copy
+STAGING_SUFFIX = "__ivt_staging"
+RETIRED_SUFFIX = "__ivt_retired"
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ")
 #: Parameters of each index type with their defaults; ``rerank`` x k candidates are re-scored.
 DEFAULT_PARAMS: dict[str, dict[str, int]] = {
@@ -104,9 +111,9 @@ def make_address(uri: str, collection: str) -> MilvusAddress:
     uri, collection = str(uri).strip(), str(collection).strip()
     if not uri:
         raise ConfigError("milvus: give the uri (a local .db file, or http://HOST:PORT of a server)")
-    if not _NAME_RE.match(collection) or collection.endswith(META_SUFFIX):
+    if not _NAME_RE.match(collection) or RESERVED in collection:
         raise ConfigError(f"milvus: collection {collection!r} must start with a letter or '_', hold only letters, "
-                          f"digits and '_' (at most 201), and not end in {META_SUFFIX}")
+                          f"digits and '_' (at most 201), and not contain {RESERVED} (ivt's own collections do)")
     address = MilvusAddress(uri, collection)
     if address.is_local:
         path = Path(uri).expanduser()
@@ -128,28 +135,58 @@ def parse_address(location: str) -> MilvusAddress:
     return make_address(uri, collection)
 
 
-def connect(address: MilvusAddress, connection: Mapping[str, str] | None = None) -> Any:
-    """A ``MilvusClient`` for ``address``; IndexStoreError when Milvus cannot be reached."""
+def connect(address: MilvusAddress, connection: Mapping[str, str] | None = None, create: bool = False) -> Any:
+    """A ``MilvusClient`` for ``address``; IndexStoreError when Milvus cannot be reached. A local
+    .db file must exist unless ``create`` (a build): reading never creates a file or a folder."""
     try:
-        from pymilvus import MilvusClient
+        with warnings.catch_warnings():   # milvus-lite 2.5 imports the deprecated pkg_resources
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            from pymilvus import MilvusClient
     except ImportError as exc:  # pragma: no cover - pymilvus is a dependency
         raise ConfigError("the milvus backend needs pymilvus (pip install pymilvus milvus-lite)") from exc
+    quiet_milvus_logs()
     kwargs = {k: v for k, v in (connection or {}).items() if k in CONNECTION_PARAMS}
     if "token" not in kwargs and os.environ.get("MILVUS_TOKEN"):
         kwargs["token"] = os.environ["MILVUS_TOKEN"]
     if address.is_local:
-        Path(address.uri).parent.mkdir(parents=True, exist_ok=True)
-    logging.disable(logging.ERROR)        # pymilvus logs the failure itself; ours says it once, clearly
+        _local_file(Path(address.uri), create)
     try:
-        with warnings.catch_warnings():   # milvus-lite 2.5 imports the deprecated pkg_resources
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
             return MilvusClient(address.uri, timeout=CONNECT_SECONDS, **kwargs)
     except Exception as exc:  # pymilvus raises several types (MilvusException, connection errors)
         raise IndexStoreError(f"cannot open Milvus at {address.uri} ({_reason(exc)})"
                               + ("; a local .db file is open in one process at a time" if address.is_local else "")
                               ) from exc
-    finally:
-        logging.disable(logging.NOTSET)
+
+
+def _local_file(path: Path, create: bool) -> None:
+    if not create:
+        if not path.is_file():
+            raise IndexStoreError(f"no Milvus database {path}; build the index with `ivt index build --backend "
+                                  f"milvus --param uri={path} collection=...`")
+        return
+    problem = output_problem(path)
+    if problem is not None:
+        raise IndexStoreError(f"milvus: {problem}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _not_milvus_lite(record: logging.LogRecord) -> bool:
+    return Path(record.pathname).parent.name != "milvus_lite"
+
+
+def quiet_milvus_logs() -> None:
+    """Keep pymilvus's and milvus-lite's own log lines ("[ERROR][handler]: RPC error ...") off the
+    terminal: ivt's message names the failure and Milvus's reason once. ``IVT_DEBUG=1`` keeps them."""
+    if os.environ.get("IVT_DEBUG"):
+        return
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if (name == "pymilvus" or name.startswith("pymilvus.")) and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL + 1)
+    root = logging.getLogger()
+    if _not_milvus_lite not in root.filters:       # milvus-lite logs on the root logger
+        root.addFilter(_not_milvus_lite)
 
 
 def milvus_string(text: str) -> str:
@@ -244,27 +281,91 @@ def index_params(client: Any, settings: Mapping[str, Any]) -> Any:
     return params
 
 
-def create_collections(client: Any, address: MilvusAddress, manifest: dict[str, Any], force: bool) -> None:
-    """Create the item and meta collections and write the manifest; an existing index is
-    refused without ``force`` (with it, dropped first: Milvus has no atomic replace)."""
+def claim_name(client: Any, address: MilvusAddress, force: bool) -> bool:
+    """Whether a build at ``address`` replaces something there: an existing index (or another
+    collection of that name) is refused without ``force``. With it, the new index is built beside
+    the old one and takes its name only once complete (:func:`take_over`)."""
     exists = milvus_call("listing collections", address, client.has_collection, address.collection)
     meta_exists = milvus_call("listing collections", address, client.has_collection, address.meta)
-    if (exists or meta_exists) and not force:
-        what = "an ivt index" if meta_exists else "a collection that is not an ivt index"
-        raise IndexStoreError(f"{address} already holds {what}; add to it with `ivt index add`, or pass --force to "
-                              f"replace it")
-    for name, present in ((address.collection, exists), (address.meta, meta_exists)):
-        if present:
-            milvus_call("dropping the old collection", address, client.drop_collection, name)
+    if meta_exists and not force:
+        raise IndexStoreError(f"{address} already holds an ivt index; add to it with `ivt index add`, or pass "
+                              f"--force to replace it")
+    if exists and not force:
+        raise IndexStoreError(f"{address} already holds a collection {address.collection} that is not an ivt index; "
+                              f"choose another collection name, or pass --force to replace it")
+    return bool(exists or meta_exists)
+
+
+def staging_address(address: MilvusAddress) -> MilvusAddress:
+    """Where a forced rebuild of ``address`` is written until it is complete."""
+    return MilvusAddress(address.uri, address.collection + STAGING_SUFFIX)
+
+
+def create_collections(client: Any, address: MilvusAddress, manifest: dict[str, Any]) -> None:
+    """Create the item and meta collections of a new index and write its manifest; when a step
+    fails (e.g. an index type this Milvus lacks), what was made is dropped again."""
     dim = int(manifest["embedding"]["dim"])
-    milvus_call("creating the collection", address, client.create_collection, address.collection,
-                 schema=_item_schema(client, dim), index_params=index_params(client, manifest["backend"]["params"]),
-                 consistency_level="Bounded")
-    meta_index = client.prepare_index_params()
-    meta_index.add_index("unused", index_type="FLAT", metric_type="L2")
-    milvus_call("creating the collection", address, client.create_collection, address.meta,
-                 schema=_meta_schema(client), index_params=meta_index, consistency_level="Strong")
-    _put_meta(client, address, "manifest", manifest)
+    try:
+        milvus_call("creating the collection", address, client.create_collection, address.collection,
+                    schema=_item_schema(client, dim), index_params=index_params(client, manifest["backend"]["params"]),
+                    consistency_level="Bounded")
+        meta_index = client.prepare_index_params()
+        meta_index.add_index("unused", index_type="FLAT", metric_type="L2")
+        milvus_call("creating the collection", address, client.create_collection, address.meta,
+                    schema=_meta_schema(client), index_params=meta_index, consistency_level="Strong")
+        _put_meta(client, address, "manifest", manifest)
+    except BaseException:
+        drop_collections(client, address)
+        raise
+
+
+def take_over(client: Any, staged: MilvusAddress, address: MilvusAddress, manifest: dict[str, Any]) -> None:
+    """Give the complete index built at ``staged`` the name of ``address``, replacing what is there.
+    A server renames: the old collections step aside, the new ones take the name, and only then are
+    the old ones dropped (any failure renames them back). milvus-lite cannot rename: the new rows
+    are copied under the name (a failure while copying keeps the complete new index at ``staged``)."""
+    pairs = ((staged.collection, address.collection), (staged.meta, address.meta))
+    if address.is_local:
+        drop_collections(client, address)
+        try:
+            create_collections(client, address, manifest)
+            for source, target in pairs:
+                _copy_rows(client, address, source, target)
+        except Exception as exc:
+            raise IndexStoreError(f"{address}: copying the new index under its name failed ({_reason(exc)}); the "
+                                  f"complete new index is in collection {staged.collection} of {address.uri}") from exc
+        drop_collections(client, staged)
+        return
+    retired = MilvusAddress(address.uri, address.collection + RETIRED_SUFFIX)
+    drop_collections(client, retired)                   # left by a swap that was killed
+    done: list[tuple[str, str]] = []
+    try:
+        for (_, target), old in zip(pairs, (retired.collection, retired.meta)):
+            if milvus_call("listing collections", address, client.has_collection, target):
+                milvus_call("renaming the old collection", address, client.rename_collection, target, old)
+                done.append((target, old))
+        for source, target in pairs:
+            milvus_call("renaming the new collection", address, client.rename_collection, source, target)
+            done.append((source, target))
+    except BaseException:
+        for before, after in reversed(done):
+            try:
+                client.rename_collection(after, before)
+            except Exception:  # noqa: BLE001,S110 - best effort while already failing
+                pass
+        drop_collections(client, staged)
+        raise
+    drop_collections(client, retired)
+
+
+def _copy_rows(client: Any, address: MilvusAddress, source: str, target: str) -> None:
+    scan = milvus_call("reading the new index", address, client.query_iterator, source, batch_size=WRITE_ROWS,
+                       output_fields=["*"], consistency_level="Strong")
+    try:
+        while batch := milvus_call("reading the new index", address, scan.next):
+            milvus_call("writing the new index", address, client.upsert, target, batch)
+    finally:
+        scan.close()
 
 
 def drop_collections(client: Any, address: MilvusAddress) -> None:
@@ -304,10 +405,8 @@ def read_manifest(client: Any, address: MilvusAddress) -> dict[str, Any]:
     if manifest.get("version") != FORMAT_VERSION:
         raise IndexStoreError(f"{address}: manifest version {manifest.get('version')!r}; this ivt reads "
                               f"version {FORMAT_VERSION}")
-    for key in ("model", "tokenizer"):
-        if not isinstance(manifest.get(key), dict) or not isinstance(manifest[key].get("fingerprint"), str):
-            raise IndexStoreError(f"{address}: the manifest's {key} has no fingerprint")
-    dim = manifest.get("embedding", {}).get("dim")
+    _check_manifest(address, manifest)
+    dim = manifest["embedding"]["dim"]
     fields = milvus_call("describing the collection", address, client.describe_collection,
                           address.collection)["fields"]
     vector = next((f for f in fields if f["name"] == "embedding"), None)
@@ -316,6 +415,48 @@ def read_manifest(client: Any, address: MilvusAddress) -> dict[str, Any]:
                               f"size {dim}")
     milvus_call("loading the collection", address, client.load_collection, address.collection)
     return manifest
+
+
+def _check_manifest(address: MilvusAddress, manifest: dict[str, Any]) -> None:
+    """IndexStoreError naming the collection and the field when a manifest of this format lacks
+    what ivt reads from it (a damaged index)."""
+    def damaged(what: str) -> IndexStoreError:
+        return IndexStoreError(f"{address}: damaged index: the manifest in collection {address.meta} {what}")
+
+    missing = [key for key in ("model", "tokenizer", "embedding", "backend") if key not in manifest]
+    if missing:
+        raise damaged(f"lacks field {', '.join(missing)}")
+    model, tokenizer, embedding, backend = (manifest[k] for k in ("model", "tokenizer", "embedding", "backend"))
+    if not (isinstance(model, dict) and isinstance(model.get("fingerprint"), str)
+            and isinstance(model.get("checkpoint"), str)):
+        raise damaged("field model needs a fingerprint and a checkpoint")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("fingerprint"), str):
+        raise damaged("field tokenizer needs a fingerprint")
+    if not isinstance(embedding, dict) or not _positive(embedding.get("dim")):
+        raise damaged("field embedding needs a positive integer dim")
+    if not isinstance(backend, dict) or backend.get("name") != "milvus":
+        raise damaged(f"field backend names {backend.get('name') if isinstance(backend, dict) else backend!r}, "
+                      f"not milvus")
+    params = backend.get("params")
+    if not isinstance(params, dict) or "index" not in params:
+        raise damaged("field backend needs params (the index type and its settings)")
+    kind = params["index"]
+    if kind not in INDEX_TYPES:
+        raise damaged(f"field backend has index {kind!r}, not one of {', '.join(INDEX_TYPES)}")
+    for key in DEFAULT_PARAMS[kind]:
+        if key not in params:
+            raise damaged(f"field backend lacks parameter {key} of index {kind}")
+        if not _positive(params[key]):
+            raise damaged(f"field backend has {key}={params[key]!r}, not a positive integer")
+    unknown = sorted(set(params) - {"index", *DEFAULT_PARAMS[kind]})
+    if unknown:
+        raise damaged(f"field backend has parameter(s) {', '.join(unknown)}, unknown to index {kind}")
+    if manifest.get("crops") is not None and not isinstance(manifest["crops"], str):
+        raise damaged("field crops must be a directory or null")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def new_manifest(model_entries: Mapping[str, Any], dim: int, settings: Mapping[str, Any],
