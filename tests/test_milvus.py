@@ -556,6 +556,27 @@ def test_a_damaged_manifest_is_named_not_a_traceback(tmp_path):
         assert message in str(raised.value), message
 
 
+
+def test_a_stored_start_time_search_cannot_show_is_named_when_the_index_opens(tmp_path):
+    """A video whose start (or last frame) falls past the year 9999 refuses the index when it is opened,
+    naming the video and the field, so no search (and no API request) meets it later."""
+    from ivt.index.milvus import _put_meta, create_collections, new_manifest, read_manifest, resolve_params
+
+    address = make_address(str(tmp_path / "t.db"), "people")
+    client = connect(address, create=True)
+    entries = {"model": {"fingerprint": "f" * 64, "checkpoint": "/runs/x"}, "tokenizer": {"fingerprint": "t" * 64}}
+    create_collections(client, address, new_manifest(entries, 8, resolve_params(None)[1], None))
+    video = {"name": "north.avi", "sha256": "ab" * 32, "fps": 10.0, "frame_count": 30, "complete": True}
+    _put_meta(client, address, "source:" + "ab" * 32, {**video, "start_time": "2026-12-03T10:00:00.000+00:00"})
+    read_manifest(client, address)
+    for start, problem in (("9999-12-31T23:59:58.000+00:00", "its frames 0 to 2.9 s after it fall outside"),
+                           ("10000-01-01", "it is not an ISO 8601 date-time")):
+        _put_meta(client, address, "source:" + "ab" * 32, {**video, "start_time": start})
+        with pytest.raises(IndexStoreError) as raised:
+            read_manifest(client, address)
+        assert str(raised.value).startswith(f"{address}: damaged index: video 'north.avi' (row source:abab")
+        assert f"field start_time {start!r}: {problem}" in str(raised.value)
+
 def test_camera_names_match_and_are_bounded_alike_in_both_stores(setup, tmp_path):
     base = _mkdir(tmp_path / "clips")
     write_clip(base / "one.avi", frames=3)

@@ -52,6 +52,7 @@ import numpy as np
 from ivt.errors import ConfigError, DataError, IndexStoreError
 from ivt.files import atomic_write, output_problem
 from ivt.index.backends import resolve_pq
+from ivt.index.clock import start_time_problem
 from ivt.index.filters import MAX_CAMERA, parse_time
 from ivt.index.store import Item, now_iso, sha256_bytes, unit_rows_problem
 
@@ -414,7 +415,27 @@ def read_manifest(client: Any, address: MilvusAddress) -> dict[str, Any]:
         raise IndexStoreError(f"{address}: the collection's embedding field does not have the manifest's "
                               f"size {dim}")
     milvus_call("loading the collection", address, client.load_collection, address.collection)
+    _check_start_times(client, address)
     return manifest
+
+
+def _check_start_times(client: Any, address: MilvusAddress) -> None:
+    """Refuse a video whose start time, with its frames' times, is no date-time search can show
+    (:mod:`ivt.index.clock`): the index is damaged, named when opened rather than when a search meets it."""
+    rows = milvus_call("reading the index's videos", address, client.query, address.meta,
+                       filter='key like "source:%"', output_fields=["key", "value"])
+    for row in rows:
+        source = row["value"]
+        start = source.get("start_time") if isinstance(source, dict) else None
+        if start is None:
+            continue
+        fps, frames = source.get("fps"), source.get("frame_count")
+        last = (max(int(frames) - 1, 0) / float(fps) if isinstance(fps, (int, float)) and fps > 0
+                and isinstance(frames, int) else 0.0)
+        problem = start_time_problem(start, 0.0, last)
+        if problem is not None:
+            raise IndexStoreError(f"{address}: damaged index: video {source.get('name')!r} (row {row['key']} of "
+                                  f"collection {address.meta}) field start_time {start!r}: {problem}")
 
 
 def _check_manifest(address: MilvusAddress, manifest: dict[str, Any]) -> None:
