@@ -11,7 +11,7 @@ import torch
 
 import ivt
 from ivt.cli import main
-from ivt.errors import IndexStoreError
+from ivt.errors import DataError, IndexStoreError
 from ivt.index.build import add_to_index, build_index
 from ivt.index.gallery import Gallery
 from ivt.index.ingest import image_source
@@ -62,6 +62,24 @@ def test_build_from_a_folder_skips_unreadable_files(model, run_and_data, tmp_pat
         hit = gallery.search(stored.embeddings[i], 1)[0]
         assert hit.id == i and hit.score == pytest.approx(1.0, abs=1e-5)
 
+
+
+def test_a_build_that_finds_no_one_says_so_not_that_files_were_unreadable(model, tmp_path):
+    """Videos in which the detector finds nobody leave nothing to index: the error says that, with the
+    videos and the frames searched, rather than '0 unreadable file(s)'; nothing is written."""
+    class NoOne:
+        name = "no-one"
+
+        def __call__(self, frame):
+            return []
+
+    write_clip(tmp_path / "empty street.avi", frames=4)
+    with pytest.raises(DataError) as raised:
+        build_index(tmp_path / "idx", model, videos=[tmp_path / "empty street.avi"], detector=NoOne(),
+                    progress=False)
+    assert str(raised.value) == ("nothing could be indexed: no person was found in 1 video(s) "
+                                 "(empty street.avi; 4 frame(s) searched)")
+    assert not (tmp_path / "idx").exists()
 
 def test_add_encodes_only_new_content_and_repeats_are_no_ops(model, run_and_data, tmp_path, monkeypatch):
     _, data = run_and_data

@@ -235,10 +235,20 @@ def check_ingest(every: int, camera: str | None, start_time: str | None,
 
 
 def check_something_indexed(report: BuildReport) -> None:
-    """DataError when the index would hold nothing: every input file was unreadable."""
-    if report.total == 0:
-        example = f", e.g. {report.unreadable[0][0]}: {report.unreadable[0][1]}" if report.unreadable else ""
-        raise DataError(f"nothing could be indexed: {len(report.unreadable)} unreadable file(s){example}")
+    """DataError when the index would hold nothing, saying why: unreadable files, or videos in which
+    the detector found no one."""
+    if report.total:
+        return
+    why = []
+    if report.unreadable:
+        why.append(f"{len(report.unreadable)} unreadable file(s), e.g. {report.unreadable[0][0]}: "
+                   f"{report.unreadable[0][1]}")
+    searched = [v for v in report.videos if not v.get("skipped")]
+    if searched:
+        frames = sum(v["frames_read"] for v in searched)
+        names = ", ".join(printable(v["name"]) for v in searched[:3]) + (", ..." if len(searched) > 3 else "")
+        why.append(f"no person was found in {len(searched)} video(s) ({names}; {frames} frame(s) searched)")
+    raise DataError("nothing could be indexed: " + ("; ".join(why) or "no image or video was given"))
 
 
 class Collector:
