@@ -577,6 +577,28 @@ def test_a_stored_start_time_search_cannot_show_is_named_when_the_index_opens(tm
         assert str(raised.value).startswith(f"{address}: damaged index: video 'north.avi' (row source:abab")
         assert f"field start_time {start!r}: {problem}" in str(raised.value)
 
+
+def test_a_damaged_item_record_is_named_with_the_item_and_field(setup, tmp_path):
+    """An item whose stored record lacks a field (or holds a wrong one) is a damaged index naming the item,
+    the collection and the field, not a KeyError, when the item is read."""
+    location = f"milvus:{tmp_path / 'items.db'}#people"
+    build_index(location, setup["model"], images=image_source(setup["data"], split="test"), progress=False)
+    gallery = MilvusGallery.open(location)
+    _settle(gallery, 8)
+    item_id = gallery.search(setup["model"].encode_texts([QUERY])[0].numpy(), 1)[0].id
+    row = gallery.client.get(gallery.address.collection, ids=[item_id])[0]
+    for damage, field in ((lambda r: r.pop("width"), "field width is missing"),
+                          (lambda r: r.update(height="tall"), "field height is bad"),
+                          (lambda r: r.update(video={"frame": 3}), "field video.time is missing")):
+        record = json.loads(json.dumps(row["record"]))
+        damage(record)
+        gallery.client.upsert(gallery.address.collection, [{**row, "record": record}])
+        fresh = MilvusGallery.open(location)
+        with pytest.raises(IndexStoreError) as raised:
+            fresh.describe(item_id)
+        assert str(raised.value).startswith(f"{location}: damaged index: item {item_id[:12]} of collection "
+                                            f"people: {field}"), str(raised.value)
+
 def test_camera_names_match_and_are_bounded_alike_in_both_stores(setup, tmp_path):
     base = _mkdir(tmp_path / "clips")
     write_clip(base / "one.avi", frames=3)

@@ -248,14 +248,33 @@ class MilvusGallery:
                 self._remember(row["id"], row["record"])
 
     def _item(self, item_id: str) -> Item:
+        """The item a stored record describes; a record lacking a field (or holding one of the wrong
+        kind) is a damaged index, named with the item and the field."""
         record = self._record(item_id)
-        video = record.get("video")
-        ref = None
-        if video is not None:
-            ref = VideoRef(source=0, frame=int(video["frame"]), time=float(video["time"]),
-                           box=tuple(int(v) for v in video["box"]), track=int(video["track"]),
-                           score=float(video.get("score", 0.0)))
-        return Item(path=record["path"], sha256=item_id, width=int(record["width"]), height=int(record["height"]),
+        field = "record"
+        try:
+            if not isinstance(record, dict):
+                raise TypeError("not an object")
+            ref = None
+            video = record.get("video")
+            if video is not None:
+                field = "video"
+                ref = VideoRef(source=0, frame=int(video["frame"]), time=float(video["time"]),
+                               box=tuple(int(v) for v in video["box"]), track=int(video["track"]),
+                               score=float(video.get("score", 0.0)))
+            values = {}
+            for field in ("path", "width", "height"):
+                values[field] = record[field] if field == "path" else int(record[field])
+            if not isinstance(values["path"], str):
+                field = "path"
+                raise TypeError("not text")
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, KeyError) and field == "video":
+                field = f"video.{exc.args[0]}"
+            what = "is missing" if isinstance(exc, KeyError) else f"is bad ({exc})"
+            raise IndexStoreError(f"{self.address}: damaged index: item {item_id[:12]} of collection "
+                                  f"{self.address.collection}: field {field} {what}") from None
+        return Item(path=values["path"], sha256=item_id, width=values["width"], height=values["height"],
                     pid=record.get("pid"), video=ref)
 
     def _source(self, sha: str) -> dict[str, Any] | None:
