@@ -417,6 +417,22 @@ def test_a_failed_forced_build_keeps_the_old_collection(setup, tmp_path, monkeyp
     gallery = MilvusGallery.open(location)
     _settle(gallery, 6)
     assert not old & {h.id for h in gallery.search(setup["model"].encode_texts([QUERY])[0].numpy(), 50)}
+    # milvus-lite cannot rename: the new rows are copied under the name; a copy that fails half-way leaves
+    # no half index under the name, and the complete new one where the error says
+    import ivt.index.milvus as milvus
+
+    copy = milvus._copy_rows
+
+    def copy_then_fail(client, address, source, target):
+        copy(client, address, source, target)
+        if target.endswith("__ivt_meta"):
+            raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(milvus, "_copy_rows", copy_then_fail)
+    with pytest.raises(IndexStoreError, match=r"copying the new index under its name failed \(the disk went "
+                                              r"away\); the complete new index is in collection people__ivt_staging"):
+        build_index(location, model, images=image_source(data, split="test"), progress=False, force=True)
+    assert _collections(location) == ["people__ivt_staging", "people__ivt_staging__ivt_meta"]
 
 
 class _Records(logging.Handler):

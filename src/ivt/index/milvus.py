@@ -324,7 +324,8 @@ def take_over(client: Any, staged: MilvusAddress, address: MilvusAddress, manife
     """Give the complete index built at ``staged`` the name of ``address``, replacing what is there.
     A server renames: the old collections step aside, the new ones take the name, and only then are
     the old ones dropped (any failure renames them back). milvus-lite cannot rename: the new rows
-    are copied under the name (a failure while copying keeps the complete new index at ``staged``)."""
+    are copied under the name (a failure while copying leaves the name empty, not half filled, and keeps the
+    complete new index at ``staged``)."""
     pairs = ((staged.collection, address.collection), (staged.meta, address.meta))
     if address.is_local:
         drop_collections(client, address)
@@ -333,6 +334,7 @@ def take_over(client: Any, staged: MilvusAddress, address: MilvusAddress, manife
             for source, target in pairs:
                 _copy_rows(client, address, source, target)
         except Exception as exc:
+            drop_collections(client, address)      # never a part of the new index under the name
             raise IndexStoreError(f"{address}: copying the new index under its name failed ({_reason(exc)}); the "
                                   f"complete new index is in collection {staged.collection} of {address.uri}") from exc
         drop_collections(client, staged)
