@@ -216,6 +216,10 @@ def test_resume_refuses_settings_that_change_the_run_naming_key_and_both_values(
         assert f"\n  {line}" in err
     assert main(["train", "--resume", str(run), "--out", str(tmp_path / "elsewhere")]) == 2
     assert f"a resumed run stays in its directory {run}" in capsys.readouterr().err
+    other = tmp_path / "other.yaml"
+    other.write_text("model:\n  width: 64\n")
+    assert main(["train", "--resume", str(run), "--config", str(other)]) == 2
+    assert f"--config {other}: a resumed run continues with its own {run / 'config.yaml'}" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"with optim.lr=0.5 \(the run has 0.001\)"):
         train(load_config(run / "config.yaml", ["optim.lr=0.5"]), resume=True)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before

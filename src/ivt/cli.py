@@ -71,6 +71,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").exists():
             raise RunDirError(f"--resume {run_dir}: no config.yaml there (is it a run directory?)")
+        if args.config:
+            raise RunDirError(f"--config {args.config}: a resumed run continues with its own "
+                              f"{run_dir / 'config.yaml'}; drop --config (nothing was changed)")
         if args.out and Path(args.out) != run_dir:
             raise RunDirError(f"--out {args.out}: a resumed run stays in its directory {run_dir}; drop --out "
                               f"(nothing was changed)")
