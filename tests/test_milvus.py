@@ -487,6 +487,13 @@ def test_a_server_renames_a_forced_rebuild_into_place_and_back_on_failure():
     with pytest.raises(IndexStoreError, match=r"renaming the new collection failed \(rename refused\)"):
         take_over(client, staging_address(address), address, {})
     assert client.names == {"people": "old items", "people__ivt_meta": "old meta"}
+    # a swap killed after the old index stepped aside: it is the only copy, so it is restored, not dropped
+    killed = {"people__ivt_retired": "old items", "people__ivt_retired__ivt_meta": "old meta",
+              "people__ivt_staging": "new items", "people__ivt_staging__ivt_meta": "new meta"}
+    client = _ServerNames(killed, failing=("people__ivt_staging", "people"))
+    with pytest.raises(IndexStoreError, match=r"renaming the new collection failed"):
+        take_over(client, staging_address(address), address, {})
+    assert client.names == {"people": "old items", "people__ivt_meta": "old meta"}
 
 
 def test_an_index_milvus_cannot_make_leaves_nothing_and_no_raw_milvus_logs(setup, tmp_path):

@@ -340,7 +340,12 @@ def take_over(client: Any, staged: MilvusAddress, address: MilvusAddress, manife
         drop_collections(client, staged)
         return
     retired = MilvusAddress(address.uri, address.collection + RETIRED_SUFFIX)
-    drop_collections(client, retired)                   # left by a swap that was killed
+    for old, target in ((retired.collection, address.collection), (retired.meta, address.meta)):
+        # left by a swap that was killed: where the name is empty, it is the only copy of the old index
+        if (milvus_call("listing collections", address, client.has_collection, old)
+                and not milvus_call("listing collections", address, client.has_collection, target)):
+            milvus_call("restoring the old collection", address, client.rename_collection, old, target)
+    drop_collections(client, retired)
     done: list[tuple[str, str]] = []
     try:
         for (_, target), old in zip(pairs, (retired.collection, retired.meta)):
