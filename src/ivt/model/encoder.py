@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ivt.model.config import EncoderConfig
+from ivt.model.config import CNN_STEMS, EncoderConfig
 from ivt.model.packing import PackedTexts
-from ivt.model.stem import HMLPStem, PatchConv2d, conv_stem
+from ivt.model.stem import HMLPStem, MobileNetV2Stem, PatchConv2d, conv_stem
 from ivt.model.token_drop import TokenDrop
 from ivt.model.transformer import Block, Modality, key_padding_to_attn_mask
 
@@ -29,6 +29,8 @@ class PatchEmbed(nn.Module):
             self.stem = conv_stem(config)
         elif config.stem == "hmlp":
             self.stem = HMLPStem(config)
+        elif config.stem == "mobilenetv2":
+            self.stem = MobileNetV2Stem(config)
         else:
             self.proj = PatchConv2d(config.in_chans, config.width, config.patch_size, config.patch_stride)
 
@@ -38,7 +40,7 @@ class PatchEmbed(nn.Module):
             raise ValueError(
                 f"expected images of shape (B, {self.in_chans}, {self.image_size[0]}, "
                 f"{self.image_size[1]}), got {tuple(images.shape)}")
-        if self.use_stem and isinstance(self.stem, HMLPStem):
+        if self.use_stem and isinstance(self.stem, (HMLPStem, MobileNetV2Stem)):
             return self.stem(images)
         if self.use_stem:
             # Channels-last input: the convolution stem's step on CPU (bf16, batch 64 of 128x64)
@@ -142,6 +144,13 @@ class IVTEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names usually excluded from weight decay."""
         return {"cls_token", "pos_embed", "type_embed"}
+
+    def cnn_stem_parameters(self) -> set[str]:
+        """Names of the pretrained CNN stem's parameters (hybrid stems), which train at
+        ``optim.stem_lr_factor`` x the rate; empty for the other stems."""
+        if self.config.stem not in CNN_STEMS:
+            return set()
+        return {f"patch_embed.stem.features.{name}" for name, _ in self.patch_embed.stem.features.named_parameters()}
 
     @property
     def itm_split(self) -> int:

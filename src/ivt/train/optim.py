@@ -15,22 +15,25 @@ def _is_bias(name: str) -> bool:
 
 
 def param_groups(modules: dict[str, nn.Module], weight_decay: float, *, bias_lr_factor: float = 1.0,
-                 decay_all: bool = False) -> list[dict]:
+                 decay_all: bool = False, stem_lr_factor: float = 1.0) -> list[dict]:
     """Parameter groups: by default decay on matrices only (not on biases, norms, embedding-like
     tokens or the temperature), every group at the base rate.
 
     ``decay_all`` decays every parameter and ``bias_lr_factor`` scales the rate of biases (their
     group gets ``lr_scale``), as the official ``make_optimizer`` does (weight decay 1e-4 on all,
-    bias rate x2). Empty groups are left out.
+    bias rate x2). The parameters of a pretrained CNN stem (a module's ``cnn_stem_parameters()``)
+    learn at ``stem_lr_factor`` x their rate; frozen ones are in no group. Empty groups are left out.
     """
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for module in modules.values():
         skip = getattr(module, "no_weight_decay", lambda: set())()
+        stem = getattr(module, "cnn_stem_parameters", lambda: set())()
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
             decays = decay_all or not (p.ndim < 2 or name in skip or _is_bias(name))
             scale = float(bias_lr_factor) if _is_bias(name) else 1.0
+            scale *= float(stem_lr_factor) if name in stem else 1.0
             groups.setdefault((scale, decays), []).append(p)
     out = []
     for (scale, decays), params in groups.items():
@@ -44,7 +47,8 @@ def param_groups(modules: dict[str, nn.Module], weight_decay: float, *, bias_lr_
 
 def build_optimizer(cfg: OptimConfig, modules: dict[str, nn.Module]) -> torch.optim.Optimizer:
     """AdamW or SGD (momentum, no Nesterov) over :func:`param_groups` of ``modules``."""
-    groups = param_groups(modules, cfg.weight_decay, bias_lr_factor=cfg.bias_lr_factor, decay_all=cfg.decay_all)
+    groups = param_groups(modules, cfg.weight_decay, bias_lr_factor=cfg.bias_lr_factor, decay_all=cfg.decay_all,
+                          stem_lr_factor=cfg.stem_lr_factor)
     for group in groups:
         group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     if cfg.name == "adamw":

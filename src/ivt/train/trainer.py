@@ -205,7 +205,7 @@ class Trainer:
                               Tokenizer.train([s.caption for s in self.samples], vocab_size=cfg.data.vocab_size,
                                               max_length=cfg.data.max_text_len))
             model = build_encoder(cfg.model, self.tokenizer.vocab_size, cfg.data.max_text_len, cfg.token_drop)
-            init_reports = init_pretrained(model, cfg.model.init_image, cfg.model.init_text)
+            init_reports = init_pretrained(model, cfg.model.init_image, cfg.model.init_text, cfg.model.init_stem)
         self.model = model
         self.model.to(self.device).train()
         self.precision = check_low_precision(self.model, self.precision, self.device, cfg.train.precision)
