@@ -333,7 +333,7 @@ def _stem_problems(model: ModelConfig) -> list[str]:
     if model.init_stem and not cnn:
         problems.append(f"model.init_stem: {model.init_stem!r} fills a CNN stem; model.stem is "
                         f"{model.stem or 'patch'!r} (use model.stem={CNN_STEMS[0]})")
-    if model.stem_tune not in (None, "all") and not (cnn and model.init_stem):
+    if model.stem_tune in ("last", "frozen") and not (cnn and model.init_stem):
         problems.append(f"model.stem_tune: {model.stem_tune!r} keeps pretrained CNN weights fixed; it needs "
                         f"model.stem={CNN_STEMS[0]} with model.init_stem")
     if cnn and model.arch != "ivt":
