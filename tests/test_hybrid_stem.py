@@ -13,6 +13,9 @@ from helpers import MICRO_MODEL, trained_toy_run
 from ivt.bundled import find_mobilenetv2
 from ivt.checkpoint import read_tensors, resolve_checkpoint
 from ivt.config import ConfigError, OptimConfig, load_config
+from ivt.explain import explain
+from ivt.index.build import build_index
+from ivt.index.ingest import image_source
 from ivt.model import CheckpointError, IVTEncoder, model_config
 from ivt.model.config import IMAGENET_MEAN, IMAGENET_STD
 from ivt.model.pretrained import init_from_cnn
@@ -201,7 +204,7 @@ def test_hybrid_run_round_trips_with_its_preprocessing(tmp_path):
     init = tmp_path / "mnv2.pth"
     flat = flat_mobilenetv2()
     torch.save(flat, init)
-    _, run = trained_toy_run(tmp_path, [*MICRO_MODEL, "model.stem=mobilenetv2", f"model.init_stem={init}",
+    data, run = trained_toy_run(tmp_path, [*MICRO_MODEL, "model.stem=mobilenetv2", f"model.init_stem={init}",
                                         "model.stem_tune=frozen", "train.batch_size=8", "train.precision=fp32",
                                         "train.threads=1", "data.vocab_size=200", "data.max_text_len=24",
                                         "train.epochs=1", "train.eval_every=0"])
@@ -222,6 +225,11 @@ def test_hybrid_run_round_trips_with_its_preprocessing(tmp_path):
     images = torch.rand(2, 3, 32, 16)
     with torch.no_grad():
         assert torch.equal(model.encoder.eval().encode_image_tokens(images), again.encode_image_tokens(images))
+    image = next((data / "imgs" / "test").iterdir())
+    explanation = explain(model, image, "a red shirt", samples=8, seed=0)    # the CNN's token grid
+    assert explanation.maps[0].relevance.shape == model.encoder.config.grid_size
+    assert explanation.pixel_map(0).shape == explanation.pixels.shape[:2]
+    build_index(tmp_path / "index", model, images=image_source(data / "imgs" / "test"), progress=False)
 
 
 def test_the_bundled_mobilenetv2_fits_and_computes_in_bf16():
