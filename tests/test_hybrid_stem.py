@@ -94,9 +94,34 @@ def reference_features(sd: dict[str, torch.Tensor], images: torch.Tensor, blocks
     return x
 
 
-def hybrid(stride: int = 16, tune: str = "all") -> IVTEncoder:
-    return IVTEncoder(model_config("tiny", stem="mobilenetv2", patch_size=stride, patch_stride=stride,
+def hybrid(stride: int = 16, tune: str = "all", stem: str = "mobilenetv2") -> IVTEncoder:
+    return IVTEncoder(model_config("tiny", stem=stem, patch_size=stride, patch_stride=stride,
                                    width=32, depth=1, num_heads=2, stem_tune=tune))
+
+
+def torchvision_resnet(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A whole ImageNet ResNet-18 or -50 in torchvision's names (conv1 .. layer4, fc), random values."""
+    gen = torch.Generator().manual_seed(seed)
+    counts, bottleneck = {"resnet18": ((2, 2, 2, 2), False), "resnet50": ((3, 4, 6, 3), True)}[name]
+    sd = {"conv1.weight": torch.randn(64, 3, 7, 7, generator=gen) * 0.1}
+    _bn(sd, "bn1", 64, gen)
+    inp = 64
+    for stage, blocks in enumerate(counts):
+        planes = 64 * 2 ** stage
+        out = planes * 4 if bottleneck else planes
+        for i in range(blocks):
+            p = f"layer{stage + 1}.{i}"
+            shapes = ([(planes, inp, 1), (planes, planes, 3), (out, planes, 1)] if bottleneck
+                      else [(planes, inp, 3), (planes, planes, 3)])
+            for j, (o, c, k) in enumerate(shapes, start=1):
+                sd[f"{p}.conv{j}.weight"] = torch.randn(o, c, k, k, generator=gen) * (c * k * k) ** -0.5
+                _bn(sd, f"{p}.bn{j}", o, gen)
+            if i == 0 and (stage > 0 or inp != out):
+                sd[f"{p}.downsample.0.weight"] = torch.randn(out, inp, 1, 1, generator=gen) * inp ** -0.5
+                _bn(sd, f"{p}.downsample.1", out, gen)
+            inp = out
+    sd["fc.weight"], sd["fc.bias"] = torch.randn(1000, inp, generator=gen) * 0.01, torch.zeros(1000)
+    return sd
 
 
 @pytest.mark.parametrize("layout", ["flat", "modern"])
@@ -124,6 +149,27 @@ def test_mobilenetv2_layouts_load_key_by_key(tmp_path, layout, stride):
         assert mine.shape[-2:] == enc.config.grid_size
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("stride", [8, 16])
+def test_resnet_layouts_load_key_by_key(tmp_path, name, stride):
+    sd = torchvision_resnet(name)
+    torch.save({"state_dict": sd}, tmp_path / "resnet.pth")
+    enc = hybrid(stride, stem=name)
+    report = init_from_cnn(enc, tmp_path / "resnet.pth")
+    own = enc.state_dict()
+    kept = ("conv1.", "bn1.", "layer1.", "layer2.") + (("layer3.",) if stride == 16 else ())
+    for key, value in sd.items():
+        target = f"patch_embed.stem.{key}"
+        if key.startswith(kept) and not key.endswith("num_batches_tracked"):
+            assert torch.equal(own[target], value), key
+            assert report.used[target] == key
+        else:
+            assert target not in own and key in report.skipped
+    assert {k for k in own if k.startswith("patch_embed.stem.") and ".proj." not in k} == set(report.used)
+    with torch.no_grad():
+        assert enc.patch_embed(torch.randn(2, 3, 128, 64)).shape == (2, enc.config.num_patches, 32)
+
+
 @pytest.mark.parametrize("damage, named", [
     (lambda sd: sd.pop("features.3.conv.4.running_var"), "features.3.conv.4.running_var"),
     (lambda sd: sd.update({"features.5.conv.0.weight": torch.zeros(192, 31, 1, 1)}), "features.5.conv.0.weight"),
@@ -147,18 +193,19 @@ def test_a_file_that_is_no_state_dict_is_one_error(tmp_path):
     for name in ("list.pth", "text.pth"):
         with pytest.raises(CheckpointError, match=name):
             init_from_cnn(hybrid(), tmp_path / name)
-    with pytest.raises(CheckpointError, match="model.stem=mobilenetv2"):
+    with pytest.raises(CheckpointError, match="set model.stem to one of mobilenetv2"):
         init_from_cnn(IVTEncoder(model_config("tiny", width=32, depth=1, num_heads=2)), tmp_path / "list.pth")
 
 
-@pytest.mark.parametrize("tune", ["frozen", "last", "all"])
-def test_training_steps_change_only_the_tuned_stem(tune):
+@pytest.mark.parametrize("stem, tune", [("mobilenetv2", "frozen"), ("mobilenetv2", "last"), ("mobilenetv2", "all"),
+                                        ("resnet18", "last")])
+def test_training_steps_change_only_the_tuned_stem(stem, tune):
     torch.manual_seed(0)
-    enc = hybrid(8, tune).train()
+    enc = hybrid(8, tune, stem).train()
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     optimizer = build_optimizer(OptimConfig(lr=1e-2, stem_lr_factor=0.5), {"encoder": enc})
-    stem_lrs = {g["lr"] for g in optimizer.param_groups for p in g["params"]
-                if any(p is q for q in enc.patch_embed.stem.features.parameters())}
+    cnn = {id(p) for k, p in enc.named_parameters() if k in enc.cnn_stem_parameters()}
+    stem_lrs = {g["lr"] for g in optimizer.param_groups for p in g["params"] if id(p) in cnn}
     assert stem_lrs <= {5e-3}
     images, ids = torch.randn(4, 3, 128, 64), torch.randint(1, 100, (4, 8))
     for _ in range(2):
@@ -168,16 +215,19 @@ def test_training_steps_change_only_the_tuned_stem(tune):
         loss.backward()
         optimizer.step()
     changed = {k for k, v in enc.state_dict().items() if not torch.equal(before[k], v)}
-    stem = {k for k in changed if k.startswith("patch_embed.stem.features.")}
+    tuned = {k for k in changed if k.startswith("patch_embed.stem.") and ".proj." not in k}
     assert "patch_embed.stem.proj.weight" in changed and "blocks.0.attn.qkv.weight" in changed
     assert not any(k.endswith(("running_mean", "running_var")) for k in changed)   # statistics stay frozen
-    last = tuple(f"patch_embed.stem.features.{i}." for i in (4, 5, 6))
+    last = (tuple(f"patch_embed.stem.features.{i}." for i in (4, 5, 6)) if stem == "mobilenetv2"
+            else ("patch_embed.stem.layer2.",))
+    assert enc.cnn_stem_parameters() == {k for k, _ in enc.named_parameters()
+                                         if k.startswith("patch_embed.stem.") and ".proj." not in k}
     if tune == "frozen":
-        assert not stem
+        assert not tuned
     elif tune == "last":
-        assert stem and all(k.startswith(last) for k in stem)
+        assert tuned and all(k.startswith(last) for k in tuned)
     else:
-        assert any(k.startswith("patch_embed.stem.features.0.") for k in stem)
+        assert any(k.startswith("patch_embed.stem.features.0.") for k in tuned)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -10,7 +10,7 @@ from ivt.model.token_drop import check_token_drop
 __all__ = ["EncoderConfig", "MODEL_SIZES", "model_config", "IMAGENET_MEAN", "IMAGENET_STD", "HALF",
            "INTERPOLATIONS", "POOLS", "STEMS", "CNN_STEMS", "STEM_TUNES"]
 
-CNN_STEMS = ("mobilenetv2",)              # hybrid stems: the early stages of an ImageNet CNN
+CNN_STEMS = ("mobilenetv2", "resnet18", "resnet50")              # hybrid stems: the early stages of an ImageNet CNN
 STEMS = ("patch", "conv", "hmlp", *CNN_STEMS)  # see ivt.model.stem
 STEM_TUNES = ("all", "last", "frozen")    # which parameters of a CNN stem learn
 POOLS = ("cls", "mean")
@@ -31,7 +31,7 @@ class EncoderConfig:
     with stride 12 gives a 31x10 grid). ``stem`` ``"conv"`` or ``"hmlp"`` replaces that one
     convolution by a small stem with the same token grid (see :mod:`ivt.model.stem`): each token
     sees its pixels through a few nonlinear layers, which a from-scratch model learns faster.
-    A CNN stem (``mobilenetv2``, the ViT paper's hybrid) has patch_size = patch_stride = its
+    A CNN stem (``mobilenetv2``, ``resnet18``, ``resnet50``: the ViT paper's hybrid) has patch_size = patch_stride = its
     feature stride (8 or 16), so the grid is the image size / stride as for the other stems.
     """
 

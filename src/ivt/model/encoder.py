@@ -6,7 +6,7 @@ from torch import nn
 
 from ivt.model.config import CNN_STEMS, EncoderConfig
 from ivt.model.packing import PackedTexts
-from ivt.model.stem import HMLPStem, MobileNetV2Stem, PatchConv2d, conv_stem
+from ivt.model.stem import HMLPStem, MobileNetV2Stem, PatchConv2d, ResNetStem, conv_stem
 from ivt.model.token_drop import TokenDrop
 from ivt.model.transformer import Block, Modality, key_padding_to_attn_mask
 
@@ -31,6 +31,8 @@ class PatchEmbed(nn.Module):
             self.stem = HMLPStem(config)
         elif config.stem == "mobilenetv2":
             self.stem = MobileNetV2Stem(config)
+        elif config.stem in CNN_STEMS:
+            self.stem = ResNetStem(config)
         else:
             self.proj = PatchConv2d(config.in_chans, config.width, config.patch_size, config.patch_stride)
 
@@ -40,7 +42,7 @@ class PatchEmbed(nn.Module):
             raise ValueError(
                 f"expected images of shape (B, {self.in_chans}, {self.image_size[0]}, "
                 f"{self.image_size[1]}), got {tuple(images.shape)}")
-        if self.use_stem and isinstance(self.stem, (HMLPStem, MobileNetV2Stem)):
+        if self.use_stem and isinstance(self.stem, (HMLPStem, MobileNetV2Stem, ResNetStem)):
             return self.stem(images)
         if self.use_stem:
             # Channels-last input: the convolution stem's step on CPU (bf16, batch 64 of 128x64)
@@ -150,7 +152,8 @@ class IVTEncoder(nn.Module):
         ``optim.stem_lr_factor`` x the rate; empty for the other stems."""
         if self.config.stem not in CNN_STEMS:
             return set()
-        return {f"patch_embed.stem.features.{name}" for name, _ in self.patch_embed.stem.features.named_parameters()}
+        return {f"patch_embed.stem.{name}" for name, _ in self.patch_embed.stem.named_parameters()
+                if not name.startswith("proj.")}
 
     @property
     def itm_split(self) -> int:

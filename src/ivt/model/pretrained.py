@@ -307,28 +307,51 @@ def _mobilenetv2_names(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     return names
 
 
+def _mobilenetv2_rules(encoder: nn.Module) -> tuple[KeyRule, ...]:
+    blocks = len(encoder.patch_embed.stem.features)
+    inside = "|".join(str(i) for i in range(blocks))
+    return (
+        skip(r"features\.\d+\..*num_batches_tracked", "BatchNorm's update counter: the stem's statistics are frozen"),
+        keep(rf"features\.({inside})\.(.+)", r"patch_embed.stem.features.\1.\2"),
+        skip(r"features\.\d+\..+",
+             f"beyond the stem: stride {encoder.config.patch_stride} ends at features.{blocks - 1}"),
+        skip(r"classifier\.\d+\.(weight|bias)", "the ImageNet classifier"),
+    )
+
+
+def _resnet_rules(encoder: nn.Module) -> tuple[KeyRule, ...]:
+    stages = encoder.patch_embed.stem.stages
+    inside = "|".join(str(i + 1) for i in range(stages))
+    return (
+        skip(r".*num_batches_tracked", "BatchNorm's update counter: the stem's statistics are frozen"),
+        keep(r"(conv1|bn1)\.(.+)", r"patch_embed.stem.\1.\2"),
+        keep(rf"(layer(?:{inside}))\.(.+)", r"patch_embed.stem.\1.\2"),
+        skip(r"layer\d\..+", f"beyond the stem: stride {encoder.config.patch_stride} ends at layer{stages}"),
+        skip(r"fc\.(weight|bias)", "the ImageNet classifier"),
+    )
+
+
 def init_from_cnn(encoder: nn.Module, path: str | Path) -> LoadReport:
-    """Copy an ImageNet MobileNetV2 (torchvision ``features.*``, today's or the older flat layout)
-    into the encoder's hybrid stem (``model.init_stem``); the blocks beyond the stem's stride, the
-    classifier and BatchNorm's update counters are skipped and reported.
+    """Copy an ImageNet CNN into the encoder's hybrid stem (``model.init_stem``): a torchvision
+    MobileNetV2 (``features.*``, today's or the older flat layout) or ResNet-18/50 (``conv1``,
+    ``bn1``, ``layer1``..); the stages beyond the stem's stride, the classifier and BatchNorm's
+    update counters are skipped and reported.
 
     Raises :class:`CheckpointError` listing every problem before anything is copied.
     """
+    from ivt.model.config import CNN_STEMS
+
     config = getattr(encoder, "config", None)
-    if config is None or config.stem not in ("mobilenetv2",):
+    if config is None or config.stem not in CNN_STEMS:
         raise CheckpointError(f"model.init_stem {path}: the encoder has no CNN stem (model.stem="
-                              f"{getattr(config, 'stem', None)}); set model.stem=mobilenetv2")
-    blocks = len(encoder.patch_embed.stem.features)
-    inside = "|".join(str(i) for i in range(blocks))
-    rules = (
-        skip(r"features\.\d+\..*num_batches_tracked", "BatchNorm's update counter: the stem's statistics are frozen"),
-        keep(rf"features\.({inside})\.(.+)", r"patch_embed.stem.features.\1.\2"),
-        skip(r"features\.\d+\..+", f"beyond the stem: stride {config.patch_stride} ends at features.{blocks - 1}"),
-        skip(r"classifier\.\d+\.(weight|bias)", "the ImageNet classifier"),
-    )
-    targets = re.compile(r"patch_embed\.stem\.features\..+")
+                              f"{getattr(config, 'stem', None)}); set model.stem to one of {', '.join(CNN_STEMS)}")
+    if config.stem == "mobilenetv2":
+        rules, relabel = _mobilenetv2_rules(encoder), _mobilenetv2_names
+    else:
+        rules, relabel = _resnet_rules(encoder), None
+    targets = re.compile(r"patch_embed\.stem\.(?!proj\.).+")
     return _load(encoder, resolve_stem_weights(path), "cnn", rules, targets, _normalise_vit_key,
-                 lambda mapped, own, report: None, relabel=_mobilenetv2_names)
+                 lambda mapped, own, report: None, relabel=relabel)
 
 
 def resolve_stem_weights(path: str | Path) -> Path:

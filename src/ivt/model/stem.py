@@ -9,7 +9,8 @@ paper's single patch convolution.
   over a reshaped tensor: on CPU about 10x cheaper than the convolution stem in bf16 (whose
   convolution backward dominates), with the same token grid.
 - ``mobilenetv2``: the hybrid stem (ViT paper): the early stages of an ImageNet MobileNetV2 at
-  stride 8 or 16 (:class:`MobileNetV2Stem`), weights from ``model.init_stem``.
+  stride 8 or 16 (:class:`MobileNetV2Stem`), weights from ``model.init_stem``; ``resnet18`` and
+  ``resnet50`` the same with an ImageNet ResNet (:class:`ResNetStem`).
 
 Both the paper's patch convolution and the convolution stem's last layer are :class:`PatchConv2d`:
 a convolution computed as one matrix product over the patches.
@@ -162,6 +163,15 @@ def _conv_bn(inp: int, out: int, kernel: int, stride: int, groups: int = 1) -> l
     return [nn.Conv2d(inp, out, kernel, stride, kernel // 2, groups=groups, bias=False), FrozenBatchNorm2d(out)]
 
 
+def conv_norm(conv: nn.Module, norm: FrozenBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))``, in fp32 under autocast when ``norm`` is ill-conditioned."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind) and norm.ill_conditioned():
+        with torch.autocast(kind, enabled=False):
+            return norm(conv(x.float()))
+    return norm(conv(x))
+
+
 class ConvBNStack(nn.Sequential):
     """Convolutions, BatchNorms and activations in sequence (torchvision's keys), where a convolution
     whose BatchNorm is ill-conditioned runs with its BatchNorm in fp32 under autocast."""
@@ -172,10 +182,8 @@ class ConvBNStack(nn.Sequential):
         layers, i = list(self), 0
         while i < len(layers):
             layer, norm = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            if low and isinstance(layer, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d) and norm.ill_conditioned():
-                with torch.autocast(kind, enabled=False):
-                    x = norm(layer(x.float()))
-                i += 2
+            if low and isinstance(layer, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d):
+                x, i = conv_norm(layer, norm, x), i + 2
             else:
                 x, i = layer(x), i + 1
         return x
@@ -237,4 +245,77 @@ class MobileNetV2Stem(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.features(images.contiguous(memory_format=torch.channels_last))
+        return self.proj(x.permute(0, 2, 3, 1).flatten(1, 2))
+
+
+class ResNetBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock`` (two 3x3, ``bottleneck=False``) or ``Bottleneck`` (1x1,
+    3x3 with the stride, 1x1 to 4x the width), with ``downsample.0/1`` where the shape changes."""
+
+    def __init__(self, inp: int, planes: int, stride: int, bottleneck: bool) -> None:
+        super().__init__()
+        out = planes * 4 if bottleneck else planes
+        if bottleneck:
+            self.conv1, self.bn1 = nn.Conv2d(inp, planes, 1, bias=False), FrozenBatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+            self.conv3, self.bn3 = nn.Conv2d(planes, out, 1, bias=False), FrozenBatchNorm2d(out)
+        else:
+            self.conv1 = nn.Conv2d(inp, planes, 3, stride, 1, bias=False)
+            self.bn1 = FrozenBatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = FrozenBatchNorm2d(planes)
+        self.downsample = (nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), FrozenBatchNorm2d(out))
+                           if stride != 1 or inp != out else None)
+        self.out_channels = out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(conv_norm(self.conv1, self.bn1, x))
+        y = conv_norm(self.conv2, self.bn2, y)
+        if hasattr(self, "conv3"):
+            y = conv_norm(self.conv3, self.bn3, F.relu(y))
+        skip = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        return F.relu(y + skip)
+
+
+#: Blocks of layer1 .. layer3 and whether they are bottlenecks, by stem name.
+RESNETS = {"resnet18": ((2, 2, 2), False), "resnet50": ((3, 4, 6), True)}
+
+
+class ResNetStem(nn.Module):
+    """The hybrid stem of the ViT paper proper: an ImageNet ResNet-18 or -50 (torchvision's
+    ``conv1``, ``bn1``, max-pool, ``layer1`` .. ``layer2`` at stride 8, .. ``layer3`` at 16), then a
+    linear projection of each position to the width. ``stem_tune`` as :class:`MobileNetV2Stem`
+    (``last``: the last ``layer``)."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        blocks, bottleneck = RESNETS[config.stem]
+        self.conv1 = nn.Conv2d(config.in_chans, 64, 7, 2, 3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        channels, self.stages = 64, 3 if config.patch_stride == 16 else 2
+        for stage in range(self.stages):
+            layer = []
+            for i in range(blocks[stage]):
+                block = ResNetBlock(channels, 64 * 2 ** stage, 2 if i == 0 and stage > 0 else 1, bottleneck)
+                layer.append(block)
+                channels = block.out_channels
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*layer))
+        self.proj = nn.Linear(channels, config.width)
+        self.set_tuning(config.stem_tune)
+
+    def cnn_modules(self) -> list[nn.Module]:
+        """The pretrained modules, in order (the projection is the transformer's own)."""
+        return [self.conv1, self.bn1, *(getattr(self, f"layer{i + 1}") for i in range(self.stages))]
+
+    def set_tuning(self, mode: str) -> None:
+        """Which CNN parameters learn: ``frozen`` none, ``last`` the last ``layer``, ``all`` every one."""
+        modules = self.cnn_modules()
+        for index, module in enumerate(modules):
+            module.requires_grad_(mode == "all" or (mode == "last" and index == len(modules) - 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.relu(conv_norm(self.conv1, self.bn1, images.contiguous(memory_format=torch.channels_last)))
+        x = F.max_pool2d(x, 3, 2, 1)
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         return self.proj(x.permute(0, 2, 3, 1).flatten(1, 2))
