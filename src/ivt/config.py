@@ -60,8 +60,8 @@ class ModelConfig:
     image_size: list[int] | None = None    # [H, W]; None: the size's default
     patch_size: int | None = None
     patch_stride: int | None = None
-    stem: str | None = None                # patch (one conv, the paper) | conv | hmlp | mobilenetv2 (ivt.model.stem)
-    #                                        mobilenetv2: hybrid, an ImageNet CNN at stride patch_stride (8, 16)
+    stem: str | None = None                # patch (one conv, the paper) | conv | hmlp | mobilenetv2 | resnet18|50
+    #                                        the last three: hybrid, an ImageNet CNN at stride patch_stride (8, 16)
     init_stem: str | None = None           # a CNN stem's ImageNet weights: torchvision file, or "mobilenetv2" (bundled)
     stem_tune: str | None = None           # which CNN stem parameters learn: all | last (stage) | frozen; None: all
     pool: str | None = None                # embedding: cls (output token 0, the paper) | mean (of real tokens)

@@ -285,7 +285,9 @@ class ResNetStem(nn.Module):
     """The hybrid stem of the ViT paper proper: an ImageNet ResNet-18 or -50 (torchvision's
     ``conv1``, ``bn1``, max-pool, ``layer1`` .. ``layer2`` at stride 8, .. ``layer3`` at 16), then a
     linear projection of each position to the width. ``stem_tune`` as :class:`MobileNetV2Stem`
-    (``last``: the last ``layer``)."""
+    (``last``: the last ``layer``). Forward of 32 images at 256x128 with the tiny size, stride 16,
+    on the same AMD EPYC (one thread, random weights): ResNet-18 775 ms fp32 / 350 ms bf16,
+    ResNet-50 2,416 / 1,115 ms, beside the patch stem's 242 / 103 ms; bf16 embeddings within 0.6%."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
