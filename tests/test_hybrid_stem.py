@@ -18,7 +18,7 @@ from ivt.index.build import build_index
 from ivt.index.ingest import image_source
 from ivt.model import CheckpointError, IVTEncoder, model_config
 from ivt.model.config import IMAGENET_MEAN, IMAGENET_STD
-from ivt.model.pretrained import init_from_cnn
+from ivt.model.pretrained import init_from_cnn, init_pretrained
 from ivt.model.stem import MOBILENETV2_STAGES
 from ivt.runtime import low_precision_error
 from ivt.train.optim import build_optimizer
@@ -293,3 +293,21 @@ def test_the_bundled_mobilenetv2_fits_and_computes_in_bf16():
     assert len(report.used) + len(report.skipped) == len(torch.load(path, weights_only=True))
     # One BatchNorm channel of this file is 1,556 standard deviations from 0: its convolution runs in fp32.
     assert low_precision_error(enc, torch.bfloat16, torch.device("cpu")) < 0.05
+
+
+def test_a_vit_fills_a_hybrid_model_but_its_patch_embedding(tmp_path):
+    from weight_files import DEPTH, WIDTH, vit_state
+
+    sd = vit_state()
+    torch.save(sd, tmp_path / "vit.pth")
+    torch.save(flat_mobilenetv2(), tmp_path / "mnv2.pth")
+    enc = IVTEncoder(model_config("tiny", image_size=(64, 32), stem="mobilenetv2", width=WIDTH, depth=DEPTH,
+                                  num_heads=2))
+    vit, cnn = init_pretrained(enc, image=tmp_path / "vit.pth", stem=tmp_path / "mnv2.pth")
+    assert vit.skipped["patch_embed.proj.weight"] == "the mobilenetv2 stem replaces the patch embedding"
+    assert vit.resized["pos_embed"].endswith("4x4 patch grid -> 4x2, bilinear")
+    assert torch.equal(enc.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    own = enc.state_dict()
+    text_side = {k for k in own if k.startswith("embeddings.") or ".mlp_txt." in k}
+    assert set(own) - set(vit.used) - set(cnn.used) == {"type_embed", "patch_embed.stem.proj.weight",
+                                                        "patch_embed.stem.proj.bias"} | text_side
