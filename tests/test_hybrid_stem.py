@@ -238,6 +238,7 @@ def test_training_steps_change_only_the_tuned_stem(stem, tune):
     (["model.stem=mobilenetv2", "model.stem_tune=last"], "model.stem_tune: 'last'"),
     (["model.stem=mobilenetv2", "model.stem_tune=half"], "model.stem_tune: 'half'"),
     (["optim.stem_lr_factor=0"], "optim.stem_lr_factor"),
+    (["model.stem=resnet18", "model.init_stem=mobilenetv2"], "needs a torchvision resnet18 file"),
 ])
 def test_bad_hybrid_settings_are_config_errors(override, message):
     from ivt.train.encoder_from_config import encoder_config_for

@@ -323,6 +323,7 @@ def _get(cfg: Config, key: str) -> Any:
 
 def _stem_problems(model: ModelConfig) -> list[str]:
     """A CNN stem (model.stem=mobilenetv2) and its keys: weights only it can take, never from model.init."""
+    from ivt.bundled import MOBILENETV2_NAMES
     from ivt.model.config import CNN_STEMS
 
     cnn = model.stem in CNN_STEMS
@@ -333,6 +334,10 @@ def _stem_problems(model: ModelConfig) -> list[str]:
     if model.init_stem and not cnn:
         problems.append(f"model.init_stem: {model.init_stem!r} fills a CNN stem; model.stem is "
                         f"{model.stem or 'patch'!r} (use model.stem={CNN_STEMS[0]})")
+    if cnn and model.stem != "mobilenetv2" and str(model.init_stem).lower() in MOBILENETV2_NAMES \
+            and not Path(model.init_stem).exists():
+        problems.append(f"model.init_stem: {model.init_stem!r} names the bundled MobileNetV2 weights; model.stem "
+                        f"{model.stem!r} needs a torchvision {model.stem} file (or use model.stem=mobilenetv2)")
     if model.stem_tune in ("last", "frozen") and not (cnn and model.init_stem):
         problems.append(f"model.stem_tune: {model.stem_tune!r} keeps pretrained CNN weights fixed; it needs "
                         f"model.stem={CNN_STEMS[0]} with model.init_stem")
