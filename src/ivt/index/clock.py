@@ -31,6 +31,14 @@ def seconds_to_iso(seconds: float) -> str | None:
         return None
 
 
+def last_frame_time(fps: object, frame_count: object) -> float:
+    """Seconds into a video of its last frame, from its container's frame rate and count (0 when
+    either is unknown)."""
+    if not (isinstance(fps, (int, float)) and fps > 0 and isinstance(frame_count, int)):
+        return 0.0
+    return max(frame_count - 1, 0) / fps
+
+
 def span_problem(start: float, first: float, last: float) -> str | None:
     """Why a video that started at epoch ``start``, with frames ``first`` to ``last`` seconds into
     it, has a time ivt cannot show as a date-time, or None."""

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ivt.errors import ConfigError, DataError, IvtError
 from ivt.files import ConfinedRoot, file_sha256
-from ivt.index.clock import iso_to_seconds, seconds_to_iso, span_problem
+from ivt.index.clock import iso_to_seconds, last_frame_time, seconds_to_iso, span_problem
 from ivt.index.filters import camera_name, parse_time
 from ivt.index.store import Item, VideoRef, now_iso
 from ivt.runtime import precision_name
@@ -227,7 +227,7 @@ def check_ingest(every: int, camera: str | None, start_time: str | None,
 
         for v in paths:         # every frame's date-time must be one that search results can show
             info = video_info(v)
-            problem = span_problem(when, 0.0, max(info.frame_count - 1, 0) / info.fps if info.fps else 0.0)
+            problem = span_problem(when, 0.0, last_frame_time(info.fps, info.frame_count))
             if problem is not None:
                 raise DataError(f"--start-time {start_time!r} with --video {v}: {problem}")
         start_time = seconds_to_iso(when)

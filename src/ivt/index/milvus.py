@@ -52,7 +52,7 @@ import numpy as np
 from ivt.errors import ConfigError, DataError, IndexStoreError
 from ivt.files import atomic_write, output_problem
 from ivt.index.backends import resolve_pq
-from ivt.index.clock import start_time_problem
+from ivt.index.clock import last_frame_time, start_time_problem
 from ivt.index.filters import MAX_CAMERA, parse_time
 from ivt.index.store import Item, now_iso, sha256_bytes, unit_rows_problem
 
@@ -436,10 +436,7 @@ def _check_start_times(client: Any, address: MilvusAddress) -> None:
         start = source.get("start_time") if isinstance(source, dict) else None
         if start is None:
             continue
-        fps, frames = source.get("fps"), source.get("frame_count")
-        last = (max(int(frames) - 1, 0) / float(fps) if isinstance(fps, (int, float)) and fps > 0
-                and isinstance(frames, int) else 0.0)
-        problem = start_time_problem(start, 0.0, last)
+        problem = start_time_problem(start, 0.0, last_frame_time(source.get("fps"), source.get("frame_count")))
         if problem is not None:
             raise IndexStoreError(f"{address}: damaged index: video {source.get('name')!r} (row {row['key']} of "
                                   f"collection {address.meta}) field start_time {start!r}: {problem}")
