@@ -128,7 +128,13 @@ def evaluate(run: Path, spec: dict, crops: list[Image.Image], imagenet: torch.Te
     rows = text_to_image(spec, texts, images)
     mine, theirs = centred(images), centred(imagenet)
     joined = {lam: image_to_image(spec, mine @ mine.t() + lam * (theirs @ theirs.t())) for lam in LAMBDAS}
-    return {"run": str(run), "t2i": rows, "i2i": image_to_image(spec, images @ images.t()),
+    best = json.loads((run / "best.json").read_text()) if (run / "best.json").is_file() else {}
+    last = json.loads((run / "last.json").read_text()) if (run / "last.json").is_file() else {}
+    stem = model.config.stem or "patch"
+    tune = f", {model.config.stem_tune}" if model.config.stem in ("mobilenetv2", "resnet18", "resnet50") else ""
+    return {"run": str(run), "model": f"{stem} s{model.config.patch_stride}{tune}", "steps": last.get("step"),
+            "precision": best.get("precision"), "val": best.get("metrics", {}), "t2i": rows,
+            "i2i": image_to_image(spec, images @ images.t()),
             "i2i_centred": image_to_image(spec, mine @ mine.t()), "i2i_joined": joined}
 
 
@@ -145,16 +151,19 @@ def report(results: list[dict], spec: dict, baseline: dict) -> str:
     head = (f"{len(spec['crops'])} crops of frames 0-{HELD_OUT_FROM - 1} ({len(spec['people'])} labelled people, "
             f"{one} of them one person each), {len(spec['queries'])} queries. Image to image: "
             f"{baseline['plain']['queries']} queries, each against the crops outside its own track.")
-    lines = [head, "", "| model | t2i mAP (chance) | t2i R1 | person descriptions mAP | attributes mAP | "
+    lines = [head, "", "| run | stem | steps | SynthPedes val R1 / mAP | t2i mAP (chance) | t2i R1 | "
+             "person descriptions mAP | attributes mAP | "
              "i2i mAP plain / centred (chance) | i2i R1 centred | i2i mAP joined with ImageNet, lambda " +
-             " / ".join(f"{lam:g}" for lam in LAMBDAS) + " |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             " / ".join(f"{lam:g}" for lam in LAMBDAS) + " |", "| --- " * 11 + "|"]
     for r in results:
         a, p, t = summary(r["t2i"]), summary(r["t2i"], "person"), summary(r["t2i"], "attribute")
-        lines.append(f"| {r['run']} | {a['AP']:.1f} ({a['chance_AP']:.1f}) | {a['R1']:.1f} | {p['AP']:.1f} | "
+        val = f"{r['val']['R1']:.1f} / {r['val']['mAP']:.1f}" if r["val"] else ""
+        lines.append(f"| {r['run']} | {r['model']} | {r['steps'] or ''} | {val} | "
+                     f"{a['AP']:.1f} ({a['chance_AP']:.1f}) | {a['R1']:.1f} | {p['AP']:.1f} | "
                      f"{t['AP']:.1f} | {r['i2i']['mAP']:.1f} / {r['i2i_centred']['mAP']:.1f} "
                      f"({r['i2i']['chance_mAP']:.1f}) | {r['i2i_centred']['R1']:.1f} | " +
                      " / ".join(f"{r['i2i_joined'][lam]['mAP']:.1f}" for lam in LAMBDAS) + " |")
-    lines.append(f"| ImageNet MobileNetV2 (DeepSORT's embedder) | | | | | {baseline['plain']['mAP']:.1f} / "
+    lines.append(f"| ImageNet MobileNetV2 (DeepSORT's embedder) | | | | | | | | {baseline['plain']['mAP']:.1f} / "
                  f"{baseline['centred']['mAP']:.1f} ({baseline['plain']['chance_mAP']:.1f}) | "
                  f"{baseline['centred']['R1']:.1f} | |")
     return "\n".join(lines)
@@ -164,6 +173,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", nargs="+", default=["runs/demo"], help="run directories")
     ap.add_argument("--video", type=Path, default=Path("examples/data/vtest.avi"))
+    ap.add_argument("--note", default="", help="a line saying how the runs were trained (shown above the table)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--write", metavar="TAG", help="regenerate this tag's section of RESULTS.md")
     args = ap.parse_args()
@@ -177,7 +187,12 @@ def main() -> None:
     baseline = {"plain": image_to_image(spec, imagenet @ imagenet.t()),
                 "centred": image_to_image(spec, centred(imagenet) @ centred(imagenet).t())}
     results = [evaluate(Path(run), spec, crops, imagenet) for run in args.checkpoint]
+    from ivt.runtime import cpu_info
+
     text = report(results, spec, baseline)
+    text = (f"{args.note}\n\n" if args.note else "") + text + (
+        f"\n\nEvaluated on {cpu_info().describe()}, {torch.get_num_threads()} threads; each run's `precision: auto` "
+        f"(steps and the SynthPedes validation figures of its best checkpoint from its run directory).")
     print(text)
     if args.json:
         args.json.write_text(json.dumps({"baseline": baseline, "runs": results}, indent=1))

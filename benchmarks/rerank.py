@@ -26,6 +26,7 @@ from ivt.evaluate.retrieval import embed_split, split_images, split_metrics
 from ivt.inference import load
 from ivt.runtime import cpu_info
 from learning import ensure_draw
+from real_transfer import load_spec
 from throughput import sync
 
 REAL = Path(__file__).with_name("real")
@@ -63,7 +64,7 @@ def set_metrics(model, data: Path, ks: tuple[int, ...], by: str = "fused",
 
 def real_metrics(model, ks: tuple[int, ...], by: str = "fused", weight: float | None = None) -> dict[int, float]:
     """{K: mAP} on the real crops (every crop is the gallery of every query; the top K ordered ``by``)."""
-    spec = json.loads((REAL / "queries.json").read_text())
+    spec = load_spec()
     crops = [REAL / "crops" / c["file"] for c in spec["crops"]]
     texts = [q["text"] for q in spec["queries"]]
     ids = [c["id"] for c in spec["crops"]]

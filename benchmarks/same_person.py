@@ -46,7 +46,7 @@ from ivt.index.same_person import NO_CAMERA, CameraMeans, SamePersonSettings, sa
 from ivt.inference import load
 from ivt.runtime import cpu_info
 from learning import ensure_draw
-from real_transfer import REAL, image_to_image
+from real_transfer import REAL, image_to_image, load_spec
 from results_md import keep_rows, load_rows, write_section
 
 SAME_PERSON_ROWS = Path(__file__).with_name("same_person_rows.json")
@@ -146,7 +146,7 @@ def pool_recall(model, draw: Path, queries: int = 500, top: int = 50) -> dict:
 
 
 def real_crops(model) -> dict:
-    spec = json.loads((REAL / "queries.json").read_text())
+    spec = load_spec()
     x = model.encode_images([REAL / "crops" / c["file"] for c in spec["crops"]]).float().numpy()
     cameras = [NO_CAMERA] * len(x)
     return {way: {k: round(float(v), 2) for k, v in image_to_image(spec, torch.from_numpy(x), ranked(
