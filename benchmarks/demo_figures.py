@@ -40,11 +40,35 @@ def row(label: str, m: dict) -> str:
             f"{m['chance_R1']:.2f} / {m['chance_mAP']:.2f} |")
 
 
+def real_dev_figures(run: Path, video: Path) -> str | None:
+    """One line of the real dev set's figures (benchmarks/real_dev.py), None without the video."""
+    if not video.is_file():
+        print(f"{video} is missing (`make vtest`): the real dev set is left out")
+        return None
+    import real_dev
+    from ivt.model.appearance import appearance_features, load_mobilenetv2_features
+
+    spec = real_dev.load_labels()
+    crops = real_dev.cut_crops(video, spec)
+    imagenet = appearance_features(load_mobilenetv2_features(), crops)
+    base = real_dev.image_to_image(spec, real_dev.centred(imagenet) @ real_dev.centred(imagenet).t())
+    r = real_dev.evaluate(run, spec, crops, imagenet)
+    a, p, t = (real_dev.summary(r["t2i"], kind) for kind in (None, "person", "attribute"))
+    return (f"Real dev set (benchmarks/real_dev.py: {len(spec['crops'])} crops of vtest.avi frames 0-399, "
+            f"{len(spec['queries'])} queries): text to image mAP {a['AP']:.1f} (chance {a['chance_AP']:.1f}), R1 "
+            f"{a['R1']:.1f}; person descriptions mAP {p['AP']:.1f}, attribute queries {t['AP']:.1f}. Find this "
+            f"person (own track left out, camera-centred): mAP {r['i2i_centred']['mAP']:.1f}, R1 "
+            f"{r['i2i_centred']['R1']:.1f}, the shipped ranking mAP {r['i2i_shipped']['mAP']:.1f}; ImageNet "
+            f"MobileNetV2 features (camera-centred) {base['mAP']:.1f} (chance {base['chance_mAP']:.1f}).")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=Path("runs/demo"))
     ap.add_argument("--fresh", type=int, nargs="+", default=[7001, 7002, 7003], help="seeds of fresh draws")
     ap.add_argument("--ids", type=int, default=400, help="identities of each fresh draw")
+    ap.add_argument("--video", type=Path, default=Path("examples/data/vtest.avi"),
+                    help="vtest.avi for the real dev set (`make vtest`; left out when missing)")
     ap.add_argument("--write", action="store_true", help="regenerate the demo section of RESULTS.md")
     args = ap.parse_args()
     info = json.loads((args.run / "demo.json").read_text())
@@ -60,6 +84,7 @@ def main() -> None:
         results[f"fresh draw, seed {seed}"] = test_figures(args.run, draw)
         print(row(f"fresh {seed}", results[f"fresh draw, seed {seed}"]), flush=True)
     real = evaluate_real(args.run)
+    dev = real_dev_figures(args.run, args.video)
 
     fresh = [m for k, m in results.items() if k.startswith("fresh")]
     # Name the machine: the steps a demo makes scale with the peak of the precision it trained in.
@@ -92,6 +117,7 @@ def main() -> None:
               f"vtest.avi): mAP {real['mAP']:.1f} (chance {real['chance_mAP']:.1f}), R1 {real['R1']:.1f} "
               f"(chance {real['chance_R1']:.1f}). Image to image ({real['i2i_queries']} crops of looks worn by one "
               f"person, each against the other crops): R1 {real['i2i_R1']:.1f}, mAP {real['i2i_mAP']:.1f}.",
+              *([""] + [dev] if dev else []),
               "", "Validation R1 / mAP along training (step: R1 / mAP):", "",
               "  ".join(f"{c['step']}: {c['R1']:.1f} / {c['mAP']:.1f}" for c in curve)]
     text = "\n".join(lines)

@@ -314,7 +314,7 @@ def test_the_demo_recipe_is_package_data_found_from_any_directory(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert DEMO_CONFIG.is_absolute() and DEMO_CONFIG == Path(ivt.__file__).parent / "recipes" / "demo.yaml"
     cfg = load_config(DEMO_CONFIG)
-    assert (cfg.model.size, cfg.model.stem, cfg.model.pool, cfg.loss.name) == ("tiny", "conv", "mean", "infonce")
+    assert (cfg.model.size, cfg.model.stem, cfg.model.pool, cfg.loss.name) == ("tiny", "mobilenetv2", "mean", "infonce")
     assert build_parser().parse_args(["demo"]).config is None  # the CLI falls back on DEMO_CONFIG
     assert '"ivt" = ["recipes/*.yaml"]' in (REPO / "pyproject.toml").read_text()  # shipped in the wheel
     copies = [p for d in ("configs", "src", "benchmarks", "tests") for p in (REPO / d).rglob("demo.yaml")]

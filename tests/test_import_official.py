@@ -211,7 +211,7 @@ def test_export_refuses_a_model_the_official_layout_cannot_hold_before_writing(t
     message = str(info.value)
     assert message.startswith("cannot export this model as an official IVT checkpoint (import-official would "
                               "read another model): ")
-    for said in ("stem 'conv' (official: 'patch')", "pool 'mean' (official: 'cls')",
+    for said in ("stem 'mobilenetv2' (official: 'patch')", "pool 'mean' (official: 'cls')",
                  "image_mean (0.485, 0.456, 0.406) (official: (0.5, 0.5, 0.5))",
                  "eval_interpolation 'bicubic' (official: 'bilinear')"):
         assert said in message

